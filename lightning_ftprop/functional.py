@@ -1,0 +1,186 @@
+"""Hard-threshold activations whose backward pass does feasible target propagation (FTPROP-MB).
+
+Each activation is a static-method :class:`torch.autograd.Function`. The forward is the hard
+threshold; the backward receives ``g = dL/dh`` and returns the gradient of the unit's layer loss:
+
+    t  = sign(-g)                                   the unit's target; t = 0 ignores the unit
+    dz = |g| * dL/dz(u, t)                          weighted=True (the paper's default)
+    dz = |t| * dL/dz(u, t) / B                      weighted=False (only sign(g) is used; B = batch)
+
+``L`` is a :class:`~lightning_ftprop.rules.Rule` and ``u`` is the coordinate in which the rule sees
+the unit (``u = z`` for sign and step). For symmetric rules the weighted backward equals
+``g * s(u)`` for the rule's surrogate ``s`` (``soft_hinge``: ``s = 1 - tanh^2``), and that form is
+used. Forward values:
+
+    sign(z)  = +1 if z > 0 else -1
+    step(z)  =  1 if z > 0 else 0
+    qrelu(z) = clip(ceil((n - 1) * z), 0, n) / n        n = steps; n = 3 is the paper's 2-bit qReLU
+
+NaN in gives NaN out. ``qrelu`` has two backward modes:
+
+* ``"single"`` (the paper's code): one rule centred on the middle of the staircase,
+  ``u = 2z - 1``, so ``soft_hinge`` gives ``g * (1 - tanh^2(2z - 1))`` and ``sste`` gives
+  ``g * 1[0 <= z <= 1]``.
+* ``"per_threshold"``: the staircase is ``(1/n) * sum_k step(z - theta_k)`` with thresholds
+  ``theta_k = k / (n - 1)``; the rule is applied to each step unit and summed,
+  ``dz = (1/n) * sum_k grad(z - theta_k)``.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import torch
+from torch import Tensor
+
+from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
+
+__all__ = [
+    "sign", "step", "qrelu", "target_prop_grad", "SignFunction", "StepFunction", "QReLUFunction",
+    "QRELU_MODES",
+]
+
+QRELU_MODES: Tuple[str, ...] = ("single", "per_threshold")
+
+
+def target_prop_grad(g: Tensor, u: Tensor, rule: Rule, weighted: bool) -> Tensor:
+    """The FTPROP-MB backward of one threshold unit: ``|g| * dL/du(u, sign(-g))``.
+
+    Without weighting, ``|t| * dL/du(u, t) / B`` with ``B = g.shape[0]``.
+    """
+    if weighted:
+        if rule.surrogate is not None:
+            return g * rule.surrogate(u)
+        return g.abs() * rule.grad(u, -torch.sign(g))
+    t = -torch.sign(g)
+    batch = g.shape[0] if g.dim() > 0 else 1
+    return t.abs() * rule.grad(u, t) / batch
+
+
+# --- forwards --------------------------------------------------------------------------------------
+
+
+def _step_forward(z: Tensor) -> Tensor:
+    # ceil(clip(z, 0, 1)) is 1 for z > 0 and 0 for z <= 0, and NaN stays NaN (torch.sign(NaN) is 0).
+    return torch.clamp(z, 0, 1).ceil_()
+
+
+def _sign_forward(z: Tensor) -> Tensor:
+    return _step_forward(z).mul_(2).sub_(1)
+
+
+def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
+    return torch.ceil(z * (steps - 1)).clamp_(0, steps).div_(steps)
+
+
+# --- autograd Functions ----------------------------------------------------------------------------
+
+
+class _ThresholdFunction(torch.autograd.Function):
+    """Shared backward for sign and step: the rule sees ``u = z``."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, rule, weighted = inputs
+        ctx.save_for_backward(z)
+        ctx.rule = rule
+        ctx.weighted = weighted
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        return target_prop_grad(g, z, ctx.rule, ctx.weighted), None, None
+
+
+class SignFunction(_ThresholdFunction):
+    """``h = sign(z)`` in {-1, +1} (sign(0) = -1); backward ``|g| * dL/dz(z, sign(-g))``."""
+
+    @staticmethod
+    def forward(z, rule, weighted):
+        return _sign_forward(z)
+
+
+class StepFunction(_ThresholdFunction):
+    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))`` (the rule is centred at 0)."""
+
+    @staticmethod
+    def forward(z, rule, weighted):
+        return _step_forward(z)
+
+
+class QReLUFunction(torch.autograd.Function):
+    """``h = clip(ceil((n-1) z), 0, n) / n``; backward per ``mode`` (see the module docstring)."""
+
+    @staticmethod
+    def forward(z, rule, weighted, steps, mode):
+        return _qrelu_forward(z, steps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, rule, weighted, steps, mode = inputs
+        ctx.save_for_backward(z)
+        ctx.rule, ctx.weighted, ctx.steps, ctx.mode = rule, weighted, steps, mode
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        rule, weighted, steps = ctx.rule, ctx.weighted, ctx.steps
+        if ctx.mode == "single":
+            dz = target_prop_grad(g, 2 * z - 1, rule, weighted)
+        else:
+            dz = target_prop_grad(g, z, rule, weighted)
+            for k in range(1, steps):
+                dz = dz + target_prop_grad(g, z - k / (steps - 1), rule, weighted)
+            dz = dz / steps
+        return dz, None, None, None, None
+
+
+# --- public functional API -------------------------------------------------------------------------
+
+
+def _check_input(z: Tensor, name: str) -> None:
+    if not isinstance(z, Tensor):
+        raise TypeError(f"{name}() expects a torch.Tensor, got {type(z).__name__}")
+    if not z.is_floating_point():
+        raise TypeError(
+            f"{name}() needs a floating-point tensor, got dtype {z.dtype}; "
+            "allowed: float16, bfloat16, float32, float64"
+        )
+
+
+def check_steps(steps: int) -> int:
+    """Validate the number of qrelu steps (an int >= 2)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"qrelu steps must be an int >= 2, got {steps!r}")
+    return steps
+
+
+def check_mode(mode: str) -> str:
+    """Validate a qrelu backward mode."""
+    if mode not in QRELU_MODES:
+        raise ValueError(f"unknown qrelu mode {mode!r}; valid modes are: {', '.join(QRELU_MODES)}")
+    return mode
+
+
+def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True) -> Tensor:
+    """``sign(z)`` in {-1, +1} with an FTPROP-MB backward under ``rule``."""
+    _check_input(z, "sign")
+    return SignFunction.apply(z, get_rule(rule), bool(weighted))
+
+
+def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True) -> Tensor:
+    """``1[z > 0]`` in {0, 1} with an FTPROP-MB backward under ``rule``."""
+    _check_input(z, "step")
+    return StepFunction.apply(z, get_rule(rule), bool(weighted))
+
+
+def qrelu(
+    z: Tensor,
+    rule: Union[str, Rule] = DEFAULT_RULE,
+    weighted: bool = True,
+    steps: int = 3,
+    mode: str = "single",
+) -> Tensor:
+    """Quantized ReLU ``clip(ceil((steps-1) z), 0, steps) / steps`` with an FTPROP-MB backward."""
+    _check_input(z, "qrelu")
+    return QReLUFunction.apply(z, get_rule(rule), bool(weighted), check_steps(steps), check_mode(mode))

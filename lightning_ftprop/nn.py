@@ -1,0 +1,126 @@
+"""Threshold units as ``nn.Module``: :class:`Sign`, :class:`Step` and :class:`QReLU`.
+
+Each unit wraps a function of :mod:`lightning_ftprop.functional`; the formulas are there. All units
+take the same keyword arguments (``rule``, ``weighted``, ``inplace``) so one can replace another, and
+all have no parameters and no buffers. ``levels`` and ``bits`` describe the output alphabet::
+
+    unit               output values                    levels   bits
+    Sign()             {-1, +1}                         2        1
+    Step()             {0, 1}                           2        1
+    QReLU(steps=3)     {0, 1/3, 2/3, 1}                 4        2
+    QReLU(steps=5)     {0, .2, .4, .6, .8, 1}           6        3
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Type, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightning_ftprop import functional as F
+from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
+
+__all__ = ["ThresholdUnit", "Sign", "Step", "QReLU", "ACTIVATIONS", "make_unit"]
+
+
+class ThresholdUnit(nn.Module):
+    """Base class of the threshold units; subclasses define ``forward`` and ``levels``.
+
+    Args:
+        rule: a registered rule name (see :func:`lightning_ftprop.rules.available_rules`) or a
+            :class:`~lightning_ftprop.rules.Rule`.
+        weighted: weight each unit's loss by ``|g|`` (the paper's default). ``False`` uses only the
+            sign of ``g``, scaled by ``1/batch``.
+        inplace: accepted for drop-in compatibility with ``nn.ReLU(inplace=True)``; ignored.
+    """
+
+    activation: str = ""
+    levels: int = 2
+
+    def __init__(self, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, inplace: bool = False):
+        super().__init__()
+        self.rule = get_rule(rule)
+        self.weighted = bool(weighted)
+
+    @property
+    def bits(self) -> int:
+        """Bits needed to store one output value."""
+        return max(1, math.ceil(math.log2(self.levels)))
+
+    def spec(self) -> Dict[str, object]:
+        """The keyword arguments that rebuild this unit with :func:`make_unit`."""
+        return {"activation": self.activation, "rule": self.rule.name, "weighted": self.weighted}
+
+    def extra_repr(self) -> str:
+        return f"rule={self.rule.name!r}, weighted={self.weighted}"
+
+
+class Sign(ThresholdUnit):
+    """``h = sign(z)`` in {-1, +1}; backward ``|g| * dL/dz(z, sign(-g))``."""
+
+    activation = "sign"
+
+    def forward(self, z: Tensor) -> Tensor:
+        return F.sign(z, self.rule, self.weighted)
+
+
+class Step(ThresholdUnit):
+    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))``."""
+
+    activation = "step"
+
+    def forward(self, z: Tensor) -> Tensor:
+        return F.step(z, self.rule, self.weighted)
+
+
+class QReLU(ThresholdUnit):
+    """``h = clip(ceil((steps-1) z), 0, steps) / steps``, ``steps + 1`` levels.
+
+    Args:
+        steps: the number of thresholds, at ``k / (steps - 1)``. 3 is the paper's 2-bit qReLU; the
+            ResNet-18 runs used 5.
+        mode: ``"single"`` (one rule centred at 0.5, the paper's code) or ``"per_threshold"``.
+    """
+
+    activation = "qrelu"
+
+    def __init__(
+        self,
+        rule: Union[str, Rule] = DEFAULT_RULE,
+        weighted: bool = True,
+        inplace: bool = False,
+        steps: int = 3,
+        mode: str = "single",
+    ):
+        super().__init__(rule, weighted, inplace)
+        self.steps = F.check_steps(steps)
+        self.mode = F.check_mode(mode)
+
+    @property
+    def levels(self) -> int:  # type: ignore[override]
+        return self.steps + 1
+
+    def spec(self) -> Dict[str, object]:
+        return {**super().spec(), "steps": self.steps, "mode": self.mode}
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}, mode={self.mode!r}, {super().extra_repr()}"
+
+    def forward(self, z: Tensor) -> Tensor:
+        return F.qrelu(z, self.rule, self.weighted, self.steps, self.mode)
+
+
+ACTIVATIONS: Dict[str, Type[ThresholdUnit]] = {"sign": Sign, "step": Step, "qrelu": QReLU}
+
+
+def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, **kwargs) -> ThresholdUnit:
+    """Build a threshold unit by name: ``make_unit("qrelu", "sste", steps=5)``.
+
+    Raises:
+        ValueError: for an unknown activation or rule; the message lists the valid names.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[activation](rule=rule, **kwargs)

@@ -1,0 +1,175 @@
+"""Learning rules for hard-threshold units, kept as data.
+
+FTPROP-MB (Friesen & Domingos, ICLR 2018) trains every hidden unit as a perceptron. In the backward
+pass a unit with pre-activation ``z`` receives ``g = dL_above/dh``. It sets the discrete target
+
+    t = sign(-g)        (t = 0 means "ignore this unit")
+
+and returns the gradient of its own *layer loss* ``L(z, t)``. A rule is exactly that pair: the
+per-unit loss ``L(z, t)`` and its derivative ``dL/dz``. Everything else (the activation's forward,
+weighting by ``|g|``) lives in :mod:`lightning_ftprop.functional`.
+
+Built-in rules (``t`` in {-1, +1})::
+
+    name        L(z, t)                      dL/dz                      weighted backward |g|*dL/dz
+    ste         -t*z                         -t                         g
+    sste        clip(1 - t*z, 0, 2)          -t * 1[|t*z| <= 1]         g * 1[|z| <= 1]
+    soft_hinge  1 - tanh(t*z)                -t * (1 - tanh^2(z))       g * (1 - tanh^2(z))
+    hinge       max(0, 1 - t*z)              -t * 1[t*z < 1]            g * 1[z*sign(g) > -1]
+    log_loss    log(1 + exp(-t*z))           -t * sigmoid(-t*z)         g * sigmoid(z*sign(g))
+
+``ste``, ``sste`` and ``soft_hinge`` are symmetric: their weighted backward is ``g * s(z)`` for a
+fixed *surrogate* ``s`` that does not depend on the target. Such rules carry ``surrogate`` so the
+backward can skip forming ``t``; the result is identical.
+
+Register your own rule with :func:`register_rule`::
+
+    from lightning_ftprop.rules import Rule, register_rule
+    register_rule(Rule("square", loss=lambda z, t: (z - t) ** 2, grad=lambda z, t: 2 * (z - t) * t.abs()))
+
+Use :func:`get_rule` to resolve a name, :func:`available_rules` to list them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+from torch import Tensor
+
+TensorFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = ["Rule", "register_rule", "get_rule", "available_rules", "DEFAULT_RULE"]
+
+DEFAULT_RULE = "soft_hinge"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A per-unit layer loss ``L(z, t)`` and its derivative ``dL/dz``.
+
+    Args:
+        name: the registry key, e.g. ``"soft_hinge"``.
+        loss: ``L(z, t)``, elementwise; ``t`` holds -1, 0 or +1.
+        grad: ``dL/dz (z, t)``, elementwise. It must vanish where ``t == 0`` only through the
+            caller's masking; the backward multiplies by ``|g|`` (or ``|t|``) itself.
+        surrogate: optional ``s(z)`` with ``|g| * grad(z, sign(-g)) == g * s(z)`` for every ``g``.
+            Only symmetric rules have one; the backward then uses ``g * s(z)``.
+        doc: the rule's formula in words, shown by ``help`` and the docs.
+    """
+
+    name: str
+    loss: TensorFn
+    grad: TensorFn
+    surrogate: Optional[Callable[[Tensor], Tensor]] = field(default=None, compare=False)
+    doc: str = ""
+
+    def __repr__(self) -> str:
+        return f"Rule({self.name!r})"
+
+
+_REGISTRY: Dict[str, Rule] = {}
+
+
+def register_rule(rule: Rule, *, overwrite: bool = False) -> Rule:
+    """Add ``rule`` to the registry under ``rule.name`` and return it."""
+    if not isinstance(rule, Rule):
+        raise TypeError(f"register_rule expects a Rule, got {type(rule).__name__}")
+    if not rule.name or not rule.name.isidentifier():
+        raise ValueError(f"rule name must be a Python identifier, got {rule.name!r}")
+    if rule.name in _REGISTRY and not overwrite:
+        raise ValueError(f"a rule named {rule.name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[rule.name] = rule
+    return rule
+
+
+def available_rules() -> List[str]:
+    """The names of all registered rules, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_rule(rule: Union[str, Rule]) -> Rule:
+    """Resolve a rule name (or pass a :class:`Rule` through).
+
+    Raises:
+        ValueError: for an unknown name; the message lists the registered ones.
+    """
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(rule, str) and rule in _REGISTRY:
+        return _REGISTRY[rule]
+    raise ValueError(f"unknown rule {rule!r}; valid rules are: {', '.join(available_rules())}")
+
+
+# --- built-in rules -------------------------------------------------------------------------------
+
+
+def _ste_loss(z: Tensor, t: Tensor) -> Tensor:
+    return -t * z
+
+
+def _ste_grad(z: Tensor, t: Tensor) -> Tensor:
+    return -t * torch.ones_like(z)
+
+
+def _sste_loss(z: Tensor, t: Tensor) -> Tensor:
+    return (1 - t * z).clamp(0, 2)
+
+
+def _sste_grad(z: Tensor, t: Tensor) -> Tensor:
+    return -t * ((t * z).abs() <= 1).to(z.dtype)
+
+
+def _sste_surrogate(z: Tensor) -> Tensor:
+    return (z.abs() <= 1).to(z.dtype)
+
+
+def _soft_hinge_loss(z: Tensor, t: Tensor) -> Tensor:
+    return 1 - torch.tanh(t * z)
+
+
+def _soft_hinge_grad(z: Tensor, t: Tensor) -> Tensor:
+    return -t * (1 - torch.tanh(t * z).square())
+
+
+def _soft_hinge_surrogate(z: Tensor) -> Tensor:
+    return 1 - torch.tanh(z).square()
+
+
+def _hinge_loss(z: Tensor, t: Tensor) -> Tensor:
+    return (1 - t * z).clamp_min(0)
+
+
+def _hinge_grad(z: Tensor, t: Tensor) -> Tensor:
+    return -t * (t * z < 1).to(z.dtype)
+
+
+def _log_loss(z: Tensor, t: Tensor) -> Tensor:
+    return torch.nn.functional.softplus(-t * z)
+
+
+def _log_grad(z: Tensor, t: Tensor) -> Tensor:
+    return -t * torch.sigmoid(-t * z)
+
+
+register_rule(Rule(
+    "ste", _ste_loss, _ste_grad, surrogate=torch.ones_like,
+    doc="Linear loss L = -t*z. Weighted backward: g (the identity straight-through estimator).",
+))
+register_rule(Rule(
+    "sste", _sste_loss, _sste_grad, surrogate=_sste_surrogate,
+    doc="Saturated hinge L = clip(1 - t*z, 0, 2). Weighted backward: g*1[|z|<=1] (the saturated STE).",
+))
+register_rule(Rule(
+    "soft_hinge", _soft_hinge_loss, _soft_hinge_grad, surrogate=_soft_hinge_surrogate,
+    doc="Soft hinge L = 1 - tanh(t*z) (FTP-SH). Weighted backward: g*(1 - tanh^2(z)).",
+))
+register_rule(Rule(
+    "hinge", _hinge_loss, _hinge_grad,
+    doc="Hinge L = max(0, 1 - t*z). dL/dz = -t*1[t*z < 1]; depends on the target.",
+))
+register_rule(Rule(
+    "log_loss", _log_loss, _log_grad,
+    doc="Logistic loss L = log(1 + exp(-t*z)). dL/dz = -t*sigmoid(-t*z); depends on the target.",
+))
