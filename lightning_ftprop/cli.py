@@ -1,0 +1,147 @@
+"""The ``lightning-ftprop`` command: LightningCLI for the paper's experiments, plus a demo.
+
+    lightning-ftprop demo                                         # offline main job (see demo.py)
+    lightning-ftprop configs                                      # list the shipped configs
+    lightning-ftprop fit --config convnet4_cifar10_sign_soft_hinge
+    lightning-ftprop fit --config resnet18_imagenet_sign_sste --data.data_dir=/data/imagenet --trainer.devices=8
+    lightning-ftprop test --config convnet4_cifar10_relu --ckpt_path=best.ckpt
+    lightning-ftprop config-path convnet8_cifar10_qrelu_sste      # the YAML file, to copy and edit
+
+``fit``, ``validate`` and ``test`` are LightningCLI's subcommands: the model is
+:class:`~lightning_ftprop.module.ImageClassifier` (``--model.*``), the data any LightningDataModule
+(``--data.class_path`` / ``--data.*``), and every Trainer argument is ``--trainer.*``. ``--config``
+takes a file path or the name of a shipped config (one per cell of the paper's Table 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional, Sequence
+
+__all__ = ["CONFIG_DIR", "available_configs", "resolve_config", "resolve_config_args", "FTPropCLI", "main"]
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+_EXTRA_HELP = """\
+lightning-ftprop: train hard-threshold networks with feasible target propagation (FTPROP).
+
+extra subcommands:
+  demo                 train convnet4 on the embedded Fashion-MNIST (ReLU, sign and qReLU; SSTE vs FTP-SH)
+                       and write a results table and plot; see `lightning-ftprop demo --help`
+  configs              list the shipped configs (one per cell of the paper's Table 1)
+  config-path NAME     print the path of a shipped config
+
+`--config NAME` accepts a shipped config's name as well as a file path.
+"""
+
+
+def available_configs() -> List[str]:
+    """The names of the shipped configs (file names without ``.yaml``), sorted."""
+    if not os.path.isdir(CONFIG_DIR):
+        return []
+    return sorted(name[:-5] for name in os.listdir(CONFIG_DIR) if name.endswith(".yaml"))
+
+
+def resolve_config(name: str) -> str:
+    """The path of a config: an existing file is returned as is, a shipped config's name is resolved.
+
+    Raises:
+        ValueError: for anything else; the message lists the shipped config names.
+    """
+    if os.path.isfile(name):
+        return name
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    if stem in available_configs():
+        return os.path.join(CONFIG_DIR, stem + ".yaml")
+    raise ValueError(
+        f"unknown config {name!r}: it is neither a file nor a shipped config. Shipped configs: "
+        f"{', '.join(available_configs())}"
+    )
+
+
+def resolve_config_args(argv: Sequence[str]) -> List[str]:
+    """``argv`` with every ``--config X`` / ``--config=X`` / ``-c X`` value passed through :func:`resolve_config`."""
+    out: List[str] = []
+    expect_value = False
+    for arg in argv:
+        if expect_value:
+            out.append(resolve_config(arg))
+            expect_value = False
+        elif arg in ("--config", "-c"):
+            out.append(arg)
+            expect_value = True
+        elif arg.startswith("--config="):
+            out.append("--config=" + resolve_config(arg[len("--config="):]))
+        else:
+            out.append(arg)
+    return out
+
+
+def _cli_class():
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_ftprop.module import ImageClassifier
+
+    class FTPropCLI(LightningCLI):
+        """LightningCLI with :class:`ImageClassifier` as the model and any LightningDataModule as data."""
+
+        def __init__(self, args: Optional[Sequence[str]] = None, **kwargs):
+            kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            super().__init__(
+                ImageClassifier, LightningDataModule, subclass_mode_data=True,
+                args=None if args is None else list(args), **kwargs,
+            )
+
+    return FTPropCLI
+
+
+def __getattr__(name: str):  # FTPropCLI is built lazily: importing Lightning takes seconds
+    if name == "FTPropCLI":
+        return _cli_class()
+    raise AttributeError(name)
+
+
+def _error(message: str) -> int:
+    print(f"lightning-ftprop: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``lightning-ftprop`` console script; returns the exit status."""
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    if command == "demo":
+        from lightning_ftprop import demo
+
+        return demo.main(argv[1:])
+    if command == "configs":
+        print("\n".join(available_configs()))
+        return 0
+    if command == "config-path":
+        if len(argv) != 2:
+            return _error("usage: lightning-ftprop config-path NAME")
+        try:
+            print(resolve_config(argv[1]))
+        except ValueError as err:
+            return _error(str(err))
+        return 0
+    if command in (None, "-h", "--help"):
+        print(_EXTRA_HELP)
+        argv = ["--help"]
+    try:
+        argv = resolve_config_args(argv)
+    except ValueError as err:
+        return _error(str(err))
+    if from_command_line:  # DDP re-launches sys.argv for the other ranks: keep it equal to what runs here
+        sys.argv[1:] = argv
+        _cli_class()(args=None)
+    else:
+        _cli_class()(args=argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
