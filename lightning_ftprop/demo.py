@@ -34,7 +34,7 @@ METHODS: Dict[str, Tuple[str, str]] = {
     "qrelu/soft_hinge": ("qrelu", "soft_hinge"),
 }
 
-DEFAULT_EPOCHS = 4
+DEFAULT_EPOCHS = 5
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 1e-3
 
@@ -111,7 +111,7 @@ def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", devices=1, logger=loggers, callbacks=[EpochTestAccuracy(result)],
         enable_checkpointing=False, enable_progress_bar=not args.no_progress, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_train_batches=limit, limit_val_batches=limit, deterministic=False,
+        num_sanity_val_steps=0, limit_train_batches=limit, limit_val_batches=limit, log_every_n_steps=10,
     )
     print(f"\n=== {method}: convnet4, activation={activation}" + (f", rule={rule}" if activation != "relu" else ""))
     start = time.perf_counter()

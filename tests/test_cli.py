@@ -1,0 +1,161 @@
+"""The lightning-ftprop command: shipped configs, config names, bad input, and a 2-process DDP run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from disk_formats import write_cifar10, write_image_folder
+from lightning_ftprop.cli import CONFIG_DIR, available_configs, main, resolve_config, resolve_config_args
+
+# main(argv) inside pytest: LightningCLI warns that sys.argv (pytest's) is also set; that is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+NETWORKS = ("convnet4", "convnet8", "alexnet_dorefa", "resnet18")
+METHODS = ("relu", "saturated_relu", "sign_sste", "sign_soft_hinge", "qrelu_sste", "qrelu_soft_hinge")
+DATASET = {"convnet4": "cifar10", "convnet8": "cifar10", "alexnet_dorefa": "imagenet", "resnet18": "imagenet"}
+
+# Reference README hyper-parameters (paper digest section 3.2-3.5): optimizer, lr, epochs, milestones, batch,
+# weight decay for (full precision, sign, qrelu).
+EXPECTED = {
+    "convnet4": ("adam", 2.5e-4, 300, [200, 250], 64, (5e-4, 5e-4, 5e-4)),
+    "convnet8": ("adam", 1e-3, 300, [200, 250], 64, (5e-4, 5e-4, 5e-4)),
+    "alexnet_dorefa": ("adam", 1e-4, 80, [56, 64], 128, (5e-4, 5e-6, 5e-5)),
+    "resnet18": ("sgd", 0.1, 90, [30, 60], 256, (1e-4, 5e-7, 1e-5)),
+}
+
+
+def _print_config(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_one_config_per_table_1_cell():
+    expected = {f"{net}_{DATASET[net]}_{method}" for net in NETWORKS for method in METHODS}
+    assert set(available_configs()) == expected
+
+
+@pytest.mark.parametrize("name", sorted(f"{n}_{DATASET[n]}_{m}" for n in NETWORKS for m in METHODS))
+def test_every_shipped_config_parses_with_the_reference_hyperparameters(capsys, name):
+    config = _print_config(capsys, "--config", name)
+    arch = next(net for net in NETWORKS if name.startswith(net + "_"))
+    optimizer, lr, epochs, milestones, batch, decays = EXPECTED[arch]
+    model, data, trainer = config["model"], config["data"], config["trainer"]
+    activation = model["activation"]
+    assert model["arch"] == arch and name.startswith(f"{arch}_{DATASET[arch]}_{activation}")
+    if activation in ("sign", "qrelu"):
+        assert name.endswith("_" + model["rule"])
+    assert (model["optimizer"], model["lr"], trainer["max_epochs"], model["milestones"]) == (optimizer, lr, epochs, milestones)
+    assert model["weight_decay"] == decays[{"sign": 1, "qrelu": 2}.get(activation, 0)]
+    assert model["steps"] == (5 if arch == "resnet18" and activation == "qrelu" else 3)
+    if DATASET[arch] == "imagenet":
+        assert data["class_path"] == "lightning_ftprop.data.ImageNetDataModule"
+        assert data["init_args"]["global_batch_size"] == batch and model["num_classes"] == 1000
+        assert trainer["strategy"] == "ddp" and trainer["sync_batchnorm"] is False
+    else:
+        assert data["class_path"] == "lightning_ftprop.data.CIFAR10DataModule"
+        assert data["init_args"]["batch_size"] == batch and model["num_classes"] == 10
+    assert config["seed_everything"] == 468412397
+
+
+def test_config_option_accepts_names_with_or_without_yaml_and_file_paths(tmp_path):
+    path = os.path.join(CONFIG_DIR, "convnet8_cifar10_sign_sste.yaml")
+    assert resolve_config("convnet8_cifar10_sign_sste") == path
+    assert resolve_config("convnet8_cifar10_sign_sste.yaml") == path
+    own = tmp_path / "mine.yaml"
+    own.write_text("model:\n  arch: convnet4\n")
+    assert resolve_config(str(own)) == str(own)
+    assert resolve_config_args(["fit", "-c", "convnet4_cifar10_relu", "--config=convnet8_cifar10_relu"]) == [
+        "fit", "-c", os.path.join(CONFIG_DIR, "convnet4_cifar10_relu.yaml"),
+        "--config=" + os.path.join(CONFIG_DIR, "convnet8_cifar10_relu.yaml"),
+    ]
+
+
+def test_command_line_overrides_apply_on_top_of_a_shipped_config(capsys):
+    config = _print_config(capsys, "--config", "resnet18_imagenet_sign_sste", "--trainer.sync_batchnorm=true",
+                           "--data.data_dir=/data/in1k", "--model.lr=0.05")
+    assert config["trainer"]["sync_batchnorm"] is True
+    assert config["data"]["init_args"]["data_dir"] == "/data/in1k" and config["model"]["lr"] == 0.05
+
+
+def test_unknown_config_name_error_lists_the_shipped_configs(capsys):
+    assert main(["fit", "--config", "convnet4_cifar100_sign"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config 'convnet4_cifar100_sign'" in err and "convnet4_cifar10_sign_soft_hinge" in err
+    assert main(["config-path", "nope"]) == 2
+    assert "unknown config 'nope'" in capsys.readouterr().err
+
+
+def test_config_path_and_configs_subcommands(capsys):
+    assert main(["config-path", "alexnet_dorefa_imagenet_qrelu_sste"]) == 0
+    assert capsys.readouterr().out.strip() == os.path.join(CONFIG_DIR, "alexnet_dorefa_imagenet_qrelu_sste.yaml")
+    assert main(["configs"]) == 0
+    assert capsys.readouterr().out.split() == available_configs()
+
+
+def test_help_mentions_the_extra_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "demo" in out and "config-path" in out and "fit" in out
+
+
+@pytest.mark.parametrize("override, match", [("--model.arch=vgg16", "unknown arch 'vgg16'"),
+                                             ("--model.activation=tanh", "unknown activation 'tanh'"),
+                                             ("--model.rule=magic", "unknown rule 'magic'")])
+def test_unknown_model_or_activation_on_the_command_line_is_a_clear_error(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        main(["fit", "--config", "convnet4_cifar10_sign_sste", override, f"--trainer.default_root_dir={tmp_path}"])
+
+
+def test_cifar_config_trains_on_written_batches(tmp_path):
+    write_cifar10(str(tmp_path / "cifar"), per_batch=8, test_size=8)
+    main(["fit", "--config", "convnet4_cifar10_sign_soft_hinge", f"--data.data_dir={tmp_path / 'cifar'}",
+          "--data.download=false", "--data.num_workers=0", "--data.batch_size=8", "--trainer.max_epochs=1",
+          "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'run'}"])
+    checkpoints = sorted(p.name for p in (tmp_path / "run").rglob("*.ckpt"))
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2  # best by val/acc, and last
+
+
+def test_cifar_config_on_a_missing_data_dir_names_the_path(tmp_path):
+    missing = tmp_path / "no-cifar"
+    with pytest.raises(FileNotFoundError, match="does not exist") as err:
+        main(["fit", "--config", "convnet4_cifar10_relu", f"--data.data_dir={missing}", "--data.download=false",
+              "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"])
+    assert str(missing) in str(err.value)
+
+
+def test_imagenet_resnet18_config_trains_two_steps_with_ddp_on_two_cpu_processes(tmp_path):
+    write_image_folder(str(tmp_path / "imagenet"), per_class={"train": 4, "val": 2}, size=(40, 40))
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    command = [
+        sys.executable, "-m", "lightning_ftprop.cli", "fit", "--config", "resnet18_imagenet_qrelu_soft_hinge",
+        f"--data.data_dir={tmp_path / 'imagenet'}", "--data.image_size=32", "--data.global_batch_size=4",
+        "--data.num_workers=0", "--model.num_classes=3", "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run_dir}",
+    ]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log and "distributed_backend=gloo" in log
+    import torch
+
+    (last,) = run_dir.rglob("last.ckpt")
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    assert checkpoint["hyper_parameters"]["activation"] == "qrelu" and checkpoint["hyper_parameters"]["steps"] == 5
+    (config,) = run_dir.rglob("config.yaml")
+    saved = yaml.safe_load(config.read_text())
+    assert saved["trainer"]["strategy"] == "ddp" and str(saved["trainer"]["devices"]) == "2"
