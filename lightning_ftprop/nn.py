@@ -13,6 +13,7 @@ all have no parameters and no buffers. ``levels`` and ``bits`` describe the outp
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Dict, Type, Union
 
@@ -123,4 +124,9 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[activation](rule=rule, **kwargs)
+    cls = ACTIVATIONS[activation]
+    allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"{cls.__name__} does not take {', '.join(unknown)}; its arguments are: rule, {', '.join(allowed)}")
+    return cls(rule=rule, **kwargs)
