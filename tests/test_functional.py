@@ -77,9 +77,10 @@ def _tiny_net(unit):
 
 @pytest.mark.parametrize("unit", [
     ftp.Sign(), ftp.Sign("sste"), ftp.Step("hinge"), ftp.QReLU(), ftp.QReLU("sste", mode="per_threshold", steps=5),
-    ftp.Sign("log_loss", weighted=False),
+    ftp.Sign("log_loss", weighted=False), ftp.Sign(saved="uint8"), ftp.QReLU("sste", saved="bf16"),
 ], ids=repr)
 def test_compiled_fullgraph_gradients_equal_eager(unit):
+    torch._dynamo.reset()  # each case compiles Sequential.forward afresh; avoid the recompile limit
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
     net = _tiny_net(unit)
     net(x).square().sum().backward()
@@ -91,6 +92,7 @@ def test_compiled_fullgraph_gradients_equal_eager(unit):
 
 
 def test_inductor_compiled_sign_net_gradients_equal_eager():
+    torch._dynamo.reset()
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(3))
     net = _tiny_net(ftp.Sign())
     net(x).square().sum().backward()
@@ -140,3 +142,54 @@ def test_make_unit_rejects_unknown_activation():
 def test_units_have_no_parameters_or_buffers():
     for unit in (ftp.Sign(), ftp.Step(), ftp.QReLU()):
         assert not list(unit.parameters()) and not list(unit.buffers())
+
+
+@pytest.mark.parametrize("name", ["ste", "sste", "soft_hinge"])
+def test_fused_backward_equals_surrogate_product(name):
+    rule = ftp.get_rule(name)
+    z = torch.cat([torch.linspace(-3, 3, 601), torch.tensor([-1.0, 1.0])])
+    g = torch.randn_like(z)
+    torch.testing.assert_close(rule.fused(g, z), g * rule.surrogate(z))
+
+
+def _saved_bytes(fn, z, **kwargs):
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel() * t.element_size()) or t, lambda t: t):
+        out = fn(z.clone().requires_grad_(True), **kwargs)
+    return sum(sizes), out
+
+
+@pytest.mark.parametrize("fn, kwargs", [
+    (F.sign, dict(rule="sste")), (F.step, dict(rule="sste")), (F.qrelu, dict(rule="sste")),
+    (F.qrelu, dict(rule="sste", mode="per_threshold", steps=5)), (F.sign, dict(rule="ste")),
+])
+def test_uint8_saved_form_is_exact_for_indicator_rules_and_uses_one_byte(fn, kwargs):
+    z = torch.cat([torch.linspace(-2, 2, 401), torch.tensor([-1.0, 0.0, 0.5, 1.0])]).repeat(3, 1)
+    g = torch.randn_like(z)
+    torch.testing.assert_close(_grad(fn, z, g, saved="uint8", **kwargs), _grad(fn, z, g, **kwargs))
+    nbytes, _ = _saved_bytes(fn, z, saved="uint8", **kwargs)
+    assert nbytes == (0 if kwargs["rule"] == "ste" else z.numel())
+
+
+@pytest.mark.parametrize("saved, tol", [("uint8", 1 / 510), ("bf16", 2 ** -8)])
+@pytest.mark.parametrize("fn, kwargs", [(F.sign, {}), (F.qrelu, {}), (F.qrelu, dict(mode="per_threshold"))])
+def test_compact_soft_hinge_backward_is_within_its_encoding_error(fn, kwargs, saved, tol):
+    z = torch.linspace(-3, 3, 601).repeat(2, 1)
+    g = torch.randn_like(z)
+    exact = _grad(fn, z, g, **kwargs)
+    compact = _grad(fn, z, g, saved=saved, **kwargs)
+    assert not torch.equal(exact, compact)
+    assert torch.all((compact - exact).abs() <= tol * g.abs() + 1e-7)
+
+
+def test_target_dependent_rules_keep_z_whatever_the_saved_form():
+    z = torch.linspace(-3, 3, 61).repeat(2, 1)
+    g = torch.randn_like(z)
+    for rule in ("hinge", "log_loss"):
+        torch.testing.assert_close(_grad(F.sign, z, g, rule=rule, saved="uint8"), _grad(F.sign, z, g, rule=rule))
+        assert _saved_bytes(F.sign, z, rule=rule, saved="uint8")[0] == z.numel() * 4
+
+
+def test_unknown_saved_form_lists_valid_ones():
+    with pytest.raises(ValueError, match="'int4'.*exact, bf16, uint8"):
+        ftp.Sign(saved="int4")
