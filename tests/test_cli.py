@@ -159,3 +159,26 @@ def test_imagenet_resnet18_config_trains_two_steps_with_ddp_on_two_cpu_processes
     (config,) = run_dir.rglob("config.yaml")
     saved = yaml.safe_load(config.read_text())
     assert saved["trainer"]["strategy"] == "ddp" and str(saved["trainer"]["devices"]) == "2"
+
+
+def test_slurm_template_command_parses_with_matching_devices_and_nodes(capsys):
+    import shlex
+
+    text = open(os.path.join(ROOT, "scripts", "slurm", "imagenet_resnet18.sbatch")).read()
+    sbatch = dict(line[len("#SBATCH --"):].split("=", 1) for line in text.splitlines() if line.startswith("#SBATCH --") and "=" in line)
+    command = text[text.index("srun lightning-ftprop"):].replace("\\\n", " ").splitlines()[0]
+    values = {"$CONFIG": "resnet18_imagenet_sign_soft_hinge", "$DATA_DIR": "/datasets/imagenet-256",
+              "$GPUS": sbatch["ntasks-per-node"], "$NODES": sbatch["nodes"], "${SLURM_CPUS_PER_TASK:-8}": "8"}
+    for key, value in values.items():
+        command = command.replace(key, value)
+    args = shlex.split(command)[2:]  # drop "srun lightning-ftprop"
+    config = _print_config(capsys, *args[1:])
+    trainer = config["trainer"]
+    assert str(trainer["devices"]) == sbatch["ntasks-per-node"] and trainer["num_nodes"] == int(sbatch["nodes"])
+    assert trainer["strategy"] == "ddp" and config["data"]["init_args"]["global_batch_size"] == 256
+
+
+def test_per_device_batch_can_replace_the_global_batch(capsys):
+    config = _print_config(capsys, "--config", "alexnet_dorefa_imagenet_relu", "--data.global_batch_size=null",
+                           "--data.batch_size=32")
+    assert config["data"]["init_args"]["global_batch_size"] is None and config["data"]["init_args"]["batch_size"] == 32

@@ -13,7 +13,7 @@ from lightning_ftprop.demo import METHODS, DemoResult, format_table, parse_args
 
 def test_fast_demo_trains_every_method_and_writes_table_csv_and_plot(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--fast", "--limit-batches", "2", "--no-progress", "--output-dir", str(out)]) == 0
+    assert main(["demo", "--fast", "--limit-batches", "2", "--batch-size", "32", "--no-progress", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -38,7 +38,7 @@ def test_demo_with_wandb_logs_offline_without_an_api_key(tmp_path, monkeypatch):
     for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     out = tmp_path / "demo"
-    assert main(["demo", "--fast", "--limit-batches", "2", "--no-progress", "--wandb", "--methods", "sign/soft_hinge",
+    assert main(["demo", "--fast", "--limit-batches", "2", "--no-progress", "--wandb", "--batch-size", "32", "--methods", "sign/soft_hinge",
                  "--output-dir", str(out)]) == 0
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
