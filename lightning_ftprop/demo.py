@@ -158,14 +158,19 @@ def plot_accuracy(results: Sequence[DemoResult], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
+    colours = {"relu": "0.3", "saturated_relu": "0.6", "sign": "tab:blue", "step": "tab:green", "qrelu": "tab:orange"}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in results:
+        activation, rule = METHODS.get(r.method, (r.method, ""))
         epochs = range(1, len(r.test_acc) + 1)
-        ax.plot(epochs, [100 * a for a in r.test_acc], marker="o", label=r.method,
-                linestyle="--" if r.method.endswith("sste") else "-")
+        ax.plot(epochs, [100 * a for a in r.test_acc], marker="o", label=r.method, color=colours.get(activation),
+                linestyle="--" if activation in ("sign", "step", "qrelu") and rule != "soft_hinge" else "-")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("convnet4 on embedded Fashion-MNIST: FTP-SH (soft_hinge) vs SSTE")
+    ax.set_title("convnet4, embedded Fashion-MNIST: FTP-SH (solid) vs SSTE (dashed)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
