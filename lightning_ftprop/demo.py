@@ -71,10 +71,18 @@ def _wandb_has_credentials() -> bool:
     return any("wandb" in host for host in hosts)
 
 
+def _wandb_offline() -> bool:
+    """Offline unless W&B credentials exist; an explicit ``WANDB_MODE`` always wins."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("online", "offline", "dryrun", "disabled"):
+        return mode in ("offline", "dryrun")
+    return not _wandb_has_credentials()
+
+
 def _wandb_logger(output_dir: str, method: str, config: dict):
     from lightning.pytorch.loggers import WandbLogger
 
-    offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun") or not _wandb_has_credentials()
+    offline = _wandb_offline()
     return WandbLogger(
         project="lightning-ftprop-demo", name=method.replace("/", "-"), save_dir=output_dir, offline=offline,
         config=config, reinit="finish_previous",
@@ -190,6 +198,8 @@ def run_demo(args: argparse.Namespace) -> List[DemoResult]:
     print(f"\nconvnet4 on embedded Fashion-MNIST, {args.epochs} epoch(s), batch {args.batch_size}, Adam lr {args.lr}")
     print(table)
     print(f"total training time {total:.1f} s; wrote {csv_path} and {png_path}")
+    if args.wandb and _wandb_offline():
+        print(f"W&B runs were logged offline; upload them with: wandb sync {os.path.join(args.output_dir, 'wandb', 'offline-run-*')}")
     return results
 
 

@@ -63,3 +63,21 @@ def test_results_table_reports_best_epoch_and_final_accuracy():
     table = format_table([DemoResult("sign/sste", [0.5, 0.75, 0.7], 12.0)])
     line = table.splitlines()[-1]
     assert line.split() == ["sign/sste", "75.00%", "2", "70.00%", "12.0"]
+
+
+def test_wandb_goes_online_only_with_credentials_or_an_explicit_mode(tmp_path, monkeypatch):
+    from lightning_ftprop.demo import _wandb_offline
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _wandb_offline()  # no key, no ~/.netrc
+    netrc_file = tmp_path / ".netrc"
+    netrc_file.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    netrc_file.chmod(0o600)
+    assert not _wandb_offline()  # `wandb login` credentials
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert _wandb_offline()
+    monkeypatch.setenv("WANDB_MODE", "online")
+    netrc_file.unlink()
+    assert not _wandb_offline()
