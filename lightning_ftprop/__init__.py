@@ -8,6 +8,9 @@ Data flows one way: rules -> functional -> nn -> convert -> (callback, mixin).
 """
 
 from lightning_ftprop import functional, rules
+from lightning_ftprop.callback import FTPropCallback
+from lightning_ftprop.diagnostics import FTPropDiagnostics
+from lightning_ftprop.mixin import FTPropMixin
 from lightning_ftprop.convert import DEFAULT_ACTIVATIONS, convert, revert, threshold_units
 from lightning_ftprop.nn import ACTIVATIONS, QReLU, Sign, Step, ThresholdUnit, make_unit
 from lightning_ftprop.rules import Rule, available_rules, get_rule, register_rule
@@ -19,4 +22,5 @@ __all__ = [
     "ACTIVATIONS", "DEFAULT_ACTIVATIONS", "QReLU", "Rule", "Sign", "Step", "ThresholdUnit",
     "available_rules", "convert", "functional", "get_rule", "make_unit", "register_rule", "revert",
     "rules", "summary", "threshold_units",
+    "FTPropCallback", "FTPropDiagnostics", "FTPropMixin",
 ]
