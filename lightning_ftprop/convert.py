@@ -148,6 +148,19 @@ def _same_unit(old: nn.Module, new: nn.Module) -> bool:
     )
 
 
+def _sync_transformer_fast_path(parent: nn.Module, child_name: str, module: nn.Module) -> None:
+    """Keep torch's fused Transformer fast path honest about a swapped ``activation``.
+
+    ``nn.TransformerEncoderLayer`` records at construction whether its activation is ReLU (1) or
+    GELU (2); in eval mode without grad its fused kernel then computes that function itself and
+    would ignore a threshold unit put in its place. Flag 0 turns the fast path off.
+    """
+    if child_name == "activation" and hasattr(parent, "activation_relu_or_gelu"):
+        parent.activation_relu_or_gelu = (
+            1 if isinstance(module, nn.ReLU) else 2 if isinstance(module, nn.GELU) else 0
+        )
+
+
 def convert(
     model: nn.Module,
     activation: ActivationSpec = "sign",
@@ -205,6 +218,7 @@ def convert(
                 unit.__dict__[_ORIGINAL] = original
                 replacement[id(original)] = unit
             setattr(parent, child_name, replacement[id(original)])
+            _sync_transformer_fast_path(parent, child_name, replacement[id(original)])
             swapped.append(qualname)
     if not swapped:
         found = sorted({type(m).__name__ for m in model.modules()})
@@ -223,6 +237,7 @@ def revert(model: nn.Module) -> List[str]:
         for child_name, child in list(parent.named_children()):
             if _ORIGINAL in child.__dict__:
                 setattr(parent, child_name, child.__dict__[_ORIGINAL])
+                _sync_transformer_fast_path(parent, child_name, child.__dict__[_ORIGINAL])
                 restored.append(f"{parent_name}.{child_name}" if parent_name else child_name)
     return restored
 

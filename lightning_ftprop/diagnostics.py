@@ -147,7 +147,8 @@ class FTPropDiagnostics(Callback):
         self._names: List[str] = []
         self._keys: List[str] = []
         self._handles: list = []
-        self._metric: Optional[TargetCounts] = None
+        #: The per-layer counts of the step being gathered (created in ``on_fit_start``).
+        self.metric: Optional[TargetCounts] = None
         self._preacts: Dict[int, List[Tensor]] = {}
         self._gather_stats = False
         self._gather_histograms = False
@@ -169,7 +170,7 @@ class FTPropDiagnostics(Callback):
     def _grad_hook(self, index: int, u: Tensor, rule: Rule, g: Tensor) -> None:
         with torch.no_grad():
             counts, loss = target_counts(u, g, rule)
-            self._metric.update(index, counts, loss)
+            self.metric.update(index, counts, loss)
 
     def _attach(self, pl_module: LightningModule) -> None:
         self._detach()
@@ -190,7 +191,7 @@ class FTPropDiagnostics(Callback):
             unit.register_forward_hook(functools.partial(self._forward_hook, i))
             for i, (_, unit) in enumerate(units)
         ]
-        self._metric = TargetCounts(len(units)).to(pl_module.device)
+        self.metric = TargetCounts(len(units)).to(pl_module.device)
 
     def _detach(self) -> None:
         for handle in self._handles:
@@ -242,9 +243,10 @@ class FTPropDiagnostics(Callback):
         self._gather_stats = self._gather_histograms = False
 
     def _log_stats(self, trainer: Trainer) -> None:
-        counts, loss = self._metric.compute()  # sums over ranks: every rank calls this on the same step
-        counts, loss = counts.tolist(), loss.tolist()
-        self._metric.reset()
+        counts, loss = self.metric.compute()  # sums over ranks: every rank calls this on the same step
+        # compute() squeezes one-element results: restore the per-layer shapes
+        counts, loss = counts.reshape(-1, 4).tolist(), loss.reshape(-1).tolist()
+        self.metric.reset()
         metrics: Dict[str, float] = {}
         for key, layer_counts, layer_loss in zip(self._keys, counts, loss):
             if layer_counts[0] == 0:
