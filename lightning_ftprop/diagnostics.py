@@ -16,7 +16,8 @@ micro-batches, all calls of a shared unit, all DDP ranks)::
 for ``sste`` that is ``|u| > 1``, for ``hinge`` a target already met with margin (``t*u >= 1``); for
 ``soft_hinge`` and ``log_loss`` only where the derivative underflows (``|u|`` above about 9 in float32);
 ``ste`` never saturates. The statistics are computed in float32 from the unit's own ``z`` and ``g``;
-they never change the backward pass.
+they never change the backward pass. ``loss`` is in the units of ``g``: under float16 AMP it
+includes the GradScaler's scale factor (the other three only use the sign of ``g``).
 
 :class:`FTPropDiagnostics` is the Lightning callback that gathers them: a forward hook on every
 threshold unit registers a tensor hook on the unit's output, which sees ``g``. It does so only on

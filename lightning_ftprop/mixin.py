@@ -108,7 +108,7 @@ class FTPropMixin:
         super().configure_model()
         self.apply_ftprop()
 
-    def configure_callbacks(self):
+    def configure_callbacks(self) -> list:
         callbacks = list(super().configure_callbacks() or [])
         options = self._ftprop_options()
         if options is not None:

@@ -166,15 +166,17 @@ def test_bf16_accumulation_checkpoint_and_early_stopping(tmp_path):
         assert callback.latest[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
 
-@pytest.mark.parametrize("arch, expected_layers", [("resnet18", 9), ("mobilenet_v2", 35)])
-def test_torchvision_models_train_with_threshold_units(arch, expected_layers):
+@pytest.mark.parametrize(
+    "arch, kwargs, expected_layers", [("resnet18", {}, 9), ("mobilenet_v2", {"width_mult": 0.25}, 35)]
+)
+def test_torchvision_models_train_with_threshold_units(arch, kwargs, expected_layers):
     import torchvision
     from lightning.pytorch import LightningModule
 
     class VisionModule(LightningModule):
         def __init__(self):
             super().__init__()
-            self.model = getattr(torchvision.models, arch)(weights=None, num_classes=10)
+            self.model = getattr(torchvision.models, arch)(weights=None, num_classes=10, **kwargs)
 
         def training_step(self, batch, batch_idx):
             x, y = batch

@@ -108,6 +108,24 @@ def test_mixin_resumes_fit_with_threshold_units(tmp_path):
     assert model.types_at_start == ["Sign", "Sign"] and trainer.global_step == 3
 
 
+def test_mixin_converts_after_an_overriding_configure_model_that_skips_super():
+    class Overriding(ftp.FTPropMixin, LightningModule):
+        def __init__(self, ftprop: Optional[dict] = None):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = None
+
+        def configure_model(self):  # does not call super().configure_model()
+            if self.net is None:
+                self.net = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2))
+
+    model = Overriding(ftprop={"activation": "step"})
+    model.configure_model()
+    assert unit_types(model) == ["Step"]
+    model.configure_model()
+    assert unit_types(model) == ["Step"]
+
+
 def test_mixin_with_ftprop_none_trains_the_float_model():
     model = MixinNet(ftprop=None)
     make_trainer(max_steps=1).fit(model, make_loader())
