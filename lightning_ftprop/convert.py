@@ -205,8 +205,10 @@ def convert(
     swapped: List[str] = []
     replacement: Dict[int, nn.Module] = {}  # id(original) -> new unit, so shared modules stay shared
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
-        for child_name, child in list(parent.named_children()):
+        for child_name, child in list(parent._modules.items()):  # named_children() hides repeats
             qualname = f"{parent_name}.{child_name}" if parent_name else child_name
+            if child is None:
+                continue
             original = _original(child)
             target = table.get(type(original), None)
             if target is None or not _selected(qualname, include_p, exclude_p):
@@ -234,8 +236,8 @@ def revert(model: nn.Module) -> List[str]:
     """Put back the exact modules that :func:`convert` replaced; returns the restored names."""
     restored: List[str] = []
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
-        for child_name, child in list(parent.named_children()):
-            if _ORIGINAL in child.__dict__:
+        for child_name, child in list(parent._modules.items()):  # named_children() hides repeats
+            if child is not None and _ORIGINAL in child.__dict__:
                 setattr(parent, child_name, child.__dict__[_ORIGINAL])
                 _sync_transformer_fast_path(parent, child_name, child.__dict__[_ORIGINAL])
                 restored.append(f"{parent_name}.{child_name}" if parent_name else child_name)

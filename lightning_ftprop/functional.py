@@ -24,11 +24,21 @@ NaN in gives NaN out. ``qrelu`` has two backward modes:
 * ``"per_threshold"``: the staircase is ``(1/n) * sum_k step(z - theta_k)`` with thresholds
   ``theta_k = k / (n - 1)``; the rule is applied to each step unit and summed,
   ``dz = (1/n) * sum_k grad(z - theta_k)``.
+
+What the backward keeps (``saved``). By default it keeps ``z`` and the gradient is exact; ``ste``
+keeps nothing. For a symmetric rule in weighted mode the backward only needs the unit's surrogate
+``S(z)`` (for qrelu the sum above), so a compact form can be kept instead:
+
+    saved="exact"   z as it is (4 bytes per float32 element); exact
+    saved="bf16"    S(z) in bfloat16 (2 bytes); relative error <= 2^-8
+    saved="uint8"   round(255 * S(z)) (1 byte); absolute error <= 1/510, exact for ste and sste
+
+Other rules, and ``weighted=False``, always keep ``z``.
 """
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -37,10 +47,11 @@ from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
 __all__ = [
     "sign", "step", "qrelu", "target_prop_grad", "SignFunction", "StepFunction", "QReLUFunction",
-    "QRELU_MODES",
+    "QRELU_MODES", "SAVED_FORMS",
 ]
 
 QRELU_MODES: Tuple[str, ...] = ("single", "per_threshold")
+SAVED_FORMS: Tuple[str, ...] = ("exact", "bf16", "uint8")
 
 
 def target_prop_grad(g: Tensor, u: Tensor, rule: Rule, weighted: bool) -> Tensor:
@@ -49,6 +60,8 @@ def target_prop_grad(g: Tensor, u: Tensor, rule: Rule, weighted: bool) -> Tensor
     Without weighting, ``|t| * dL/du(u, t) / B`` with ``B = g.shape[0]``.
     """
     if weighted:
+        if rule.fused is not None:
+            return rule.fused(g, u)
         if rule.surrogate is not None:
             return g * rule.surrogate(u)
         return g.abs() * rule.grad(u, -torch.sign(g))
@@ -73,66 +86,97 @@ def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
     return torch.ceil(z * (steps - 1)).clamp_(0, steps).div_(steps)
 
 
+# --- what the backward keeps -----------------------------------------------------------------------
+
+Coordinates = List[Tuple[Tensor, float]]  # (u, scale): dz = sum of scale * backward(g, u)
+
+
+def _coordinates(z: Tensor, steps: int, mode: str) -> Coordinates:
+    """Where the rule looks at the unit: ``u = z`` (sign, step; ``steps = 0``) or the qrelu modes."""
+    if steps == 0:
+        return [(z, 1.0)]
+    if mode == "single":
+        return [(2 * z - 1, 1.0)]
+    return [(z - k / (steps - 1), 1.0 / steps) for k in range(steps)]
+
+
+def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0, mode: str = "single") -> None:
+    ctx.rule, ctx.weighted, ctx.steps, ctx.mode = rule, weighted, steps, mode
+    symmetric = weighted and rule.surrogate is not None
+    ctx.compact = symmetric and rule.uses_input and saved != "exact"  # keeps S(z), not z
+    if symmetric and not rule.uses_input:
+        ctx.save_for_backward()
+    elif ctx.compact:
+        s = sum(scale * rule.surrogate(u) for u, scale in _coordinates(z, steps, mode))
+        if saved == "bf16":
+            ctx.save_for_backward(s.to(torch.bfloat16))
+        else:
+            ctx.save_for_backward(s.clamp(0, 1).mul_(255).round_().to(torch.uint8))
+    else:
+        ctx.save_for_backward(z)
+
+
+def _backward(ctx, g: Tensor) -> Tensor:
+    rule = ctx.rule
+    if not ctx.saved_tensors:  # a constant surrogate (ste)
+        return rule.fused(g, g) if rule.fused is not None else g * rule.surrogate(g)
+    (kept,) = ctx.saved_tensors
+    if ctx.compact:
+        s = kept.to(g.dtype)
+        return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
+    grads = [scale * target_prop_grad(g, u, rule, ctx.weighted) for u, scale in _coordinates(kept, ctx.steps, ctx.mode)]
+    return grads[0] if len(grads) == 1 else sum(grads)
+
+
 # --- autograd Functions ----------------------------------------------------------------------------
 
 
-class _ThresholdFunction(torch.autograd.Function):
-    """Shared backward for sign and step: the rule sees ``u = z``."""
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        z, rule, weighted = inputs
-        ctx.save_for_backward(z)
-        ctx.rule = rule
-        ctx.weighted = weighted
-
-    @staticmethod
-    def backward(ctx, g):
-        (z,) = ctx.saved_tensors
-        return target_prop_grad(g, z, ctx.rule, ctx.weighted), None, None
-
-
-class SignFunction(_ThresholdFunction):
+class SignFunction(torch.autograd.Function):
     """``h = sign(z)`` in {-1, +1} (sign(0) = -1); backward ``|g| * dL/dz(z, sign(-g))``."""
 
     @staticmethod
-    def forward(z, rule, weighted):
+    def forward(z, rule, weighted, saved):
         return _sign_forward(z)
 
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save(ctx, *inputs)
 
-class StepFunction(_ThresholdFunction):
+    @staticmethod
+    def backward(ctx, g):
+        return _backward(ctx, g), None, None, None
+
+
+class StepFunction(torch.autograd.Function):
     """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))`` (the rule is centred at 0)."""
 
     @staticmethod
-    def forward(z, rule, weighted):
+    def forward(z, rule, weighted, saved):
         return _step_forward(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save(ctx, *inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _backward(ctx, g), None, None, None
 
 
 class QReLUFunction(torch.autograd.Function):
     """``h = clip(ceil((n-1) z), 0, n) / n``; backward per ``mode`` (see the module docstring)."""
 
     @staticmethod
-    def forward(z, rule, weighted, steps, mode):
+    def forward(z, rule, weighted, saved, steps, mode):
         return _qrelu_forward(z, steps)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        z, rule, weighted, steps, mode = inputs
-        ctx.save_for_backward(z)
-        ctx.rule, ctx.weighted, ctx.steps, ctx.mode = rule, weighted, steps, mode
+        _save(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):
-        (z,) = ctx.saved_tensors
-        rule, weighted, steps = ctx.rule, ctx.weighted, ctx.steps
-        if ctx.mode == "single":
-            dz = target_prop_grad(g, 2 * z - 1, rule, weighted)
-        else:
-            dz = target_prop_grad(g, z, rule, weighted)
-            for k in range(1, steps):
-                dz = dz + target_prop_grad(g, z - k / (steps - 1), rule, weighted)
-            dz = dz / steps
-        return dz, None, None, None, None
+        return _backward(ctx, g), None, None, None, None, None
 
 
 # --- public functional API -------------------------------------------------------------------------
@@ -162,16 +206,23 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True) -> Tensor:
+def check_saved(saved: str) -> str:
+    """Validate a saved form (see the module docstring)."""
+    if saved not in SAVED_FORMS:
+        raise ValueError(f"unknown saved form {saved!r}; valid forms are: {', '.join(SAVED_FORMS)}")
+    return saved
+
+
+def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "exact") -> Tensor:
     """``sign(z)`` in {-1, +1} with an FTPROP-MB backward under ``rule``."""
     _check_input(z, "sign")
-    return SignFunction.apply(z, get_rule(rule), bool(weighted))
+    return SignFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
 
 
-def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True) -> Tensor:
+def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "exact") -> Tensor:
     """``1[z > 0]`` in {0, 1} with an FTPROP-MB backward under ``rule``."""
     _check_input(z, "step")
-    return StepFunction.apply(z, get_rule(rule), bool(weighted))
+    return StepFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
 
 
 def qrelu(
@@ -180,7 +231,10 @@ def qrelu(
     weighted: bool = True,
     steps: int = 3,
     mode: str = "single",
+    saved: str = "exact",
 ) -> Tensor:
     """Quantized ReLU ``clip(ceil((steps-1) z), 0, steps) / steps`` with an FTPROP-MB backward."""
     _check_input(z, "qrelu")
-    return QReLUFunction.apply(z, get_rule(rule), bool(weighted), check_steps(steps), check_mode(mode))
+    return QReLUFunction.apply(
+        z, get_rule(rule), bool(weighted), check_saved(saved), check_steps(steps), check_mode(mode)
+    )

@@ -13,6 +13,7 @@ all have no parameters and no buffers. ``levels`` and ``bits`` describe the outp
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Dict, Type, Union
 
@@ -34,15 +35,20 @@ class ThresholdUnit(nn.Module):
         weighted: weight each unit's loss by ``|g|`` (the paper's default). ``False`` uses only the
             sign of ``g``, scaled by ``1/batch``.
         inplace: accepted for drop-in compatibility with ``nn.ReLU(inplace=True)``; ignored.
+        saved: what the backward keeps: ``"exact"`` (default), or the compact ``"bf16"`` / ``"uint8"``
+            forms of the surrogate (see :mod:`lightning_ftprop.functional`).
     """
 
     activation: str = ""
     levels: int = 2
 
-    def __init__(self, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, inplace: bool = False):
+    def __init__(
+        self, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, inplace: bool = False, saved: str = "exact"
+    ):
         super().__init__()
         self.rule = get_rule(rule)
         self.weighted = bool(weighted)
+        self.saved = F.check_saved(saved)
 
     @property
     def bits(self) -> int:
@@ -51,10 +57,12 @@ class ThresholdUnit(nn.Module):
 
     def spec(self) -> Dict[str, object]:
         """The keyword arguments that rebuild this unit with :func:`make_unit`."""
-        return {"activation": self.activation, "rule": self.rule.name, "weighted": self.weighted}
+        spec = {"activation": self.activation, "rule": self.rule.name, "weighted": self.weighted}
+        return spec if self.saved == "exact" else {**spec, "saved": self.saved}
 
     def extra_repr(self) -> str:
-        return f"rule={self.rule.name!r}, weighted={self.weighted}"
+        saved = "" if self.saved == "exact" else f", saved={self.saved!r}"
+        return f"rule={self.rule.name!r}, weighted={self.weighted}{saved}"
 
 
 class Sign(ThresholdUnit):
@@ -63,7 +71,7 @@ class Sign(ThresholdUnit):
     activation = "sign"
 
     def forward(self, z: Tensor) -> Tensor:
-        return F.sign(z, self.rule, self.weighted)
+        return F.sign(z, self.rule, self.weighted, self.saved)
 
 
 class Step(ThresholdUnit):
@@ -72,7 +80,7 @@ class Step(ThresholdUnit):
     activation = "step"
 
     def forward(self, z: Tensor) -> Tensor:
-        return F.step(z, self.rule, self.weighted)
+        return F.step(z, self.rule, self.weighted, self.saved)
 
 
 class QReLU(ThresholdUnit):
@@ -91,10 +99,11 @@ class QReLU(ThresholdUnit):
         rule: Union[str, Rule] = DEFAULT_RULE,
         weighted: bool = True,
         inplace: bool = False,
+        saved: str = "exact",
         steps: int = 3,
         mode: str = "single",
     ):
-        super().__init__(rule, weighted, inplace)
+        super().__init__(rule, weighted, inplace, saved)
         self.steps = F.check_steps(steps)
         self.mode = F.check_mode(mode)
 
@@ -109,7 +118,7 @@ class QReLU(ThresholdUnit):
         return f"steps={self.steps}, mode={self.mode!r}, {super().extra_repr()}"
 
     def forward(self, z: Tensor) -> Tensor:
-        return F.qrelu(z, self.rule, self.weighted, self.steps, self.mode)
+        return F.qrelu(z, self.rule, self.weighted, self.steps, self.mode, self.saved)
 
 
 ACTIVATIONS: Dict[str, Type[ThresholdUnit]] = {"sign": Sign, "step": Step, "qrelu": QReLU}
@@ -123,4 +132,9 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[activation](rule=rule, **kwargs)
+    cls = ACTIVATIONS[activation]
+    allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"{cls.__name__} does not take {', '.join(unknown)}; its arguments are: rule, {', '.join(allowed)}")
+    return cls(rule=rule, **kwargs)

@@ -20,7 +20,8 @@ Built-in rules (``t`` in {-1, +1})::
 
 ``ste``, ``sste`` and ``soft_hinge`` are symmetric: their weighted backward is ``g * s(z)`` for a
 fixed *surrogate* ``s`` that does not depend on the target. Such rules carry ``surrogate`` so the
-backward can skip forming ``t``; the result is identical.
+backward can skip forming ``t``; the result is identical. They may also carry ``fused(g, z)``, a
+one-kernel ``g * s(z)`` (``soft_hinge`` uses ``tanh_backward``), and ``ste`` needs no input at all.
 
 Register your own rule with :func:`register_rule`::
 
@@ -56,6 +57,8 @@ class Rule:
             caller's masking; the backward multiplies by ``|g|`` (or ``|t|``) itself.
         surrogate: optional ``s(z)`` with ``|g| * grad(z, sign(-g)) == g * s(z)`` for every ``g``.
             Only symmetric rules have one; the backward then uses ``g * s(z)``.
+        fused: optional ``fused(g, z) == g * surrogate(z)`` computed in fewer passes over memory.
+        uses_input: ``False`` when ``surrogate`` is constant, so the backward saves nothing.
         doc: the rule's formula in words, shown by ``help`` and the docs.
     """
 
@@ -63,6 +66,8 @@ class Rule:
     loss: TensorFn
     grad: TensorFn
     surrogate: Optional[Callable[[Tensor], Tensor]] = field(default=None, compare=False)
+    fused: Optional[TensorFn] = field(default=None, compare=False)
+    uses_input: bool = True
     doc: str = ""
 
     def __repr__(self) -> str:
@@ -113,6 +118,10 @@ def _ste_grad(z: Tensor, t: Tensor) -> Tensor:
     return -t * torch.ones_like(z)
 
 
+def _ste_fused(g: Tensor, z: Tensor) -> Tensor:
+    return g
+
+
 def _sste_loss(z: Tensor, t: Tensor) -> Tensor:
     return (1 - t * z).clamp(0, 2)
 
@@ -125,6 +134,12 @@ def _sste_surrogate(z: Tensor) -> Tensor:
     return (z.abs() <= 1).to(z.dtype)
 
 
+def _sste_fused(g: Tensor, z: Tensor) -> Tensor:
+    # hardtanh_backward keeps g where min < z < max; the next float past 1 makes the window closed.
+    edge = 1 + torch.finfo(z.dtype).eps
+    return torch.ops.aten.hardtanh_backward(g, z, -edge, edge)
+
+
 def _soft_hinge_loss(z: Tensor, t: Tensor) -> Tensor:
     return 1 - torch.tanh(t * z)
 
@@ -135,6 +150,10 @@ def _soft_hinge_grad(z: Tensor, t: Tensor) -> Tensor:
 
 def _soft_hinge_surrogate(z: Tensor) -> Tensor:
     return 1 - torch.tanh(z).square()
+
+
+def _soft_hinge_fused(g: Tensor, z: Tensor) -> Tensor:
+    return torch.ops.aten.tanh_backward(g, torch.tanh(z))  # g * (1 - tanh(z)^2) in one kernel
 
 
 def _hinge_loss(z: Tensor, t: Tensor) -> Tensor:
@@ -154,15 +173,15 @@ def _log_grad(z: Tensor, t: Tensor) -> Tensor:
 
 
 register_rule(Rule(
-    "ste", _ste_loss, _ste_grad, surrogate=torch.ones_like,
+    "ste", _ste_loss, _ste_grad, surrogate=torch.ones_like, fused=_ste_fused, uses_input=False,
     doc="Linear loss L = -t*z. Weighted backward: g (the identity straight-through estimator).",
 ))
 register_rule(Rule(
-    "sste", _sste_loss, _sste_grad, surrogate=_sste_surrogate,
+    "sste", _sste_loss, _sste_grad, surrogate=_sste_surrogate, fused=_sste_fused,
     doc="Saturated hinge L = clip(1 - t*z, 0, 2). Weighted backward: g*1[|z|<=1] (the saturated STE).",
 ))
 register_rule(Rule(
-    "soft_hinge", _soft_hinge_loss, _soft_hinge_grad, surrogate=_soft_hinge_surrogate,
+    "soft_hinge", _soft_hinge_loss, _soft_hinge_grad, surrogate=_soft_hinge_surrogate, fused=_soft_hinge_fused,
     doc="Soft hinge L = 1 - tanh(t*z) (FTP-SH). Weighted backward: g*(1 - tanh^2(z)).",
 ))
 register_rule(Rule(

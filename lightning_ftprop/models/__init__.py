@@ -1,0 +1,39 @@
+"""The paper's networks, by name.
+
+    from lightning_ftprop.models import get_model
+    net = get_model("convnet4", activation="sign", rule="soft_hinge", num_classes=10, in_channels=1)
+
+``activation`` is one of ``relu``, ``saturated_relu``, ``sign``, ``step``, ``qrelu``; extra keywords
+(``steps=5``, ``mode="per_threshold"``, ``weighted=False``) go to the threshold units.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from torch import nn
+
+from lightning_ftprop.models.activation import MODEL_ACTIVATIONS, activation_layer
+from lightning_ftprop.models.alexnet import alexnet_dorefa
+from lightning_ftprop.models.convnets import convnet4, convnet8
+from lightning_ftprop.models.resnet import resnet18
+
+MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "convnet4": convnet4,
+    "convnet8": convnet8,
+    "alexnet_dorefa": alexnet_dorefa,
+    "resnet18": resnet18,
+}
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    """Build a network from :data:`MODELS` by name."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)
+
+
+__all__ = [
+    "MODELS", "MODEL_ACTIVATIONS", "activation_layer", "alexnet_dorefa", "convnet4", "convnet8", "get_model",
+    "resnet18",
+]

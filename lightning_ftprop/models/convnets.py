@@ -1,0 +1,92 @@
+"""The paper's CIFAR-10 networks: the 4-layer convnet and the 8-layer (DoReFa SVHN) convnet.
+
+Every hidden activation is ``act`` (see :func:`~lightning_ftprop.models.activation.activation_layer`);
+the input and the logits stay real-valued, and all weights are full precision.
+
+convnet4 (no BN, biases on; pooling before the activation)::
+
+    conv 5x5 32 pad 3 -> maxpool 2 -> act -> conv 5x5 64 pad 2 -> maxpool 2 -> act
+    -> flatten -> linear 1024 -> act -> linear num_classes
+
+convnet8 (BN eps 1e-4, conv bias off where BN follows)::
+
+    conv0 5x5 48 pad 2 (bias) -> maxpool 2 -> act
+    conv1 3x3 64 pad 1 -> BN -> act
+    conv2 3x3 64 pad 1 -> BN -> maxpool 2 -> act
+    conv3 3x3 128 pad 0 -> BN -> act
+    conv4 3x3 128 pad 1 -> BN -> act
+    conv5 3x3 128 pad 0 -> BN -> act
+    dropout2d 0.5 -> conv6 kxk 512 (k = remaining map size: 4 on 32x32) -> BN -> act
+    flatten -> linear num_classes
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import nn
+
+from lightning_ftprop.models.activation import activation_layer, check_activation
+from lightning_ftprop.rules import DEFAULT_RULE, Rule
+
+
+def _default_size(in_channels: int, input_size: Optional[int]) -> int:
+    return input_size if input_size is not None else (28 if in_channels == 1 else 32)
+
+
+def convnet4(
+    activation: str = "relu",
+    rule: Union[str, Rule] = DEFAULT_RULE,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: Optional[int] = None,
+    **unit_kwargs,
+) -> nn.Sequential:
+    """The 4-layer convnet (4,259,274 parameters on CIFAR-10).
+
+    ``input_size`` is the image side; it defaults to 28 for one channel and 32 otherwise.
+    """
+    check_activation(activation)
+    size = _default_size(in_channels, input_size)
+    side = ((size + 2) // 2) // 2  # conv pad 3 grows the map by 2, then two 2x2 pools
+
+    def act() -> nn.Module:
+        return activation_layer(activation, rule, **unit_kwargs)
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 5, padding=3), nn.MaxPool2d(2), act(),
+        nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2), act(),
+        nn.Flatten(), nn.Linear(64 * side * side, 1024), act(),
+        nn.Linear(1024, num_classes),
+    )
+
+
+def convnet8(
+    activation: str = "relu",
+    rule: Union[str, Rule] = DEFAULT_RULE,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: Optional[int] = None,
+    **unit_kwargs,
+) -> nn.Sequential:
+    """The 8-layer convnet of DoReFa-Net's SVHN experiments, as used by the paper on CIFAR-10."""
+    check_activation(activation)
+    size = _default_size(in_channels, input_size)
+    last = (size // 2) // 2 - 4  # two pools, then two unpadded 3x3 convs
+
+    def act() -> nn.Module:
+        return activation_layer(activation, rule, **unit_kwargs)
+
+    def conv_bn(cin: int, cout: int, k: int, pad: int) -> list:
+        return [nn.Conv2d(cin, cout, k, padding=pad, bias=False), nn.BatchNorm2d(cout, eps=1e-4)]
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 48, 5, padding=2), nn.MaxPool2d(2), act(),
+        *conv_bn(48, 64, 3, 1), act(),
+        *conv_bn(64, 64, 3, 1), nn.MaxPool2d(2), act(),
+        *conv_bn(64, 128, 3, 0), act(),
+        *conv_bn(128, 128, 3, 1), act(),
+        *conv_bn(128, 128, 3, 0), act(),
+        nn.Dropout2d(0.5), *conv_bn(128, 512, last, 0), act(),
+        nn.Flatten(), nn.Linear(512, num_classes),
+    )
