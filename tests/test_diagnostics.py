@@ -93,13 +93,11 @@ def test_wandb_offline_run_holds_ftprop_keys_and_histograms(tmp_path, monkeypatc
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    import wandb
-
     torch.manual_seed(0)
     logger = WandbLogger(project="ftprop-test", save_dir=str(tmp_path), offline=True)
     callback = ftp.FTPropCallback(log_every_n_steps=1, histogram_every_n_steps=2)
     make_trainer(callbacks=[callback], logger=logger, max_steps=3).fit(TinyNet(), make_loader())
-    wandb.finish()
+    logger.experiment.finish()  # flush and close this run's .wandb file
 
     rows = read_wandb_history(str(tmp_path / "wandb"))
     stats = [r for r in rows if "ftprop/net_2/mismatch" in r]
