@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import struct
+import time
 from typing import Any, Dict, List, Optional
 
 import lightning.pytorch as pl
@@ -133,16 +134,14 @@ def reference_stats(counts: Dict[str, Dict[str, float]]) -> Dict[str, float]:
     return stats
 
 
-def read_wandb_history(run_dir: str) -> List[Dict[str, str]]:
-    """The history rows of an offline W&B run, parsed from its ``run-*.wandb`` file.
+def _wandb_records(path: str) -> list:
+    """Every complete record in a ``run-*.wandb`` file, as ``wandb_internal_pb2.Record``.
 
     The file is a LevelDB-style log: a 7-byte header (``:W&B``, magic, version), then 32 KiB
-    blocks of chunks with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last);
-    each record is a ``wandb_internal_pb2.Record`` protobuf.
+    blocks of chunks with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last).
     """
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = glob.glob(f"{run_dir}/offline-run-*/run-*.wandb")
     data = open(path, "rb").read()
     assert data[:4] == b":W&B", data[:7]
     block, pos, pending, raw = 32768, 7, b"", []
@@ -155,6 +154,8 @@ def read_wandb_history(run_dir: str) -> List[Dict[str, str]]:
         if kind == 0:  # zero padding up to the end of the block
             pos += left
             continue
+        if pos + 7 + length > len(data):
+            break  # a chunk still being written
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind == 1:
@@ -165,10 +166,31 @@ def read_wandb_history(run_dir: str) -> List[Dict[str, str]]:
             pending += chunk
         elif kind == 4:
             raw.append(pending + chunk)
-    rows = []
+    records = []
     for chunk in raw:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(chunk)
+        records.append(record)
+    return records
+
+
+def read_wandb_history(run_dir: str, timeout: float = 60.0) -> List[Dict[str, str]]:
+    """The history rows of a finished offline W&B run, parsed from its ``run-*.wandb`` file.
+
+    ``run.finish()`` returns before wandb's core process has written everything, so this waits
+    (at most ``timeout`` seconds) for the run's ``exit`` record, which follows all history.
+    """
+    (path,) = glob.glob(f"{run_dir}/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record after {timeout} s")
+        time.sleep(0.2)
+    rows = []
+    for record in records:
         if record.WhichOneof("record_type") == "history":
             row: Dict[str, str] = {}
             for item in record.history.item:
