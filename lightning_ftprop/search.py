@@ -240,8 +240,9 @@ class _Search:
             else:
                 log.lp_solves += 1
                 res = linprog(np.zeros(A1.shape[1]), A_ub=-A1, b_ub=-np.ones(m), bounds=(None, None), method=self.solver)
-                if res.status == 0:
-                    out = (res.x / min(1.0, float(np.min(A1 @ res.x))), True)
+                lp_margin = float(np.min(A1 @ res.x)) if res.status == 0 else 0.0
+                if res.status == 0 and lp_margin > 0:
+                    out = (res.x / min(1.0, lp_margin), True)
                 elif res.status == 2:
                     out = (x, False)
                 else:
