@@ -47,7 +47,7 @@ def test_callback_swaps_in_setup_before_optimizers_and_is_idempotent():
         (dict(mapping={"ReLUU": "sign"}), ValueError, "unknown mapping key 'ReLUU'"),
         (dict(mapping={"ReLU": "tanh"}), ValueError, "unknown activation 'tanh'"),
         (dict(activation="qrelu", unit_kwargs={"steps": 1}), ValueError, "steps must be an int >= 2"),
-        (dict(activation="sign", unit_kwargs={"steps": 3}), TypeError, "allowed: weighted, inplace"),
+        (dict(activation="sign", unit_kwargs={"steps": 3}), TypeError, "does not take steps; its arguments are: rule, weighted, inplace"),
         (dict(include=[1]), TypeError, "include must be"),
         (dict(weighted="yes"), TypeError, "weighted must be True or False"),
         (dict(log_every_n_steps=-1), ValueError, "log_every_n_steps must be an int >= 0"),
