@@ -12,6 +12,9 @@ from lightning_ftprop.convert import DEFAULT_ACTIVATIONS, convert, revert, thres
 from lightning_ftprop.nn import ACTIVATIONS, QReLU, Sign, Step, ThresholdUnit, make_unit
 from lightning_ftprop.rules import Rule, available_rules, get_rule, register_rule
 from lightning_ftprop.summary import summary
+from lightning_ftprop.callback import FTPropCallback
+from lightning_ftprop.diagnostics import FTPropDiagnostics
+from lightning_ftprop.mixin import FTPropMixin
 
 __version__ = "0.1.0"
 
@@ -19,4 +22,5 @@ __all__ = [
     "ACTIVATIONS", "DEFAULT_ACTIVATIONS", "QReLU", "Rule", "Sign", "Step", "ThresholdUnit",
     "available_rules", "convert", "functional", "get_rule", "make_unit", "register_rule", "revert",
     "rules", "summary", "threshold_units",
+    "FTPropCallback", "FTPropDiagnostics", "FTPropMixin",
 ]

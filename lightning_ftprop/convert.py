@@ -23,7 +23,7 @@ from torch import nn
 from lightning_ftprop.nn import ACTIVATIONS, ThresholdUnit, make_unit
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
-__all__ = ["convert", "revert", "threshold_units", "DEFAULT_ACTIVATIONS"]
+__all__ = ["convert", "revert", "threshold_units", "check_convert_args", "activation_type_names", "DEFAULT_ACTIVATIONS"]
 
 #: The activation module types that :func:`convert` swaps by default.
 DEFAULT_ACTIVATIONS: tuple = (
@@ -78,6 +78,38 @@ def _check_activation(activation: ActivationSpec, allow_none: bool = False) -> N
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)} or a callable returning a module, got {activation!r}")
 
 
+def activation_type_names() -> List[str]:
+    """The ``torch.nn`` activation class names accepted as string keys of ``mapping``."""
+    return sorted(_activation_types())
+
+
+def check_convert_args(
+    activation: ActivationSpec = "sign",
+    rule: Union[str, Rule] = DEFAULT_RULE,
+    *,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    mapping: Optional[Mapping] = None,
+    **unit_kwargs,
+) -> None:
+    """Raise what :func:`convert` would raise for these arguments, without touching a model.
+
+    Every string activation named (``activation`` and the values of ``mapping``) is built once with
+    ``unit_kwargs``, so bad unit arguments (``steps=1`` for qrelu, a misspelt keyword) fail here too.
+
+    Raises:
+        ValueError: unknown activation, rule or mapping key; bad unit argument values.
+        TypeError: bad pattern types, or a keyword argument that the unit does not take.
+    """
+    _check_activation(activation)
+    get_rule(rule)
+    table = _resolve_mapping(activation, mapping)
+    _as_patterns(include, "include")
+    _as_patterns(exclude, "exclude")
+    for target in sorted({t for t in table.values() if isinstance(t, str)}):
+        make_unit(target, rule, **unit_kwargs)  # raises for unit arguments the unit does not take
+
+
 def _as_patterns(patterns: Patterns, name: str) -> Optional[List[str]]:
     if patterns is None:
         return None
@@ -105,6 +137,19 @@ def _same_unit(old: nn.Module, new: nn.Module) -> bool:
         isinstance(old, ThresholdUnit) and type(old) is type(new)
         and old.spec() == new.spec() and old.rule is new.rule
     )
+
+
+def _sync_transformer_fast_path(parent: nn.Module, child_name: str, module: nn.Module) -> None:
+    """Keep torch's fused Transformer fast path honest about a swapped ``activation``.
+
+    ``nn.TransformerEncoderLayer`` records at construction whether its activation is ReLU (1) or
+    GELU (2); in eval mode without grad its fused kernel then computes that function itself and
+    would ignore a threshold unit put in its place. Flag 0 turns the fast path off.
+    """
+    if child_name == "activation" and hasattr(parent, "activation_relu_or_gelu"):
+        parent.activation_relu_or_gelu = (
+            1 if isinstance(module, nn.ReLU) else 2 if isinstance(module, nn.GELU) else 0
+        )
 
 
 def convert(
@@ -166,6 +211,7 @@ def convert(
                 unit.__dict__[_ORIGINAL] = original
                 replacement[id(original)] = unit
             setattr(parent, child_name, replacement[id(original)])
+            _sync_transformer_fast_path(parent, child_name, replacement[id(original)])
             swapped.append(qualname)
     if not swapped:
         found = sorted({type(m).__name__ for m in model.modules()})
@@ -184,6 +230,7 @@ def revert(model: nn.Module) -> List[str]:
         for child_name, child in list(parent._modules.items()):  # named_children() hides repeats
             if child is not None and _ORIGINAL in child.__dict__:
                 setattr(parent, child_name, child.__dict__[_ORIGINAL])
+                _sync_transformer_fast_path(parent, child_name, child.__dict__[_ORIGINAL])
                 restored.append(f"{parent_name}.{child_name}" if parent_name else child_name)
     return restored
 

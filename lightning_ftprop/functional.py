@@ -83,7 +83,7 @@ def _sign_forward(z: Tensor) -> Tensor:
 
 
 def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
-    return torch.ceil(z * (steps - 1)).clamp_(0, steps).div_(steps)
+    return torch.mul(z, steps - 1).ceil_().clamp_(0, steps).div_(steps)
 
 
 # --- what the backward keeps -----------------------------------------------------------------------
@@ -96,7 +96,7 @@ def _coordinates(z: Tensor, steps: int, mode: str) -> Coordinates:
     if steps == 0:
         return [(z, 1.0)]
     if mode == "single":
-        return [(2 * z - 1, 1.0)]
+        return [(torch.mul(z, 2).sub_(1), 1.0)]
     return [(z - k / (steps - 1), 1.0 / steps) for k in range(steps)]
 
 

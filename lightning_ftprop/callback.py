@@ -1,0 +1,111 @@
+"""``FTPropCallback``: one callback turns an existing Lightning project into a hard-threshold one.
+
+    trainer = Trainer(callbacks=[FTPropCallback("sign", "soft_hinge", exclude="head.*")])
+    trainer.fit(model)                       # the model's ReLUs (GELUs, ...) train as sign units
+
+or in a LightningCLI config::
+
+    trainer:
+      callbacks:
+        - class_path: lightning_ftprop.FTPropCallback
+          init_args: {activation: qrelu, rule: sste, unit_kwargs: {steps: 5}}
+
+What it does, and when (see Lightning's hook order):
+
+* ``__init__`` validates every argument (unknown activation, rule, mapping key, unit argument).
+* ``setup`` swaps the activations with :func:`lightning_ftprop.convert` on every rank, before a
+  checkpoint's weights load, before the strategy moves and wraps the model (DDP, SyncBatchNorm) and
+  before the optimizers are built. It is idempotent, so ``fit``, ``validate`` and ``test`` on the
+  same model are fine. A model with nothing to swap is an error.
+* The spec (:mod:`lightning_ftprop.spec`) and the swapped layer names are saved in the checkpoint;
+  ``trainer.fit(model, ckpt_path=...)`` resumes with the threshold units in place, and a checkpoint
+  whose spec disagrees with the callback's is an error.
+* The per-layer target statistics of :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` are
+  logged every ``log_every_n_steps`` steps.
+
+It never patches ``forward``. Use it with ``lightning.pytorch``; a ``pytorch_lightning`` Trainer is
+refused with an explanation. For a model that must reload as a threshold network with
+``MyModule.load_from_checkpoint`` (no Trainer involved), use :class:`~lightning_ftprop.FTPropMixin`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Union
+
+from lightning.pytorch import LightningModule, Trainer
+
+from lightning_ftprop.diagnostics import FTPropDiagnostics
+from lightning_ftprop.spec import apply_spec, make_spec, spec_differences
+
+__all__ = ["FTPropCallback"]
+
+
+class FTPropCallback(FTPropDiagnostics):
+    """Swap a LightningModule's activations for threshold units and log FTPROP diagnostics.
+
+    Args:
+        activation: the threshold unit: ``"sign"``, ``"step"`` or ``"qrelu"``.
+        rule: the learning rule, a name from :func:`lightning_ftprop.available_rules`.
+        weighted: weight each unit's loss by ``|dL/dh|`` (the paper's default).
+        include: glob pattern(s) on module names; only matching activations are swapped.
+        exclude: glob pattern(s) on module names to leave alone (wins over ``include``).
+        mapping: ``{activation class name: unit name or None}``, replacing the default table
+            (every common ``torch.nn`` activation -> ``activation``); ``None`` skips a class.
+        unit_kwargs: further unit arguments, e.g. ``{"steps": 5, "mode": "per_threshold"}`` for qrelu.
+        log_every_n_steps: log the target statistics every this many optimizer steps; 0: never.
+        histogram_every_n_steps: with a ``WandbLogger``, log pre-activation histograms every this
+            many steps; 0: never.
+
+    Raises:
+        ValueError, TypeError: for invalid arguments, naming the bad value and the allowed ones.
+    """
+
+    def __init__(
+        self,
+        activation: str = "sign",
+        rule: str = "soft_hinge",
+        weighted: bool = True,
+        include: Optional[Union[str, List[str]]] = None,
+        exclude: Optional[Union[str, List[str]]] = None,
+        mapping: Optional[Dict[str, Optional[str]]] = None,
+        unit_kwargs: Optional[Dict[str, Any]] = None,
+        log_every_n_steps: int = 50,
+        histogram_every_n_steps: int = 500,
+    ) -> None:
+        super().__init__(log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps)
+        #: The validated swap spec (see :mod:`lightning_ftprop.spec`), stored in checkpoints.
+        self.spec: Dict[str, Any] = make_spec(activation, rule, weighted, include, exclude, mapping, unit_kwargs)
+        #: The names of the swapped modules, set in ``setup``.
+        self.layers: List[str] = []
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec.items())
+        return f"{type(self).__name__}({args})"
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # namespace and single-instance checks
+        if getattr(pl_module, "_ftprop_mixin", False):
+            raise ValueError(
+                f"{type(pl_module).__name__} uses FTPropMixin, which converts the model itself from "
+                "hparams['ftprop']; remove FTPropCallback from the Trainer (or the mixin from the model)"
+            )
+        self.layers = apply_spec(pl_module, self.spec)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"spec": dict(self.spec), "layers": list(self.layers)}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        saved = state_dict.get("spec", {})
+        differences = spec_differences(saved, self.spec)
+        if differences:
+            raise ValueError(
+                "the checkpoint was trained with a different FTPropCallback spec (checkpoint != callback): "
+                + "; ".join(differences)
+                + ". Create the callback with the checkpoint's arguments to resume it."
+            )
+        layers = state_dict.get("layers")
+        if layers is not None and list(layers) != self.layers:
+            raise ValueError(
+                f"the checkpoint's threshold layers {layers} differ from this model's {self.layers}; "
+                "the model is not the one the checkpoint was trained with"
+            )

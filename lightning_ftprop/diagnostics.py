@@ -1,0 +1,276 @@
+"""Per-layer target statistics of FTPROP-MB, gathered in the backward pass.
+
+In the backward pass a threshold unit with pre-activation ``z`` receives ``g = dL/dh`` and sets its
+target ``t = sign(-g)`` (see :mod:`lightning_ftprop.functional`). Let ``u`` be the coordinate in
+which the unit's rule sees it (``u = z`` for sign and step; for qrelu ``u = 2z - 1`` in ``"single"``
+mode and ``u = z`` in ``"per_threshold"`` mode) and ``s = +1 if u > 0 else -1`` the side of the
+threshold the unit is on. Over the ``N`` unit activations of one optimizer step of a layer (all
+micro-batches, all calls of a shared unit, all DDP ranks)::
+
+    mismatch  = #{t != 0 and t != s} / N          the target asks the unit to flip
+    ignored   = #{t == 0} / N                     g == 0: the unit gets no target
+    saturated = #{t != 0 and dL/du(u, t) == 0} / #{t != 0}      (0.0 if every unit is ignored)
+    loss      = sum |g| * L(u, t) / N             the mean weighted layer loss
+
+``saturated`` counts units that have a target but whose rule gives them exactly zero gradient:
+for ``sste`` that is ``|u| > 1``, for ``hinge`` a target already met with margin (``t*u >= 1``); for
+``soft_hinge`` and ``log_loss`` only where the derivative underflows (``|u|`` above about 9 in float32);
+``ste`` never saturates. The statistics are computed in float32 from the unit's own ``z`` and ``g``;
+they never change the backward pass. ``loss`` is in the units of ``g``: under float16 AMP it
+includes the GradScaler's scale factor (the other three only use the sign of ``g``).
+
+:class:`FTPropDiagnostics` is the Lightning callback that gathers them: a forward hook on every
+threshold unit registers a tensor hook on the unit's output, which sees ``g``. It does so only on
+steps that log (every ``log_every_n_steps`` optimizer steps), so other steps pay nothing and never
+synchronise host and device. Counts live in :class:`TargetCounts`, a torchmetrics ``Metric`` whose
+states are summed across DDP ranks. Values are logged to every logger as ``ftprop/<layer>/<stat>``
+(layer names with every character outside ``[_a-zA-Z0-9]`` replaced by ``_``) and kept in
+:attr:`FTPropDiagnostics.latest`. With a ``WandbLogger``, rank zero also logs ``ftprop/<layer>/preact``
+histograms of the pre-activations every ``histogram_every_n_steps`` steps.
+
+:class:`~lightning_ftprop.FTPropCallback` includes these diagnostics; add ``FTPropDiagnostics``
+yourself only for models converted some other way.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lightning_ftprop._namespace import check_trainer
+from lightning_ftprop.convert import threshold_units
+from lightning_ftprop.nn import QReLU, ThresholdUnit
+from lightning_ftprop.rules import Rule
+
+__all__ = [
+    "STATS", "FTPropDiagnostics", "TargetCounts", "layer_key", "rule_coordinate", "stats_from_counts",
+    "target_counts",
+]
+
+#: The statistics logged per layer, in order.
+STATS = ("mismatch", "ignored", "saturated", "loss")
+
+_HISTOGRAM_SAMPLES = 1 << 16  # at most this many pre-activations per unit call go into a histogram
+
+
+def rule_coordinate(unit: nn.Module, z: Tensor) -> Tensor:
+    """The coordinate ``u`` in which ``unit``'s rule sees a pre-activation ``z``."""
+    if isinstance(unit, QReLU) and unit.mode == "single":
+        return 2 * z - 1
+    return z
+
+
+def target_counts(u: Tensor, g: Tensor, rule: Rule) -> Tuple[Tensor, Tensor]:
+    """Count one call of a unit: ``(counts, loss_sum)`` on ``g``'s device, without synchronising.
+
+    ``counts`` is int64 ``[N, #ignored, #mismatch, #saturated]`` and ``loss_sum`` the float32 scalar
+    ``sum |g| * L(u, t)``, with ``t = sign(-g)`` and the definitions of the module docstring.
+    """
+    u, g = u.detach().float(), g.detach().float()
+    t = -torch.sign(g)
+    active = t != 0
+    side = torch.where(u > 0, 1.0, -1.0)
+    counts = torch.stack([
+        torch.full((), g.numel(), dtype=torch.long, device=g.device),
+        (~active).sum(),
+        (active & (t != side)).sum(),
+        (active & (rule.grad(u, t) == 0)).sum(),
+    ])
+    loss = torch.where(active, g.abs() * rule.loss(u, t), 0.0).sum()
+    return counts, loss
+
+
+def stats_from_counts(counts: List[int], loss: float) -> Dict[str, float]:
+    """The statistics of :data:`STATS` from one layer's summed ``counts`` and ``loss``."""
+    total, ignored, mismatch, saturated = counts
+    active = total - ignored
+    return {
+        "mismatch": mismatch / total,
+        "ignored": ignored / total,
+        "saturated": saturated / active if active else 0.0,
+        "loss": loss / total,
+    }
+
+
+def layer_key(name: str) -> str:
+    """A module name as a W&B-safe key segment: ``"layer1.0.act"`` -> ``"layer1_0_act"``."""
+    return re.sub(r"[^_a-zA-Z0-9]", "_", name) or "root"
+
+
+class TargetCounts(Metric):
+    """Per-layer target counts, summed across DDP ranks when computed.
+
+    States: ``counts`` (int64, ``[layers, 4]``: N, ignored, mismatch, saturated) and ``loss``
+    (float32, ``[layers]``), both with ``dist_reduce_fx="sum"``.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, num_layers: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("counts", torch.zeros(num_layers, 4, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("loss", torch.zeros(num_layers), dist_reduce_fx="sum")
+
+    def update(self, layer: int, counts: Tensor, loss: Tensor) -> None:
+        self.counts[layer] += counts
+        self.loss[layer] += loss
+
+    def compute(self) -> Tuple[Tensor, Tensor]:
+        return self.counts, self.loss
+
+
+class FTPropDiagnostics(Callback):
+    """Log per-layer FTPROP target statistics of a model's threshold units (see the module docstring).
+
+    Args:
+        log_every_n_steps: gather and log every this many optimizer steps (at global steps 0, n,
+            2n, ...); 0 turns the statistics off.
+        histogram_every_n_steps: with a ``WandbLogger``, log pre-activation histograms every this
+            many steps, on rank zero; 0 turns them off.
+    """
+
+    def __init__(self, log_every_n_steps: int = 50, histogram_every_n_steps: int = 500) -> None:
+        for name, value in (("log_every_n_steps", log_every_n_steps),
+                            ("histogram_every_n_steps", histogram_every_n_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0 (0 turns it off), got {value!r}")
+        self.log_every_n_steps = log_every_n_steps
+        self.histogram_every_n_steps = histogram_every_n_steps
+        #: The statistics of the last logged step: ``{"ftprop/<layer>/<stat>": value}``.
+        self.latest: Dict[str, float] = {}
+        self._names: List[str] = []
+        self._keys: List[str] = []
+        self._handles: list = []
+        #: The per-layer counts of the step being gathered (created in ``on_fit_start``).
+        self.metric: Optional[TargetCounts] = None
+        self._preacts: Dict[int, List[Tensor]] = {}
+        self._gather_stats = False
+        self._gather_histograms = False
+        self._step = 0
+
+    # --- hooks on the model ------------------------------------------------------------------
+
+    def _forward_hook(self, index: int, unit: ThresholdUnit, inputs: Tuple[Any, ...], output: Tensor) -> None:
+        if not (self._gather_stats or self._gather_histograms) or not unit.training:
+            return
+        z = inputs[0].detach()
+        if self._gather_histograms:
+            stride = max(1, z.numel() // _HISTOGRAM_SAMPLES)
+            self._preacts.setdefault(index, []).append(z.flatten()[::stride].float())
+        if self._gather_stats and isinstance(output, Tensor) and output.requires_grad:
+            u = rule_coordinate(unit, z)
+            output.register_hook(functools.partial(self._grad_hook, index, u, unit.rule))
+
+    def _grad_hook(self, index: int, u: Tensor, rule: Rule, g: Tensor) -> None:
+        with torch.no_grad():
+            counts, loss = target_counts(u, g, rule)
+            self.metric.update(index, counts, loss)
+
+    def _attach(self, pl_module: LightningModule) -> None:
+        self._detach()
+        units = threshold_units(pl_module)
+        if not units:
+            raise ValueError(
+                f"{type(self).__name__}: {type(pl_module).__name__} has no threshold units; convert it with "
+                "FTPropCallback, FTPropMixin or lightning_ftprop.convert first"
+            )
+        self._names = [name for name, _ in units]
+        self._keys = []
+        for name in self._names:
+            key, n = layer_key(name), 2
+            while key in self._keys:
+                key, n = f"{layer_key(name)}_{n}", n + 1
+            self._keys.append(key)
+        self._handles = [
+            unit.register_forward_hook(functools.partial(self._forward_hook, i))
+            for i, (_, unit) in enumerate(units)
+        ]
+        self.metric = TargetCounts(len(units)).to(pl_module.device)
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._preacts = {}
+        self._gather_stats = self._gather_histograms = False
+
+    @staticmethod
+    def _wandb_loggers(trainer: Trainer) -> list:
+        from lightning.pytorch.loggers import WandbLogger
+
+        return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+    # --- Lightning hooks ---------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_trainer(trainer, pl_module, type(self).__name__)
+        mine = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, FTPropDiagnostics)]
+        if len(mine) > 1:
+            raise ValueError(
+                f"the Trainer has {len(mine)} ftprop callbacks ({', '.join(mine)}); use exactly one "
+                "(FTPropCallback already includes FTPropDiagnostics, and FTPropMixin adds its own)"
+            )
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.log_every_n_steps or self.histogram_every_n_steps:
+            self._attach(pl_module)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if not self._handles:
+            return
+        self._step = step = trainer.global_step
+        self._gather_stats = bool(self.log_every_n_steps) and step % self.log_every_n_steps == 0
+        self._gather_histograms = (
+            bool(self.histogram_every_n_steps) and step % self.histogram_every_n_steps == 0
+            and trainer.is_global_zero and bool(self._wandb_loggers(trainer))
+        )
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self._step:
+            return  # gradient accumulation: the optimizer has not stepped yet, keep gathering
+        if self._gather_stats:
+            self._log_stats(trainer)
+        if self._gather_histograms:
+            self._log_histograms(trainer)
+        self._gather_stats = self._gather_histograms = False
+
+    def _log_stats(self, trainer: Trainer) -> None:
+        counts, loss = self.metric.compute()  # sums over ranks: every rank calls this on the same step
+        # compute() squeezes one-element results: restore the per-layer shapes
+        counts, loss = counts.reshape(-1, 4).tolist(), loss.reshape(-1).tolist()
+        self.metric.reset()
+        metrics: Dict[str, float] = {}
+        for key, layer_counts, layer_loss in zip(self._keys, counts, loss):
+            if layer_counts[0] == 0:
+                continue  # the layer was not called in this step
+            for stat, value in stats_from_counts(layer_counts, layer_loss).items():
+                metrics[f"ftprop/{key}/{stat}"] = value
+        self.latest = metrics
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=self._step)
+
+    def _log_histograms(self, trainer: Trainer) -> None:
+        import wandb
+
+        histograms = {
+            f"ftprop/{self._keys[i]}/preact": wandb.Histogram(torch.cat(chunks).cpu().numpy())
+            for i, chunks in sorted(self._preacts.items())
+        }
+        self._preacts = {}
+        for logger in self._wandb_loggers(trainer):
+            logger.log_metrics(histograms, step=self._step)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._detach()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._detach()

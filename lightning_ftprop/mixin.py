@@ -1,0 +1,148 @@
+"""``FTPropMixin``: a LightningModule that converts itself, and reloads as what it was trained as.
+
+    class Net(FTPropMixin, LightningModule):          # the mixin comes first
+        def __init__(self, hidden: int = 64, ftprop: Optional[dict] = None):
+            super().__init__()
+            self.save_hyperparameters()                 # puts ftprop in self.hparams
+            self.body = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    model = Net(ftprop={"activation": "sign", "rule": "soft_hinge"})
+    Trainer(...).fit(model)
+    same = Net.load_from_checkpoint(path)               # Sign units again, not ReLUs
+
+``self.hparams["ftprop"]`` is a dict with the keys of :class:`~lightning_ftprop.FTPropCallback`
+(``activation``, ``rule``, ``weighted``, ``include``, ``exclude``, ``mapping``, ``unit_kwargs``,
+``log_every_n_steps``, ``histogram_every_n_steps``); missing keys take the callback's defaults and
+``ftprop=None`` means no conversion (the float baseline). A missing ``ftprop`` entry is an error,
+because it would silently train the float model.
+
+When the swap happens:
+
+* in ``configure_model``, after the subclass's own ``configure_model`` (the mixin wraps any
+  override), so layers built there are covered. The Trainer calls it before restoring a checkpoint,
+  before DDP wraps the model and before the optimizers are built. It is idempotent.
+* in ``load_from_checkpoint``: Lightning calls ``configure_model`` and ``on_load_checkpoint`` before
+  ``load_state_dict``, and the mixin converts in both. Threshold units have no parameters, so
+  without this a checkpoint would load, silently, into the ReLU model.
+
+The spec and the swapped layer names are also saved as ``checkpoint["ftprop"]``; loading a
+checkpoint whose spec differs from the module's is an error. Diagnostics: unless
+``log_every_n_steps`` and ``histogram_every_n_steps`` are both 0, ``configure_callbacks`` adds an
+:class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, List, Optional
+
+from lightning_ftprop._namespace import check_class
+from lightning_ftprop.diagnostics import FTPropDiagnostics
+from lightning_ftprop.spec import apply_spec, spec_differences, spec_from_dict
+
+__all__ = ["FTPropMixin", "HPARAMS_KEY", "CHECKPOINT_KEY"]
+
+HPARAMS_KEY = "ftprop"  #: where the mixin reads its spec: ``self.hparams["ftprop"]``
+CHECKPOINT_KEY = "ftprop"  #: where the mixin stores ``{"spec", "layers"}`` in a checkpoint
+_LOG_KEYS = ("log_every_n_steps", "histogram_every_n_steps")
+_LOG_DEFAULTS = {"log_every_n_steps": 50, "histogram_every_n_steps": 500}
+
+
+def _convert_after(configure_model):
+    @functools.wraps(configure_model)
+    def wrapper(self, *args, **kwargs):
+        result = configure_model(self, *args, **kwargs)
+        self.apply_ftprop()
+        return result
+
+    return wrapper
+
+
+class FTPropMixin:
+    """Mix into a ``lightning.pytorch.LightningModule`` subclass, before ``LightningModule``.
+
+    See the module docstring for the spec and when it is applied.
+    """
+
+    _ftprop_mixin = True  # lets FTPropCallback refuse to convert a second time
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_class(cls, "FTPropMixin")
+        own = cls.__dict__.get("configure_model")
+        if own is not None and not getattr(own, "_ftprop_wrapped", False):
+            wrapped = _convert_after(own)
+            wrapped._ftprop_wrapped = True
+            cls.configure_model = wrapped
+
+    # --- the spec ----------------------------------------------------------------------------
+
+    def _ftprop_options(self) -> Optional[Dict[str, Any]]:
+        hparams = self.hparams
+        if HPARAMS_KEY not in hparams:
+            raise ValueError(
+                f"{type(self).__name__} uses FTPropMixin but self.hparams has no {HPARAMS_KEY!r} entry; "
+                f"give __init__ an argument `{HPARAMS_KEY}: Optional[dict] = None` and call "
+                "self.save_hyperparameters() (ftprop=None trains the float model)"
+            )
+        options = hparams[HPARAMS_KEY]
+        if options is not None and not isinstance(options, dict):
+            options = dict(options)  # e.g. an OmegaConf/Namespace mapping
+        return options
+
+    @property
+    def ftprop_spec(self) -> Optional[Dict[str, Any]]:
+        """The validated swap spec from ``hparams["ftprop"]``, or None for the float model."""
+        options = self._ftprop_options()
+        return None if options is None else spec_from_dict(options, extra_keys=_LOG_KEYS)
+
+    def apply_ftprop(self) -> List[str]:
+        """Convert the module as ``hparams["ftprop"]`` says (idempotent); returns the swapped names."""
+        spec = self.ftprop_spec
+        self._ftprop_layers = [] if spec is None else apply_spec(self, spec)
+        return self._ftprop_layers
+
+    # --- Lightning hooks ---------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        self.apply_ftprop()
+
+    def configure_callbacks(self) -> list:
+        callbacks = list(super().configure_callbacks() or [])
+        options = self._ftprop_options()
+        if options is not None:
+            log = {k: options.get(k, _LOG_DEFAULTS[k]) for k in _LOG_KEYS}
+            if any(log.values()):
+                callbacks.append(FTPropDiagnostics(**log))
+        return callbacks
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        spec = self.ftprop_spec
+        if spec is not None:
+            layers = self.__dict__.get("_ftprop_layers")
+            checkpoint[CHECKPOINT_KEY] = {"spec": spec, "layers": self.apply_ftprop() if layers is None else list(layers)}
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        spec = self.ftprop_spec
+        if saved is not None:
+            if spec is None:
+                raise ValueError(
+                    f"the checkpoint holds a threshold network ({saved['spec']}) but {type(self).__name__} "
+                    f"has hparams['{HPARAMS_KEY}'] = None; load it with the checkpoint's spec, then call "
+                    "lightning_ftprop.revert(model) if you want the float activations back"
+                )
+            differences = spec_differences(saved["spec"], spec)
+            if differences:
+                raise ValueError(
+                    f"the checkpoint's ftprop spec differs from {type(self).__name__}'s (checkpoint != module): "
+                    + "; ".join(differences)
+                )
+        layers = self.apply_ftprop()
+        if saved is not None and list(saved.get("layers", layers)) != layers:
+            raise ValueError(
+                f"the checkpoint's threshold layers {saved['layers']} differ from this model's {layers}"
+            )

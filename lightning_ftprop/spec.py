@@ -1,0 +1,175 @@
+"""The swap spec: a plain dict that says how a model's activations were converted.
+
+:class:`~lightning_ftprop.FTPropCallback` and :class:`~lightning_ftprop.FTPropMixin` both describe
+their swap with a spec and store it in checkpoints, so a resumed or reloaded model gets the same
+threshold units before its weights load::
+
+    spec = make_spec(activation="qrelu", rule="sste", unit_kwargs={"steps": 5})
+    names = apply_spec(model, spec)              # lightning_ftprop.convert(model, ...) underneath
+    spec_differences(saved, spec)                # [] when they agree
+
+A spec has exactly the keys of :data:`SPEC_KEYS`. Its values are plain Python (str, bool, list,
+dict, None), so it survives YAML, ``save_hyperparameters`` and ``torch.load(weights_only=True)``.
+``mapping`` keys are ``torch.nn`` activation class names (``"ReLU"``) or, for other activation
+classes, dotted import paths (``"mypkg.layers.MyAct"``); ``nn.Module`` types are accepted and
+stored by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from torch import nn
+
+from lightning_ftprop.convert import activation_type_names, check_convert_args, convert
+from lightning_ftprop.nn import ACTIVATIONS
+from lightning_ftprop.rules import DEFAULT_RULE, Rule
+
+__all__ = ["SPEC_KEYS", "make_spec", "spec_from_dict", "apply_spec", "spec_differences"]
+
+#: The keys of a spec, in order; ``make_spec`` takes them as arguments.
+SPEC_KEYS = ("activation", "rule", "weighted", "include", "exclude", "mapping", "unit_kwargs")
+
+
+def _patterns(value: Union[str, Sequence[str], None], name: str) -> Optional[List[str]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(p, str) for p in value):
+        return list(value)
+    raise TypeError(f"{name} must be None, a glob pattern or a list of them, got {value!r}")
+
+
+def _type_name(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, type) and issubclass(key, nn.Module):
+        if getattr(nn, key.__name__, None) is key:
+            return key.__name__
+        return f"{key.__module__}.{key.__qualname__}"
+    raise TypeError(f"mapping keys must be activation class names or nn.Module types, got {key!r}")
+
+
+def _resolve_type(name: str) -> Union[str, type]:
+    """A torch.nn class name stays a string (convert resolves it); a dotted path is imported."""
+    if "." not in name:
+        return name
+    module_name, _, attr = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(
+            f"mapping key {name!r} cannot be imported ({err}); use a torch.nn activation name "
+            f"({', '.join(activation_type_names())}) or an importable dotted path"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"mapping key {name!r} is not an nn.Module class")
+    return cls
+
+
+def _mapping(value: Optional[Mapping]) -> Optional[Dict[str, Optional[str]]]:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"mapping must be a dict of activation class -> activation name or None, got {value!r}")
+    out: Dict[str, Optional[str]] = {}
+    for key, target in value.items():
+        if target is not None and not isinstance(target, str):
+            raise ValueError(
+                f"mapping[{key!r}] must be one of {', '.join(ACTIVATIONS)} or None, got {target!r}"
+            )
+        out[_type_name(key)] = target
+    return out
+
+
+def _convert_kwargs(spec: Mapping[str, Any]) -> Dict[str, Any]:
+    """The keyword arguments of :func:`convert` (after ``model``) that a normalised spec stands for."""
+    mapping = spec["mapping"]
+    if mapping is not None:
+        mapping = {_resolve_type(k): v for k, v in mapping.items()}
+    return dict(
+        activation=spec["activation"], rule=spec["rule"], include=spec["include"], exclude=spec["exclude"],
+        mapping=mapping, weighted=spec["weighted"], **spec["unit_kwargs"],
+    )
+
+
+def make_spec(
+    activation: str = "sign",
+    rule: Union[str, Rule] = DEFAULT_RULE,
+    weighted: bool = True,
+    include: Union[str, Sequence[str], None] = None,
+    exclude: Union[str, Sequence[str], None] = None,
+    mapping: Optional[Mapping] = None,
+    unit_kwargs: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Validate the arguments of a swap and return them as a normalised spec.
+
+    Args: as :func:`lightning_ftprop.convert`, except that ``activation`` must be a name (a spec must
+    be storable), ``weighted`` is its own key and other unit arguments (qrelu's ``steps``, ``mode``)
+    go in ``unit_kwargs``.
+
+    Raises:
+        ValueError: unknown activation, rule or mapping key, or bad unit argument values; the
+            message lists what is allowed.
+        TypeError: wrong argument types, or a unit argument the activation does not take.
+    """
+    if not isinstance(activation, str):
+        raise TypeError(
+            f"activation must be a name, one of {', '.join(ACTIVATIONS)}; got {activation!r} "
+            "(use lightning_ftprop.convert directly for custom unit factories)"
+        )
+    if not isinstance(weighted, bool):
+        raise TypeError(f"weighted must be True or False, got {weighted!r}")
+    if unit_kwargs is None:
+        unit_kwargs = {}
+    if not isinstance(unit_kwargs, Mapping) or not all(isinstance(k, str) for k in unit_kwargs):
+        raise TypeError(f"unit_kwargs must be a dict of keyword arguments, got {unit_kwargs!r}")
+    if "weighted" in unit_kwargs or "rule" in unit_kwargs:
+        raise ValueError("pass 'weighted' and 'rule' as their own arguments, not inside unit_kwargs")
+    spec = {
+        "activation": activation,
+        "rule": rule.name if isinstance(rule, Rule) else rule,
+        "weighted": weighted,
+        "include": _patterns(include, "include"),
+        "exclude": _patterns(exclude, "exclude"),
+        "mapping": _mapping(mapping),
+        "unit_kwargs": dict(unit_kwargs),
+    }
+    check_convert_args(**_convert_kwargs(spec))
+    return spec
+
+
+def spec_from_dict(values: Mapping[str, Any], extra_keys: Sequence[str] = ()) -> Dict[str, Any]:
+    """Build a spec from a (possibly partial) dict; missing keys take :func:`make_spec`'s defaults.
+
+    Keys in ``extra_keys`` are allowed and ignored (e.g. the logging options of the callback).
+
+    Raises:
+        ValueError: an unknown key (the message lists the allowed ones), or what :func:`make_spec` raises.
+    """
+    if not isinstance(values, Mapping):
+        raise TypeError(f"an ftprop spec must be a dict with keys from {', '.join(SPEC_KEYS)}, got {values!r}")
+    unknown = sorted(set(values) - set(SPEC_KEYS) - set(extra_keys))
+    if unknown:
+        allowed = ", ".join((*SPEC_KEYS, *extra_keys))
+        raise ValueError(f"unknown ftprop spec key(s) {', '.join(map(repr, unknown))}; allowed keys: {allowed}")
+    return make_spec(**{k: v for k, v in values.items() if k in SPEC_KEYS})
+
+
+def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
+    """Convert ``model`` as ``spec`` says (idempotent); returns the swapped module names.
+
+    Raises:
+        ValueError: the model has nothing to swap (from :func:`lightning_ftprop.convert`).
+    """
+    return convert(model, **_convert_kwargs(spec))
+
+
+def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> List[str]:
+    """``"key: expected != found"`` for every key on which two specs disagree."""
+    return [
+        f"{key}: {expected.get(key)!r} != {found.get(key)!r}"
+        for key in SPEC_KEYS if expected.get(key) != found.get(key)
+    ]
