@@ -15,6 +15,7 @@ from lightning_ftprop.summary import summary
 from lightning_ftprop.callback import FTPropCallback
 from lightning_ftprop.diagnostics import FTPropDiagnostics
 from lightning_ftprop.mixin import FTPropMixin
+from lightning_ftprop.module import ImageClassifier
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,5 @@ __all__ = [
     "available_rules", "convert", "functional", "get_rule", "make_unit", "register_rule", "revert",
     "rules", "summary", "threshold_units",
     "FTPropCallback", "FTPropDiagnostics", "FTPropMixin",
+    "ImageClassifier",
 ]

@@ -189,8 +189,16 @@ def plot_accuracy(results: Sequence[DemoResult], path: str) -> str:
 
 def run_demo(args: argparse.Namespace) -> List[DemoResult]:
     """Train every method in ``args.methods``, then write the table, curves and plot."""
+    import torch
+
     os.makedirs(args.output_dir, exist_ok=True)
-    results = [_train_one(method, args) for method in args.methods]
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        results = [_train_one(method, args) for method in args.methods]
+    finally:
+        torch.set_num_threads(threads)
     table = format_table(results)
     csv_path, _ = write_results(results, args.output_dir)
     png_path = plot_accuracy(results, os.path.join(args.output_dir, "test_accuracy.png"))
@@ -217,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
                         help=f"subset of: {', '.join(METHODS)}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); on cores shared with other jobs, "
+                             "--threads 1 avoids the slowdown of threads waiting for each other")
     parser.add_argument("--wandb", action="store_true", help="also log to W&B (offline without an API key)")
     parser.add_argument("--fast", action="store_true", help="1 epoch of 5 batches: a quick pipeline check")
     parser.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bars")
@@ -231,7 +242,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"unknown method(s) {', '.join(map(repr, unknown))}; valid methods are: {', '.join(METHODS)}")
     if args.fast:
         args.epochs, args.limit_batches = 1, args.limit_batches or 5
-    for name in ("epochs", "batch_size", "limit_batches"):
+    for name in ("epochs", "batch_size", "limit_batches", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")

@@ -12,8 +12,12 @@ from lightning_ftprop.demo import METHODS, DemoResult, format_table, parse_args
 
 
 def test_fast_demo_trains_every_method_and_writes_table_csv_and_plot(tmp_path, capsys):
+    import torch
+
     out = tmp_path / "demo"
-    assert main(["demo", "--fast", "--limit-batches", "2", "--batch-size", "32", "--no-progress", "--output-dir", str(out)]) == 0
+    threads = torch.get_num_threads()
+    assert main(["demo", "--fast", "--limit-batches", "2", "--batch-size", "32", "--threads", "1", "--no-progress", "--output-dir", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # --threads applies to the demo only
     printed = capsys.readouterr().out
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -81,3 +85,4 @@ def test_wandb_goes_online_only_with_credentials_or_an_explicit_mode(tmp_path, m
     monkeypatch.setenv("WANDB_MODE", "online")
     netrc_file.unlink()
     assert not _wandb_offline()
+
