@@ -9,7 +9,7 @@ standard deviation of the best and the final test accuracy. Evaluation on the fu
 Data: the IDX files of Fashion-MNIST (Debian: ``apt-get install dataset-fashion-mnist`` puts them in
 /usr/share/datasets/fashion-mnist), read by torchvision's FashionMNIST from an unpacked copy.
 
-    python benchmarks/accuracy.py --epochs 1 --seeds 3 | tee benchmarks/accuracy.log
+    python benchmarks/accuracy.py --epochs 1 --seeds 3 --threads 1 --methods relu sign/soft_hinge sign/soft_hinge/uint8
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ def accuracy(model, x, y, batch=1000):
     return 100.0 * correct / len(x)
 
 
-def train_one(activation, rule, seed, data, args):
+def train_one(activation, rule, saved, seed, data, args):
     xtr, ytr, xte, yte = data
     torch.manual_seed(seed)
-    model = convnet4(activation, rule or "soft_hinge", num_classes=10, in_channels=1)
+    unit_kwargs = {} if saved == "exact" else {"saved": saved}
+    model = convnet4(activation, rule or "soft_hinge", num_classes=10, in_channels=1, **unit_kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(xtr) // args.batch_size
     eval_at = {round(steps_per_epoch * k / args.evals_per_epoch) for k in range(1, args.evals_per_epoch + 1)}
@@ -89,21 +90,29 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--evals-per-epoch", type=int, default=4)
-    parser.add_argument("--methods", nargs="*", default=None, help="e.g. sign/soft_hinge relu")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="e.g. relu sign/soft_hinge qrelu/sste sign/soft_hinge/uint8 (activation/rule/saved form)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 per process runs fastest here)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.idx_dir.is_dir():
         raise SystemExit(f"no Fashion-MNIST IDX files in {args.idx_dir}; install dataset-fashion-mnist or pass --idx-dir")
-    methods = METHODS if not args.methods else [(m.split("/") + [None])[:2] for m in args.methods]
+    def parse(method: str):  # activation[/rule[/saved]]
+        activation, rule, saved = (method.split("/") + [None, None])[:3]
+        return activation, rule, saved or "exact"
+
+    methods = [parse("/".join(filter(None, m))) for m in METHODS] if not args.methods else [parse(m) for m in args.methods]
     data = load_fashion_mnist(args.idx_dir, args.cache)
     print(f"# full Fashion-MNIST: {len(data[0])} train / {len(data[2])} test, convnet4 28x28, Adam lr {args.lr}, "
           f"wd {args.weight_decay}, batch {args.batch_size}, {args.epochs} epoch(s), {args.seeds} seeds, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     print(f"{'method':<22} {'best test acc':>16} {'final test acc':>16} {'time/run':>9}", flush=True)
-    for activation, rule in methods:
-        runs = [train_one(activation, rule, seed, data, args) for seed in range(args.seeds)]
+    for activation, rule, saved in methods:
+        runs = [train_one(activation, rule, saved, seed, data, args) for seed in range(args.seeds)]
         best, final, secs = zip(*runs)
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-        name = activation if rule is None else f"{activation}/{rule}"
+        name = activation if rule is None else f"{activation}/{rule}" + ("" if saved == "exact" else f"/{saved}")
         print(f"{name:<22} {statistics.mean(best):7.2f} ± {sd(best):5.2f}  {statistics.mean(final):7.2f} ± {sd(final):5.2f}"
               f"  {statistics.mean(secs):8.0f}s   runs best={[round(b, 2) for b in best]}", flush=True)
 
