@@ -131,36 +131,32 @@ def _backward(ctx, g: Tensor) -> Tensor:
 # --- autograd Functions ----------------------------------------------------------------------------
 
 
-class SignFunction(torch.autograd.Function):
+class _BinaryFunction(torch.autograd.Function):
+    """What sign and step share: inputs ``(z, rule, weighted, saved)`` and the rule seen at ``u = z``."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save(ctx, *inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _backward(ctx, g), None, None, None
+
+
+class SignFunction(_BinaryFunction):
     """``h = sign(z)`` in {-1, +1} (sign(0) = -1); backward ``|g| * dL/dz(z, sign(-g))``."""
 
     @staticmethod
     def forward(z, rule, weighted, saved):
         return _sign_forward(z)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _save(ctx, *inputs)
 
-    @staticmethod
-    def backward(ctx, g):
-        return _backward(ctx, g), None, None, None
-
-
-class StepFunction(torch.autograd.Function):
+class StepFunction(_BinaryFunction):
     """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))`` (the rule is centred at 0)."""
 
     @staticmethod
     def forward(z, rule, weighted, saved):
         return _step_forward(z)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _save(ctx, *inputs)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _backward(ctx, g), None, None, None
 
 
 class QReLUFunction(torch.autograd.Function):
