@@ -28,9 +28,15 @@ import torchvision
 from lightning_ftprop.models import convnet4
 
 METHODS = [
-    ("relu", None), ("saturated_relu", None),
-    ("sign", "ste"), ("sign", "sste"), ("sign", "soft_hinge"), ("sign", "hinge"), ("sign", "log_loss"),
-    ("qrelu", "sste"), ("qrelu", "soft_hinge"),
+    ("relu", None),
+    ("saturated_relu", None),
+    ("sign", "ste"),
+    ("sign", "sste"),
+    ("sign", "soft_hinge"),
+    ("sign", "hinge"),
+    ("sign", "log_loss"),
+    ("qrelu", "sste"),
+    ("qrelu", "soft_hinge"),
 ]
 MEAN, STD = 0.2860, 0.3530
 
@@ -38,7 +44,12 @@ MEAN, STD = 0.2860, 0.3530
 def load_fashion_mnist(idx_dir: Path, cache: Path):
     raw = cache / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         if not (raw / stem).exists():
             with gzip.open(idx_dir / f"{stem}.gz") as src, open(raw / stem, "wb") as dst:
                 shutil.copyfileobj(src, dst)
@@ -53,9 +64,13 @@ def load_fashion_mnist(idx_dir: Path, cache: Path):
 @torch.no_grad()
 def accuracy(model, x, y, batch=1000):
     model.eval()
-    correct = sum((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item() for i in range(0, len(x), batch))
+    correct = sum((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item() for i in range(0, len(x), batch))
     model.train()
     return 100.0 * correct / len(x)
+
+
+def sd(values) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def train_one(activation, rule, saved, seed, data, args):
@@ -70,7 +85,7 @@ def train_one(activation, rule, saved, seed, data, args):
     for _ in range(args.epochs):
         perm = torch.randperm(len(xtr))
         for step in range(1, steps_per_epoch + 1):
-            idx = perm[(step - 1) * args.batch_size: step * args.batch_size]
+            idx = perm[(step - 1) * args.batch_size : step * args.batch_size]
             loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -90,31 +105,45 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--evals-per-epoch", type=int, default=4)
-    parser.add_argument("--methods", nargs="*", default=None,
-                        help="e.g. relu sign/soft_hinge qrelu/sste sign/soft_hinge/uint8 (activation/rule/saved form)")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="e.g. relu sign/soft_hinge qrelu/sste sign/soft_hinge/uint8 (activation/rule/saved form)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 per process runs fastest here)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.idx_dir.is_dir():
-        raise SystemExit(f"no Fashion-MNIST IDX files in {args.idx_dir}; install dataset-fashion-mnist or pass --idx-dir")
+        raise SystemExit(
+            f"no Fashion-MNIST IDX files in {args.idx_dir}; install dataset-fashion-mnist or pass --idx-dir"
+        )
+
     def parse(method: str):  # activation[/rule[/saved]]
         activation, rule, saved = (method.split("/") + [None, None])[:3]
         return activation, rule, saved or "exact"
 
-    methods = [parse("/".join(filter(None, m))) for m in METHODS] if not args.methods else [parse(m) for m in args.methods]
+    methods = (
+        [parse("/".join(filter(None, m))) for m in METHODS] if not args.methods else [parse(m) for m in args.methods]
+    )
     data = load_fashion_mnist(args.idx_dir, args.cache)
-    print(f"# full Fashion-MNIST: {len(data[0])} train / {len(data[2])} test, convnet4 28x28, Adam lr {args.lr}, "
-          f"wd {args.weight_decay}, batch {args.batch_size}, {args.epochs} epoch(s), {args.seeds} seeds, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"# full Fashion-MNIST: {len(data[0])} train / {len(data[2])} test, convnet4 28x28, Adam lr {args.lr}, "
+        f"wd {args.weight_decay}, batch {args.batch_size}, {args.epochs} epoch(s), {args.seeds} seeds, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     print(f"{'method':<22} {'best test acc':>16} {'final test acc':>16} {'time/run':>9}", flush=True)
     for activation, rule, saved in methods:
         runs = [train_one(activation, rule, saved, seed, data, args) for seed in range(args.seeds)]
         best, final, secs = zip(*runs)
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
         name = activation if rule is None else f"{activation}/{rule}" + ("" if saved == "exact" else f"/{saved}")
-        print(f"{name:<22} {statistics.mean(best):7.2f} ± {sd(best):5.2f}  {statistics.mean(final):7.2f} ± {sd(final):5.2f}"
-              f"  {statistics.mean(secs):8.0f}s   runs best={[round(b, 2) for b in best]}", flush=True)
+        print(
+            f"{name:<22} {statistics.mean(best):7.2f} ± {sd(best):5.2f}  {statistics.mean(final):7.2f} ± {sd(final):5.2f}"
+            f"  {statistics.mean(secs):8.0f}s   runs best={[round(b, 2) for b in best]}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -102,16 +102,20 @@ def main() -> None:
         "parity-4 [4, 4]": (parity(4), [4, 4], args.epochs_parity),
         "digits 3 vs 8 [8]": (digits(3, 8), [8], args.epochs_digits),
     }
-    print(f"# seeds={args.seeds}, FTPROP-MB: Adam lr={args.lr}, rule={args.rule}, full batch, logistic loss, "
-          f"epochs parity={args.epochs_parity} digits={args.epochs_digits}; search: defaults "
-          f"(budget=5000, patience=5, solver='highs', reg=0.01); torch threads=1; {platform.processor() or platform.machine()}")
+    print(
+        f"# seeds={args.seeds}, FTPROP-MB: Adam lr={args.lr}, rule={args.rule}, full batch, logistic loss, "
+        f"epochs parity={args.epochs_parity} digits={args.epochs_digits}; search: defaults "
+        f"(budget=5000, patience=5, solver='highs', reg=0.01); torch threads=1; {platform.processor() or platform.machine()}"
+    )
     print()
     print("| problem | m train | method | train acc | test acc | zero train error | time / run (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, ((X, y, Xte, yte), hidden, epochs) in problems.items():
         methods = {
-            "search (Alg. 1)": lambda s: run_search(X, y, hidden, s, args),
-            "FTPROP-MB (Adam)": lambda s: run_minibatch(X, y, hidden, s, args, epochs),
+            "search (Alg. 1)": lambda s, X=X, y=y, hidden=hidden: run_search(X, y, hidden, s, args),
+            "FTPROP-MB (Adam)": lambda s, X=X, y=y, hidden=hidden, epochs=epochs: run_minibatch(
+                X, y, hidden, s, args, epochs
+            ),
         }
         for method, train in methods.items():
             train_acc, test_acc, seconds = [], [], []
@@ -124,8 +128,11 @@ def main() -> None:
                     test_acc.append(float((predict(Xte) == yte).mean()))
             zero = sum(a == 1.0 for a in train_acc)
             test = _ms(test_acc) if test_acc else "—"
-            print(f"| {name} | {len(y)} | {method} | {_ms(train_acc)} | {test} | {zero}/{args.seeds} | "
-                  f"{_ms(seconds, '{:.2f}')} |", flush=True)
+            print(
+                f"| {name} | {len(y)} | {method} | {_ms(train_acc)} | {test} | {zero}/{args.seeds} | "
+                f"{_ms(seconds, '{:.2f}')} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

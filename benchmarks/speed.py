@@ -132,8 +132,10 @@ def bench_net(net: str, variants: List[Tuple[str, str, str]], args) -> None:
     base_u, base_s = memory["relu"]
     mode = "compiled" if args.compile else "eager"
     timer = "wall" if clock is time.perf_counter else "process CPU"
-    print(f"\n## {net}, batch {batch}, input {'x'.join(map(str, shape))}, {mode}, {args.device}, "
-          f"{args.rounds} rounds x {args.steps} steps, {timer} time")
+    print(
+        f"\n## {net}, batch {batch}, input {'x'.join(map(str, shape))}, {mode}, {args.device}, "
+        f"{args.rounds} rounds x {args.steps} steps, {timer} time"
+    )
     header = f"{'variant':<18} {'ms/step':>8} {'throughput vs ReLU':>19} {'saved MB':>9} {'saved vs ReLU':>14} {'(sum of saved)':>15}"
     if cuda_peak:
         header += f" {'peak MB':>8} {'peak vs ReLU':>13}"
@@ -141,8 +143,10 @@ def bench_net(net: str, variants: List[Tuple[str, str, str]], args) -> None:
     for name, _, _ in variants:
         t = min(times[name])
         unique, total = memory[name]
-        line = (f"{name:<18} {1e3 * t:8.1f} {base_t / t:18.3f}x {unique / 2**20:9.1f} {unique / base_u:13.3f}x "
-                f"{total / base_s:14.3f}x")
+        line = (
+            f"{name:<18} {1e3 * t:8.1f} {base_t / t:18.3f}x {unique / 2**20:9.1f} {unique / base_u:13.3f}x "
+            f"{total / base_s:14.3f}x"
+        )
         if cuda_peak:
             line += f" {cuda_peak[name] / 2**20:8.1f} {cuda_peak[name] / cuda_peak['relu']:12.3f}x"
         print(line, flush=True)
@@ -160,10 +164,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--timer", choices=["cpu", "wall"], default="cpu",
-                        help="cpu: process CPU time (default on the CPU); wall: elapsed time (always on a GPU)")
-    parser.add_argument("--saved", choices=["exact", "bf16", "uint8"], default="exact",
-                        help="what the threshold units keep for backward")
+    parser.add_argument(
+        "--timer",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu: process CPU time (default on the CPU); wall: elapsed time (always on a GPU)",
+    )
+    parser.add_argument(
+        "--saved",
+        choices=["exact", "bf16", "uint8"],
+        default="exact",
+        help="what the threshold units keep for backward",
+    )
     args = parser.parse_args()
     args.unit_kwargs = {} if args.saved == "exact" else {"saved": args.saved}
     if args.threads:
@@ -173,8 +185,10 @@ def main() -> None:
     variants = [("relu", "relu", "soft_hinge"), ("naive sign/tanh", "naive", "soft_hinge")] + [
         (f"{a}/{r}", a, r) for a in args.activations for r in args.rules
     ]
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, saved={args.saved}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, saved={args.saved}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
+    )
     for net in args.nets:
         bench_net(net, variants, args)
 

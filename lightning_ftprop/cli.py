@@ -19,7 +19,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-__all__ = ["CONFIG_DIR", "available_configs", "resolve_config", "resolve_config_args", "FTPropCLI", "main"]
+__all__ = ["CONFIG_DIR", "available_configs", "resolve_config", "resolve_config_args", "FTPropCLI", "main"]  # noqa: F822 (lazy)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -72,7 +72,7 @@ def resolve_config_args(argv: Sequence[str]) -> List[str]:
             out.append(arg)
             expect_value = True
         elif arg.startswith("--config="):
-            out.append("--config=" + resolve_config(arg[len("--config="):]))
+            out.append("--config=" + resolve_config(arg[len("--config=") :]))
         else:
             out.append(arg)
     return out
@@ -90,8 +90,11 @@ def _cli_class():
         def __init__(self, args: Optional[Sequence[str]] = None, **kwargs):
             kwargs.setdefault("save_config_kwargs", {"overwrite": True})
             super().__init__(
-                ImageClassifier, LightningDataModule, subclass_mode_data=True,
-                args=None if args is None else list(args), **kwargs,
+                ImageClassifier,
+                LightningDataModule,
+                subclass_mode_data=True,
+                args=None if args is None else list(args),
+                **kwargs,
             )
 
     return FTPropCLI

@@ -27,9 +27,25 @@ __all__ = ["convert", "revert", "threshold_units", "check_convert_args", "activa
 
 #: The activation module types that :func:`convert` swaps by default.
 DEFAULT_ACTIVATIONS: tuple = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.Hardtanh,
-    nn.Tanh, nn.Sigmoid, nn.Hardsigmoid, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Softplus,
-    nn.Softsign, nn.Tanhshrink,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.Hardtanh,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
 )
 
 _ORIGINAL = "_ftprop_original"  # attribute on a unit: the module it replaced (not a submodule)
@@ -43,8 +59,11 @@ def _activation_types() -> Dict[str, Type[nn.Module]]:
     import torch.nn.modules.activation as act
 
     return {
-        name: cls for name, cls in vars(act).items()
-        if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == act.__name__
+        name: cls
+        for name, cls in vars(act).items()
+        if isinstance(cls, type)
+        and issubclass(cls, nn.Module)
+        and cls.__module__ == act.__name__
         and name not in ("MultiheadAttention", "Softmax", "Softmin", "Softmax2d", "LogSoftmax")
     }
 
@@ -59,10 +78,14 @@ def _resolve_mapping(activation: ActivationSpec, mapping: Optional[Mapping]) -> 
     for key, value in mapping.items():
         if isinstance(key, str):
             if key not in known:
-                raise ValueError(f"unknown mapping key {key!r}; valid keys are nn.Module types or: {', '.join(sorted(known))}")
+                raise ValueError(
+                    f"unknown mapping key {key!r}; valid keys are nn.Module types or: {', '.join(sorted(known))}"
+                )
             key = known[key]
         elif not (isinstance(key, type) and issubclass(key, nn.Module)):
-            raise ValueError(f"mapping key {key!r} is not an nn.Module type; valid string keys are: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"mapping key {key!r} is not an nn.Module type; valid string keys are: {', '.join(sorted(known))}"
+            )
         _check_activation(value, allow_none=True)
         resolved[key] = value
     return resolved
@@ -75,7 +98,9 @@ def _check_activation(activation: ActivationSpec, allow_none: bool = False) -> N
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(ACTIVATIONS)}")
     elif not callable(activation):
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)} or a callable returning a module, got {activation!r}")
+        raise ValueError(
+            f"activation must be one of {', '.join(ACTIVATIONS)} or a callable returning a module, got {activation!r}"
+        )
 
 
 def activation_type_names() -> List[str]:
@@ -134,8 +159,7 @@ def _original(module: nn.Module) -> nn.Module:
 
 def _same_unit(old: nn.Module, new: nn.Module) -> bool:
     return (
-        isinstance(old, ThresholdUnit) and type(old) is type(new)
-        and old.spec() == new.spec() and old.rule is new.rule
+        isinstance(old, ThresholdUnit) and type(old) is type(new) and old.spec() == new.spec() and old.rule is new.rule
     )
 
 
@@ -147,9 +171,7 @@ def _sync_transformer_fast_path(parent: nn.Module, child_name: str, module: nn.M
     would ignore a threshold unit put in its place. Flag 0 turns the fast path off.
     """
     if child_name == "activation" and hasattr(parent, "activation_relu_or_gelu"):
-        parent.activation_relu_or_gelu = (
-            1 if isinstance(module, nn.ReLU) else 2 if isinstance(module, nn.GELU) else 0
-        )
+        parent.activation_relu_or_gelu = 1 if isinstance(module, nn.ReLU) else 2 if isinstance(module, nn.GELU) else 0
 
 
 def convert(

@@ -84,8 +84,12 @@ def _wandb_logger(output_dir: str, method: str, config: dict):
 
     offline = _wandb_offline()
     return WandbLogger(
-        project="lightning-ftprop-demo", name=method.replace("/", "-"), save_dir=output_dir, offline=offline,
-        config=config, reinit="finish_previous",
+        project="lightning-ftprop-demo",
+        name=method.replace("/", "-"),
+        save_dir=output_dir,
+        offline=offline,
+        config=config,
+        reinit="finish_previous",
     )
 
 
@@ -109,17 +113,40 @@ def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
     result = DemoResult(method)
     loggers: list = [CSVLogger(args.output_dir, name="logs", version=method.replace("/", "-"))]
     if args.wandb:
-        config = {"method": method, "activation": activation, "rule": rule, "epochs": args.epochs,
-                  "batch_size": args.batch_size, "lr": args.lr}
+        config = {
+            "method": method,
+            "activation": activation,
+            "rule": rule,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+        }
         loggers.append(_wandb_logger(args.output_dir, method, config))
-    model = ImageClassifier("convnet4", activation=activation, rule=rule, num_classes=10, in_channels=1,
-                            optimizer="adam", lr=args.lr, weight_decay=args.weight_decay)
+    model = ImageClassifier(
+        "convnet4",
+        activation=activation,
+        rule=rule,
+        num_classes=10,
+        in_channels=1,
+        optimizer="adam",
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+    )
     data = EmbeddedFashionMNISTDataModule(batch_size=args.batch_size)  # val_split=0: validate on the test split
     limit = args.limit_batches
     trainer = pl.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", devices=1, logger=loggers, callbacks=[EpochTestAccuracy(result)],
-        enable_checkpointing=False, enable_progress_bar=not args.no_progress, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_train_batches=limit, limit_val_batches=limit, log_every_n_steps=10,
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=loggers,
+        callbacks=[EpochTestAccuracy(result)],
+        enable_checkpointing=False,
+        enable_progress_bar=not args.no_progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=limit,
+        limit_val_batches=limit,
+        log_every_n_steps=10,
     )
     print(f"\n=== {method}: convnet4, activation={activation}" + (f", rule={rule}" if activation != "relu" else ""))
     start = time.perf_counter()
@@ -137,7 +164,9 @@ def format_table(results: Sequence[DemoResult]) -> str:
     header = f"{'method':<18} {'best test acc':>13} {'(epoch)':>7} {'final test acc':>14} {'time (s)':>9}"
     lines = [header, "-" * len(header)]
     for r in results:
-        lines.append(f"{r.method:<18} {100 * r.best:>12.2f}% {r.best_epoch:>7d} {100 * r.final:>13.2f}% {r.seconds:>9.1f}")
+        lines.append(
+            f"{r.method:<18} {100 * r.best:>12.2f}% {r.best_epoch:>7d} {100 * r.final:>13.2f}% {r.seconds:>9.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -148,7 +177,9 @@ def write_results(results: Sequence[DemoResult], output_dir: str) -> Tuple[str, 
         writer = csv.writer(handle)
         writer.writerow(["method", "best_test_acc", "best_epoch", "final_test_acc", "epochs", "seconds"])
         for r in results:
-            writer.writerow([r.method, f"{r.best:.4f}", r.best_epoch, f"{r.final:.4f}", len(r.test_acc), f"{r.seconds:.1f}"])
+            writer.writerow(
+                [r.method, f"{r.best:.4f}", r.best_epoch, f"{r.final:.4f}", len(r.test_acc), f"{r.seconds:.1f}"]
+            )
     curves = os.path.join(output_dir, "test_accuracy.csv")
     with open(curves, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -165,7 +196,6 @@ def plot_accuracy(results: Sequence[DemoResult], path: str) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     colours = {"relu": "0.3", "saturated_relu": "0.6", "sign": "tab:blue", "step": "tab:green", "qrelu": "tab:orange"}
@@ -173,8 +203,14 @@ def plot_accuracy(results: Sequence[DemoResult], path: str) -> str:
     for r in results:
         activation, rule = METHODS.get(r.method, (r.method, ""))
         epochs = range(1, len(r.test_acc) + 1)
-        ax.plot(epochs, [100 * a for a in r.test_acc], marker="o", label=r.method, color=colours.get(activation),
-                linestyle="--" if activation in ("sign", "step", "qrelu") and rule != "soft_hinge" else "-")
+        ax.plot(
+            epochs,
+            [100 * a for a in r.test_acc],
+            marker="o",
+            label=r.method,
+            color=colours.get(activation),
+            linestyle="--" if activation in ("sign", "step", "qrelu") and rule != "soft_hinge" else "-",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
@@ -207,7 +243,9 @@ def run_demo(args: argparse.Namespace) -> List[DemoResult]:
     print(table)
     print(f"total training time {total:.1f} s; wrote {csv_path} and {png_path}")
     if args.wandb and _wandb_offline():
-        print(f"W&B runs were logged offline; upload them with: wandb sync {os.path.join(args.output_dir, 'wandb', 'offline-run-*')}")
+        print(
+            f"W&B runs were logged offline; upload them with: wandb sync {os.path.join(args.output_dir, 'wandb', 'offline-run-*')}"
+        )
     return results
 
 
@@ -222,12 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--limit-batches", type=int, default=None, help="batches per epoch of each split")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                        help=f"subset of: {', '.join(METHODS)}")
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), metavar="METHOD", help=f"subset of: {', '.join(METHODS)}"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice); on cores shared with other jobs, "
-                             "--threads 1 avoids the slowdown of threads waiting for each other")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice); on cores shared with other jobs, "
+        "--threads 1 avoids the slowdown of threads waiting for each other",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log to W&B (offline without an API key)")
     parser.add_argument("--fast", action="store_true", help="1 epoch of 5 batches: a quick pipeline check")
     parser.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bars")

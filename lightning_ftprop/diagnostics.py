@@ -49,7 +49,12 @@ from lightning_ftprop.nn import QReLU, ThresholdUnit
 from lightning_ftprop.rules import Rule
 
 __all__ = [
-    "STATS", "FTPropDiagnostics", "TargetCounts", "layer_key", "rule_coordinate", "stats_from_counts",
+    "STATS",
+    "FTPropDiagnostics",
+    "TargetCounts",
+    "layer_key",
+    "rule_coordinate",
+    "stats_from_counts",
     "target_counts",
 ]
 
@@ -76,12 +81,14 @@ def target_counts(u: Tensor, g: Tensor, rule: Rule) -> Tuple[Tensor, Tensor]:
     t = -torch.sign(g)
     active = t != 0
     side = torch.where(u > 0, 1.0, -1.0)
-    counts = torch.stack([
-        torch.full((), g.numel(), dtype=torch.long, device=g.device),
-        (~active).sum(),
-        (active & (t != side)).sum(),
-        (active & (rule.grad(u, t) == 0)).sum(),
-    ])
+    counts = torch.stack(
+        [
+            torch.full((), g.numel(), dtype=torch.long, device=g.device),
+            (~active).sum(),
+            (active & (t != side)).sum(),
+            (active & (rule.grad(u, t) == 0)).sum(),
+        ]
+    )
     loss = torch.where(active, g.abs() * rule.loss(u, t), 0.0).sum()
     return counts, loss
 
@@ -137,8 +144,10 @@ class FTPropDiagnostics(Callback):
     """
 
     def __init__(self, log_every_n_steps: int = 50, histogram_every_n_steps: int = 500) -> None:
-        for name, value in (("log_every_n_steps", log_every_n_steps),
-                            ("histogram_every_n_steps", histogram_every_n_steps)):
+        for name, value in (
+            ("log_every_n_steps", log_every_n_steps),
+            ("histogram_every_n_steps", histogram_every_n_steps),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0 (0 turns it off), got {value!r}")
         self.log_every_n_steps = log_every_n_steps
@@ -189,8 +198,7 @@ class FTPropDiagnostics(Callback):
                 key, n = f"{layer_key(name)}_{n}", n + 1
             self._keys.append(key)
         self._handles = [
-            unit.register_forward_hook(functools.partial(self._forward_hook, i))
-            for i, (_, unit) in enumerate(units)
+            unit.register_forward_hook(functools.partial(self._forward_hook, i)) for i, (_, unit) in enumerate(units)
         ]
         self.metric = TargetCounts(len(units)).to(pl_module.device)
 
@@ -228,8 +236,10 @@ class FTPropDiagnostics(Callback):
         self._step = step = trainer.global_step
         self._gather_stats = bool(self.log_every_n_steps) and step % self.log_every_n_steps == 0
         self._gather_histograms = (
-            bool(self.histogram_every_n_steps) and step % self.histogram_every_n_steps == 0
-            and trainer.is_global_zero and bool(self._wandb_loggers(trainer))
+            bool(self.histogram_every_n_steps)
+            and step % self.histogram_every_n_steps == 0
+            and trainer.is_global_zero
+            and bool(self._wandb_loggers(trainer))
         )
 
     def on_train_batch_end(

@@ -46,8 +46,15 @@ from torch import Tensor
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
 __all__ = [
-    "sign", "step", "qrelu", "target_prop_grad", "SignFunction", "StepFunction", "QReLUFunction",
-    "QRELU_MODES", "SAVED_FORMS",
+    "sign",
+    "step",
+    "qrelu",
+    "target_prop_grad",
+    "SignFunction",
+    "StepFunction",
+    "QReLUFunction",
+    "QRELU_MODES",
+    "SAVED_FORMS",
 ]
 
 QRELU_MODES: Tuple[str, ...] = ("single", "per_threshold")
@@ -183,8 +190,7 @@ def _check_input(z: Tensor, name: str) -> None:
         raise TypeError(f"{name}() expects a torch.Tensor, got {type(z).__name__}")
     if not z.is_floating_point():
         raise TypeError(
-            f"{name}() needs a floating-point tensor, got dtype {z.dtype}; "
-            "allowed: float16, bfloat16, float32, float64"
+            f"{name}() needs a floating-point tensor, got dtype {z.dtype}; allowed: float16, bfloat16, float32, float64"
         )
 
 

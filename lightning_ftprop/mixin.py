@@ -122,7 +122,10 @@ class FTPropMixin:
         spec = self.ftprop_spec
         if spec is not None:
             layers = self.__dict__.get("_ftprop_layers")
-            checkpoint[CHECKPOINT_KEY] = {"spec": spec, "layers": self.apply_ftprop() if layers is None else list(layers)}
+            checkpoint[CHECKPOINT_KEY] = {
+                "spec": spec,
+                "layers": self.apply_ftprop() if layers is None else list(layers),
+            }
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -143,6 +146,4 @@ class FTPropMixin:
                 )
         layers = self.apply_ftprop()
         if saved is not None and list(saved.get("layers", layers)) != layers:
-            raise ValueError(
-                f"the checkpoint's threshold layers {saved['layers']} differ from this model's {layers}"
-            )
+            raise ValueError(f"the checkpoint's threshold layers {saved['layers']} differ from this model's {layers}")

@@ -17,7 +17,6 @@ import inspect
 import math
 from typing import Dict, Type, Union
 
-import torch
 from torch import Tensor, nn
 
 from lightning_ftprop import functional as F
@@ -136,5 +135,7 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
     allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise TypeError(f"{cls.__name__} does not take {', '.join(unknown)}; its arguments are: rule, {', '.join(allowed)}")
+        raise TypeError(
+            f"{cls.__name__} does not take {', '.join(unknown)}; its arguments are: rule, {', '.join(allowed)}"
+        )
     return cls(rule=rule, **kwargs)

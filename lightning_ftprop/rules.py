@@ -172,23 +172,50 @@ def _log_grad(z: Tensor, t: Tensor) -> Tensor:
     return -t * torch.sigmoid(-t * z)
 
 
-register_rule(Rule(
-    "ste", _ste_loss, _ste_grad, surrogate=torch.ones_like, fused=_ste_fused, uses_input=False,
-    doc="Linear loss L = -t*z. Weighted backward: g (the identity straight-through estimator).",
-))
-register_rule(Rule(
-    "sste", _sste_loss, _sste_grad, surrogate=_sste_surrogate, fused=_sste_fused,
-    doc="Saturated hinge L = clip(1 - t*z, 0, 2). Weighted backward: g*1[|z|<=1] (the saturated STE).",
-))
-register_rule(Rule(
-    "soft_hinge", _soft_hinge_loss, _soft_hinge_grad, surrogate=_soft_hinge_surrogate, fused=_soft_hinge_fused,
-    doc="Soft hinge L = 1 - tanh(t*z) (FTP-SH). Weighted backward: g*(1 - tanh^2(z)).",
-))
-register_rule(Rule(
-    "hinge", _hinge_loss, _hinge_grad,
-    doc="Hinge L = max(0, 1 - t*z). dL/dz = -t*1[t*z < 1]; depends on the target.",
-))
-register_rule(Rule(
-    "log_loss", _log_loss, _log_grad,
-    doc="Logistic loss L = log(1 + exp(-t*z)). dL/dz = -t*sigmoid(-t*z); depends on the target.",
-))
+register_rule(
+    Rule(
+        "ste",
+        _ste_loss,
+        _ste_grad,
+        surrogate=torch.ones_like,
+        fused=_ste_fused,
+        uses_input=False,
+        doc="Linear loss L = -t*z. Weighted backward: g (the identity straight-through estimator).",
+    )
+)
+register_rule(
+    Rule(
+        "sste",
+        _sste_loss,
+        _sste_grad,
+        surrogate=_sste_surrogate,
+        fused=_sste_fused,
+        doc="Saturated hinge L = clip(1 - t*z, 0, 2). Weighted backward: g*1[|z|<=1] (the saturated STE).",
+    )
+)
+register_rule(
+    Rule(
+        "soft_hinge",
+        _soft_hinge_loss,
+        _soft_hinge_grad,
+        surrogate=_soft_hinge_surrogate,
+        fused=_soft_hinge_fused,
+        doc="Soft hinge L = 1 - tanh(t*z) (FTP-SH). Weighted backward: g*(1 - tanh^2(z)).",
+    )
+)
+register_rule(
+    Rule(
+        "hinge",
+        _hinge_loss,
+        _hinge_grad,
+        doc="Hinge L = max(0, 1 - t*z). dL/dz = -t*1[t*z < 1]; depends on the target.",
+    )
+)
+register_rule(
+    Rule(
+        "log_loss",
+        _log_loss,
+        _log_grad,
+        doc="Logistic loss L = log(1 + exp(-t*z)). dL/dz = -t*sigmoid(-t*z); depends on the target.",
+    )
+)

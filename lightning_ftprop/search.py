@@ -239,7 +239,9 @@ class _Search:
                 out = (x, False)
             else:
                 log.lp_solves += 1
-                res = linprog(np.zeros(A1.shape[1]), A_ub=-A1, b_ub=-np.ones(m), bounds=(None, None), method=self.solver)
+                res = linprog(
+                    np.zeros(A1.shape[1]), A_ub=-A1, b_ub=-np.ones(m), bounds=(None, None), method=self.solver
+                )
                 lp_margin = float(np.min(A1 @ res.x)) if res.status == 0 else 0.0
                 if res.status == 0 and lp_margin > 0:
                     out = (res.x / min(1.0, lp_margin), True)

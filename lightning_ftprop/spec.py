@@ -77,9 +77,7 @@ def _mapping(value: Optional[Mapping]) -> Optional[Dict[str, Optional[str]]]:
     out: Dict[str, Optional[str]] = {}
     for key, target in value.items():
         if target is not None and not isinstance(target, str):
-            raise ValueError(
-                f"mapping[{key!r}] must be one of {', '.join(ACTIVATIONS)} or None, got {target!r}"
-            )
+            raise ValueError(f"mapping[{key!r}] must be one of {', '.join(ACTIVATIONS)} or None, got {target!r}")
         out[_type_name(key)] = target
     return out
 
@@ -90,8 +88,13 @@ def _convert_kwargs(spec: Mapping[str, Any]) -> Dict[str, Any]:
     if mapping is not None:
         mapping = {_resolve_type(k): v for k, v in mapping.items()}
     return dict(
-        activation=spec["activation"], rule=spec["rule"], include=spec["include"], exclude=spec["exclude"],
-        mapping=mapping, weighted=spec["weighted"], **spec["unit_kwargs"],
+        activation=spec["activation"],
+        rule=spec["rule"],
+        include=spec["include"],
+        exclude=spec["exclude"],
+        mapping=mapping,
+        weighted=spec["weighted"],
+        **spec["unit_kwargs"],
     )
 
 
@@ -171,5 +174,6 @@ def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> L
     """``"key: expected != found"`` for every key on which two specs disagree."""
     return [
         f"{key}: {expected.get(key)!r} != {found.get(key)!r}"
-        for key in SPEC_KEYS if expected.get(key) != found.get(key)
+        for key in SPEC_KEYS
+        if expected.get(key) != found.get(key)
     ]

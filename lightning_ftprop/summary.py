@@ -1,10 +1,10 @@
 """A table of a model's threshold layers, in the spirit of ``larq.models.summary``.
 
-    >>> print(summary(model, torch.randn(1, 3, 32, 32)))
-    name    activation  levels (bits)  rule        elements/sample
-    act1    sign        2 (1)          soft_hinge  9,248
-    ...
-    total: 3 threshold layers, 14,368 elements/sample = 1.8 KB at their bit widths (56.1 KB as float32)
+>>> print(summary(model, torch.randn(1, 3, 32, 32)))
+name    activation  levels (bits)  rule        elements/sample
+act1    sign        2 (1)          soft_hinge  9,248
+...
+total: 3 threshold layers, 14,368 elements/sample = 1.8 KB at their bit widths (56.1 KB as float32)
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class ModelSummary:
     def __str__(self) -> str:
         header = ("name", "activation", "levels (bits)", "rule", "elements/sample")
         rows = [header] + [
-            (l.name, l.activation, f"{l.levels} ({l.bits})", l.rule, f"{l.elements:,}") for l in self.layers
+            (layer.name, layer.activation, f"{layer.levels} ({layer.bits})", layer.rule, f"{layer.elements:,}")
+            for layer in self.layers
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
@@ -75,8 +76,10 @@ def summary(model: nn.Module, example_input: Any) -> ModelSummary:
     counts = {name: 0 for name, _ in units}
     handles = []
     for name, unit in units:
+
         def hook(module, inputs, output, name=name):
             counts[name] += output.numel() // batch
+
         handles.append(unit.register_forward_hook(hook))
     was_training = model.training
     try:
@@ -87,7 +90,9 @@ def summary(model: nn.Module, example_input: Any) -> ModelSummary:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return ModelSummary([
-        LayerSummary(name, unit.activation, unit.levels, unit.bits, unit.rule.name, counts[name])
-        for name, unit in units
-    ])
+    return ModelSummary(
+        [
+            LayerSummary(name, unit.activation, unit.levels, unit.bits, unit.rule.name, counts[name])
+            for name, unit in units
+        ]
+    )

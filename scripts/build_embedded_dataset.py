@@ -24,7 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from lightning_ftprop.data.fashion_mnist import (  # noqa: E402
-    DEBIAN_DIR, EMBEDDED_PATH, FASHION_MNIST_CLASSES, read_fashion_mnist,
+    DEBIAN_DIR,
+    EMBEDDED_PATH,
+    FASHION_MNIST_CLASSES,
+    read_fashion_mnist,
 )
 
 
@@ -54,7 +57,10 @@ def main(argv=None) -> int:
     test_x, test_y = balanced_subset(*read_fashion_mnist(args.source, train=False), args.test_per_class, rng)
     np.savez_compressed(
         args.output,
-        train_images=train_x, train_labels=train_y, test_images=test_x, test_labels=test_y,
+        train_images=train_x,
+        train_labels=train_y,
+        test_images=test_x,
+        test_labels=test_y,
         classes=np.array(FASHION_MNIST_CLASSES),
     )
     digest = hashlib.sha256(open(args.output, "rb").read()).hexdigest()[:16]

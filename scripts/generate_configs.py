@@ -18,21 +18,60 @@ OUT = os.path.join(ROOT, "lightning_ftprop", "configs")
 SEED = 468412397
 
 METHODS = [  # (activation, rule or None)
-    ("relu", None), ("saturated_relu", None),
-    ("sign", "sste"), ("sign", "soft_hinge"),
-    ("qrelu", "sste"), ("qrelu", "soft_hinge"),
+    ("relu", None),
+    ("saturated_relu", None),
+    ("sign", "sste"),
+    ("sign", "soft_hinge"),
+    ("qrelu", "sste"),
+    ("qrelu", "soft_hinge"),
 ]
 
 # name -> dataset, optimizer, lr, epochs, milestones, batch, weight decay by activation kind, qrelu steps, title
 NETWORKS = {
-    "convnet4": dict(dataset="cifar10", title="4-layer convnet, CIFAR-10", optimizer="adam", lr=2.5e-4, epochs=300,
-                     milestones=[200, 250], batch=64, wd={"full": 5e-4, "sign": 5e-4, "qrelu": 5e-4}, steps=3),
-    "convnet8": dict(dataset="cifar10", title="8-layer convnet (DoReFa SVHN net), CIFAR-10", optimizer="adam", lr=1e-3,
-                     epochs=300, milestones=[200, 250], batch=64, wd={"full": 5e-4, "sign": 5e-4, "qrelu": 5e-4}, steps=3),
-    "alexnet_dorefa": dict(dataset="imagenet", title="AlexNet (DoReFa variant), ImageNet", optimizer="adam", lr=1e-4,
-                           epochs=80, milestones=[56, 64], batch=128, wd={"full": 5e-4, "sign": 5e-6, "qrelu": 5e-5}, steps=3),
-    "resnet18": dict(dataset="imagenet", title="ResNet-18, ImageNet", optimizer="sgd", lr=0.1, epochs=90,
-                     milestones=[30, 60], batch=256, wd={"full": 1e-4, "sign": 5e-7, "qrelu": 1e-5}, steps=5),
+    "convnet4": dict(
+        dataset="cifar10",
+        title="4-layer convnet, CIFAR-10",
+        optimizer="adam",
+        lr=2.5e-4,
+        epochs=300,
+        milestones=[200, 250],
+        batch=64,
+        wd={"full": 5e-4, "sign": 5e-4, "qrelu": 5e-4},
+        steps=3,
+    ),
+    "convnet8": dict(
+        dataset="cifar10",
+        title="8-layer convnet (DoReFa SVHN net), CIFAR-10",
+        optimizer="adam",
+        lr=1e-3,
+        epochs=300,
+        milestones=[200, 250],
+        batch=64,
+        wd={"full": 5e-4, "sign": 5e-4, "qrelu": 5e-4},
+        steps=3,
+    ),
+    "alexnet_dorefa": dict(
+        dataset="imagenet",
+        title="AlexNet (DoReFa variant), ImageNet",
+        optimizer="adam",
+        lr=1e-4,
+        epochs=80,
+        milestones=[56, 64],
+        batch=128,
+        wd={"full": 5e-4, "sign": 5e-6, "qrelu": 5e-5},
+        steps=3,
+    ),
+    "resnet18": dict(
+        dataset="imagenet",
+        title="ResNet-18, ImageNet",
+        optimizer="sgd",
+        lr=0.1,
+        epochs=90,
+        milestones=[30, 60],
+        batch=256,
+        wd={"full": 1e-4, "sign": 5e-7, "qrelu": 1e-5},
+        steps=5,
+    ),
 }
 
 METHOD_TITLES = {
@@ -66,8 +105,11 @@ def render(arch: str, activation: str, rule) -> str:
     name = config_name(arch, activation, rule)
     qrelu_note = ""
     if activation == "qrelu":
-        qrelu_note = (f"# qReLU: {steps} thresholds, {steps + 1} levels" +
-                      (" (the README's --nonlin=staircase for ResNet-18)" if steps == 5 else " (2 bits; --nonlin=staircase3)") + "\n")
+        qrelu_note = (
+            f"# qReLU: {steps} thresholds, {steps + 1} levels"
+            + (" (the README's --nonlin=staircase for ResNet-18)" if steps == 5 else " (2 bits; --nonlin=staircase3)")
+            + "\n"
+        )
     lines = [
         f"# Table 1 cell: {net['title']} -- {METHOD_TITLES[(activation, rule)]}.",
         f"# Reference README: {net['optimizer']} lr {net['lr']:g}, weight decay {wd:g}, batch {net['batch']}, "

@@ -10,9 +10,9 @@ import sys
 
 import lightning.pytorch as pl
 import torch
+from lightning_helpers import GradProbe, TinyNet, make_loader, reference_counts, unit_types
 
 import lightning_ftprop as ftp
-from lightning_helpers import GradProbe, TinyNet, make_loader, reference_counts, unit_types
 
 
 class Record(pl.Callback):
@@ -36,14 +36,23 @@ def main(out_dir: str) -> None:
     ftprop = ftp.FTPropCallback("sign", "soft_hinge", log_every_n_steps=1)
     record = Record(ftprop)
     trainer = pl.Trainer(
-        accelerator="cpu", strategy="ddp", devices=2, max_steps=3,
-        callbacks=[probe, ftprop, record], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        strategy="ddp",
+        devices=2,
+        max_steps=3,
+        callbacks=[probe, ftprop, record],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(model, make_loader(n=64, batch_size=8))
     params = {name: p.detach().tolist() for name, p in model.named_parameters()}
     result = dict(
-        rank=trainer.global_rank, layers=ftprop.layers, types=record.types, wrapper=record.wrapper,
+        rank=trainer.global_rank,
+        layers=ftprop.layers,
+        types=record.types,
+        wrapper=record.wrapper,
         params=params,
         local={step: reference_counts(records) for step, records in probe.records.items()},
         latest=record.latest,

@@ -22,8 +22,15 @@ def write_cifar10(root: str, per_batch: int = 8, test_size: int = 10, seed: int 
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, n)]
         with open(os.path.join(folder, name), "wb") as handle:
-            pickle.dump({"batch_label": name, "data": data, "labels": labels,
-                         "filenames": [f"{name}_{i}.png" for i in range(n)]}, handle)
+            pickle.dump(
+                {
+                    "batch_label": name,
+                    "data": data,
+                    "labels": labels,
+                    "filenames": [f"{name}_{i}.png" for i in range(n)],
+                },
+                handle,
+            )
         arrays[name] = data
         arrays[name + "_labels"] = np.array(labels)
     with open(os.path.join(folder, "batches.meta"), "wb") as handle:
@@ -31,7 +38,9 @@ def write_cifar10(root: str, per_batch: int = 8, test_size: int = 10, seed: int 
     return arrays
 
 
-def write_fashion_idx(folder: str, n_train: int = 40, n_test: int = 20, seed: int = 0, gz: bool = True) -> Dict[str, np.ndarray]:
+def write_fashion_idx(
+    folder: str, n_train: int = 40, n_test: int = 20, seed: int = 0, gz: bool = True
+) -> Dict[str, np.ndarray]:
     """The four Fashion-MNIST IDX files (gzip by default), labels cycling through the 10 classes."""
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
@@ -46,8 +55,13 @@ def write_fashion_idx(folder: str, n_train: int = 40, n_test: int = 20, seed: in
     return out
 
 
-def write_image_folder(root: str, classes: Sequence[str] = ("cat", "dog", "fox"), per_class: Dict[str, int] = None,
-                       size=(40, 48), seed: int = 0) -> None:
+def write_image_folder(
+    root: str,
+    classes: Sequence[str] = ("cat", "dog", "fox"),
+    per_class: Dict[str, int] = None,
+    size=(40, 48),
+    seed: int = 0,
+) -> None:
     """``root/{train,val}/<class>/<i>.JPEG`` with random RGB JPEGs of ``size`` (height, width)."""
     per_class = per_class or {"train": 5, "val": 2}
     rng = np.random.default_rng(seed)

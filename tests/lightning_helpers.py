@@ -68,8 +68,15 @@ class TinyData(pl.LightningDataModule):
 
 def make_trainer(**kwargs: Any) -> pl.Trainer:
     defaults = dict(
-        accelerator="cpu", devices=1, max_steps=3, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
     )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
@@ -85,6 +92,7 @@ class GradProbe(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for name, unit in threshold_units(pl_module):
+
             def hook(module, inputs, output, name=name):
                 if not module.training:
                     return
@@ -150,13 +158,13 @@ def _wandb_records(path: str) -> list:
         if left < 7:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:  # zero padding up to the end of the block
             pos += left
             continue
         if pos + 7 + length > len(data):
             break  # a chunk still being written
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:
             raw.append(chunk)

@@ -6,13 +6,20 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.demos import BoringModel, LightningTransformer
+from lightning_helpers import (
+    GradProbe,
+    TinyData,
+    TinyNet,
+    make_loader,
+    make_trainer,
+    reference_counts,
+    reference_stats,
+    unit_types,
+)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_ftprop as ftp
-from lightning_helpers import (
-    GradProbe, TinyData, TinyNet, make_loader, make_trainer, reference_counts, reference_stats, unit_types,
-)
 
 
 class RecordingNet(TinyNet):
@@ -47,7 +54,11 @@ def test_callback_swaps_in_setup_before_optimizers_and_is_idempotent():
         (dict(mapping={"ReLUU": "sign"}), ValueError, "unknown mapping key 'ReLUU'"),
         (dict(mapping={"ReLU": "tanh"}), ValueError, "unknown activation 'tanh'"),
         (dict(activation="qrelu", unit_kwargs={"steps": 1}), ValueError, "steps must be an int >= 2"),
-        (dict(activation="sign", unit_kwargs={"steps": 3}), TypeError, "does not take steps; its arguments are: rule, weighted, inplace"),
+        (
+            dict(activation="sign", unit_kwargs={"steps": 3}),
+            TypeError,
+            "does not take steps; its arguments are: rule, weighted, inplace",
+        ),
         (dict(include=[1]), TypeError, "include must be"),
         (dict(weighted="yes"), TypeError, "weighted must be True or False"),
         (dict(log_every_n_steps=-1), ValueError, "log_every_n_steps must be an int >= 0"),
@@ -79,12 +90,18 @@ def test_pytorch_lightning_namespace_is_refused():
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     trainer = pytorch_lightning.Trainer(
-        accelerator="cpu", max_steps=1, callbacks=[ftp.FTPropCallback()], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_steps=1,
+        callbacks=[ftp.FTPropCallback()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     with pytest.raises(TypeError, match="not a lightning.pytorch.Trainer.*import Trainer, LightningModule"):
         trainer.fit(StandaloneNet(), make_loader())
     with pytest.raises(TypeError, match="derives from pytorch_lightning classes"):
+
         class MixedNet(ftp.FTPropMixin, pytorch_lightning.LightningModule):
             pass
 
@@ -95,7 +112,8 @@ def _fit_and_checkpoint(tmp_path, steps=3, **callback_kwargs):
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=steps)
     trainer = make_trainer(
         callbacks=[ftp.FTPropCallback(log_every_n_steps=0, **callback_kwargs), checkpoint],
-        enable_checkpointing=True, max_steps=steps,
+        enable_checkpointing=True,
+        max_steps=steps,
     )
     trainer.fit(model, make_loader())
     return model, str(tmp_path / "last.ckpt")
@@ -147,8 +165,14 @@ def test_bf16_accumulation_checkpoint_and_early_stopping(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_last=True)
     stopper = EarlyStopping(monitor="val_loss", patience=1, min_delta=1.0)
     trainer = make_trainer(
-        callbacks=[probe, callback, checkpoint, stopper], enable_checkpointing=True, precision="bf16-mixed",
-        accumulate_grad_batches=2, max_steps=-1, max_epochs=10, limit_train_batches=4, limit_val_batches=2,
+        callbacks=[probe, callback, checkpoint, stopper],
+        enable_checkpointing=True,
+        precision="bf16-mixed",
+        accumulate_grad_batches=2,
+        max_steps=-1,
+        max_epochs=10,
+        limit_train_batches=4,
+        limit_val_batches=2,
     )
     trainer.fit(model, datamodule=TinyData())
     assert stopper.stopped_epoch > 0 and trainer.current_epoch < 10

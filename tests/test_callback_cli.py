@@ -6,14 +6,18 @@ from typing import Optional
 
 import yaml
 from lightning.pytorch.cli import LightningCLI
-
-import lightning_ftprop as ftp
 from lightning_helpers import TinyData, TinyNet
 
+import lightning_ftprop as ftp
+
 TRAINER = [
-    "--trainer.accelerator=cpu", "--trainer.max_steps=2", "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0",
+    "--trainer.accelerator=cpu",
+    "--trainer.max_steps=2",
+    "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.limit_val_batches=0",
 ]
 
 
@@ -23,15 +27,25 @@ def _ftprop(cli) -> ftp.FTPropCallback:
 
 
 def test_callback_from_yaml_class_path_and_init_args(tmp_path):
-    config = {"trainer": {"callbacks": [{
-        "class_path": "lightning_ftprop.FTPropCallback",
-        "init_args": {"activation": "qrelu", "rule": "sste", "unit_kwargs": {"steps": 5},
-                      "exclude": ["net.4"], "log_every_n_steps": 1},
-    }]}}
+    config = {
+        "trainer": {
+            "callbacks": [
+                {
+                    "class_path": "lightning_ftprop.FTPropCallback",
+                    "init_args": {
+                        "activation": "qrelu",
+                        "rule": "sste",
+                        "unit_kwargs": {"steps": 5},
+                        "exclude": ["net.4"],
+                        "log_every_n_steps": 1,
+                    },
+                }
+            ]
+        }
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cli = LightningCLI(TinyNet, TinyData, args=["fit", f"--config={path}", *TRAINER],
-                       save_config_callback=None)
+    cli = LightningCLI(TinyNet, TinyData, args=["fit", f"--config={path}", *TRAINER], save_config_callback=None)
     callback = _ftprop(cli)
     assert callback.spec["unit_kwargs"] == {"steps": 5} and callback.layers == ["net.2"]
     unit = cli.model.net[2]
@@ -41,10 +55,19 @@ def test_callback_from_yaml_class_path_and_init_args(tmp_path):
 
 
 def test_callback_appended_on_the_command_line():
-    cli = LightningCLI(TinyNet, TinyData, save_config_callback=None, args=[
-        "fit", "--trainer.callbacks+=FTPropCallback", "--trainer.callbacks.activation=step",
-        "--trainer.callbacks.rule=hinge", "--trainer.callbacks.weighted=false", *TRAINER,
-    ])
+    cli = LightningCLI(
+        TinyNet,
+        TinyData,
+        save_config_callback=None,
+        args=[
+            "fit",
+            "--trainer.callbacks+=FTPropCallback",
+            "--trainer.callbacks.activation=step",
+            "--trainer.callbacks.rule=hinge",
+            "--trainer.callbacks.weighted=false",
+            *TRAINER,
+        ],
+    )
     callback = _ftprop(cli)
     assert callback.spec["activation"] == "step" and callback.spec["weighted"] is False
     assert [type(u).__name__ for _, u in ftp.threshold_units(cli.model)] == ["Step", "Step"]
@@ -58,9 +81,16 @@ class CLIMixinNet(ftp.FTPropMixin, TinyNet):
 
 
 def test_mixin_spec_from_the_command_line():
-    cli = LightningCLI(CLIMixinNet, TinyData, save_config_callback=None, args=[
-        "fit", '--model.ftprop={"activation": "sign", "rule": "ste", "log_every_n_steps": 1}', *TRAINER,
-    ])
+    cli = LightningCLI(
+        CLIMixinNet,
+        TinyData,
+        save_config_callback=None,
+        args=[
+            "fit",
+            '--model.ftprop={"activation": "sign", "rule": "ste", "log_every_n_steps": 1}',
+            *TRAINER,
+        ],
+    )
     assert cli.model.hparams.ftprop["rule"] == "ste"
     assert [type(u).__name__ for _, u in ftp.threshold_units(cli.model)] == ["Sign", "Sign"]
     assert cli.trainer.global_step == 2

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import yaml
-
 from disk_formats import write_cifar10, write_image_folder
+
 from lightning_ftprop.cli import CONFIG_DIR, available_configs, main, resolve_config, resolve_config_args
 
 # main(argv) inside pytest: LightningCLI warns that sys.argv (pytest's) is also set; that is expected here.
@@ -53,7 +53,12 @@ def test_every_shipped_config_parses_with_the_reference_hyperparameters(capsys, 
     assert model["arch"] == arch and name.startswith(f"{arch}_{DATASET[arch]}_{activation}")
     if activation in ("sign", "qrelu"):
         assert name.endswith("_" + model["rule"])
-    assert (model["optimizer"], model["lr"], trainer["max_epochs"], model["milestones"]) == (optimizer, lr, epochs, milestones)
+    assert (model["optimizer"], model["lr"], trainer["max_epochs"], model["milestones"]) == (
+        optimizer,
+        lr,
+        epochs,
+        milestones,
+    )
     assert model["weight_decay"] == decays[{"sign": 1, "qrelu": 2}.get(activation, 0)]
     assert model["steps"] == (5 if arch == "resnet18" and activation == "qrelu" else 3)
     if DATASET[arch] == "imagenet":
@@ -74,14 +79,22 @@ def test_config_option_accepts_names_with_or_without_yaml_and_file_paths(tmp_pat
     own.write_text("model:\n  arch: convnet4\n")
     assert resolve_config(str(own)) == str(own)
     assert resolve_config_args(["fit", "-c", "convnet4_cifar10_relu", "--config=convnet8_cifar10_relu"]) == [
-        "fit", "-c", os.path.join(CONFIG_DIR, "convnet4_cifar10_relu.yaml"),
+        "fit",
+        "-c",
+        os.path.join(CONFIG_DIR, "convnet4_cifar10_relu.yaml"),
         "--config=" + os.path.join(CONFIG_DIR, "convnet8_cifar10_relu.yaml"),
     ]
 
 
 def test_command_line_overrides_apply_on_top_of_a_shipped_config(capsys):
-    config = _print_config(capsys, "--config", "resnet18_imagenet_sign_sste", "--trainer.sync_batchnorm=true",
-                           "--data.data_dir=/data/in1k", "--model.lr=0.05")
+    config = _print_config(
+        capsys,
+        "--config",
+        "resnet18_imagenet_sign_sste",
+        "--trainer.sync_batchnorm=true",
+        "--data.data_dir=/data/in1k",
+        "--model.lr=0.05",
+    )
     assert config["trainer"]["sync_batchnorm"] is True
     assert config["data"]["init_args"]["data_dir"] == "/data/in1k" and config["model"]["lr"] == 0.05
 
@@ -108,9 +121,14 @@ def test_help_mentions_the_extra_subcommands(capsys):
     assert "demo" in out and "config-path" in out and "fit" in out
 
 
-@pytest.mark.parametrize("override, match", [("--model.arch=vgg16", "unknown arch 'vgg16'"),
-                                             ("--model.activation=tanh", "unknown activation 'tanh'"),
-                                             ("--model.rule=magic", "unknown rule 'magic'")])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("--model.arch=vgg16", "unknown arch 'vgg16'"),
+        ("--model.activation=tanh", "unknown activation 'tanh'"),
+        ("--model.rule=magic", "unknown rule 'magic'"),
+    ],
+)
 def test_unknown_model_or_activation_on_the_command_line_is_a_clear_error(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
         main(["fit", "--config", "convnet4_cifar10_sign_sste", override, f"--trainer.default_root_dir={tmp_path}"])
@@ -118,10 +136,23 @@ def test_unknown_model_or_activation_on_the_command_line_is_a_clear_error(tmp_pa
 
 def test_cifar_config_trains_on_written_batches(tmp_path):
     write_cifar10(str(tmp_path / "cifar"), per_batch=8, test_size=8)
-    main(["fit", "--config", "convnet4_cifar10_sign_soft_hinge", f"--data.data_dir={tmp_path / 'cifar'}",
-          "--data.download=false", "--data.num_workers=0", "--data.batch_size=8", "--trainer.max_epochs=1",
-          "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu",
-          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'run'}"])
+    main(
+        [
+            "fit",
+            "--config",
+            "convnet4_cifar10_sign_soft_hinge",
+            f"--data.data_dir={tmp_path / 'cifar'}",
+            "--data.download=false",
+            "--data.num_workers=0",
+            "--data.batch_size=8",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+        ]
+    )
     checkpoints = sorted(p.name for p in (tmp_path / "run").rglob("*.ckpt"))
     assert "last.ckpt" in checkpoints and len(checkpoints) == 2  # best by val/acc, and last
 
@@ -129,22 +160,48 @@ def test_cifar_config_trains_on_written_batches(tmp_path):
 def test_cifar_config_on_a_missing_data_dir_names_the_path(tmp_path):
     missing = tmp_path / "no-cifar"
     with pytest.raises(FileNotFoundError, match="does not exist") as err:
-        main(["fit", "--config", "convnet4_cifar10_relu", f"--data.data_dir={missing}", "--data.download=false",
-              "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"])
+        main(
+            [
+                "fit",
+                "--config",
+                "convnet4_cifar10_relu",
+                f"--data.data_dir={missing}",
+                "--data.download=false",
+                "--trainer.accelerator=cpu",
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
     assert str(missing) in str(err.value)
 
 
 def test_imagenet_resnet18_config_trains_two_steps_with_ddp_on_two_cpu_processes(tmp_path):
     write_image_folder(str(tmp_path / "imagenet"), per_class={"train": 4, "val": 2}, size=(40, 40))
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK")
+    }
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     command = [
-        sys.executable, "-m", "lightning_ftprop.cli", "fit", "--config", "resnet18_imagenet_qrelu_soft_hinge",
-        f"--data.data_dir={tmp_path / 'imagenet'}", "--data.image_size=32", "--data.global_batch_size=4",
-        "--data.num_workers=0", "--model.num_classes=3", "--trainer.accelerator=cpu", "--trainer.devices=2",
-        "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run_dir}",
+        sys.executable,
+        "-m",
+        "lightning_ftprop.cli",
+        "fit",
+        "--config",
+        "resnet18_imagenet_qrelu_soft_hinge",
+        f"--data.data_dir={tmp_path / 'imagenet'}",
+        "--data.image_size=32",
+        "--data.global_batch_size=4",
+        "--data.num_workers=0",
+        "--model.num_classes=3",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={run_dir}",
     ]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -165,10 +222,19 @@ def test_slurm_template_command_parses_with_matching_devices_and_nodes(capsys):
     import shlex
 
     text = open(os.path.join(ROOT, "scripts", "slurm", "imagenet_resnet18.sbatch")).read()
-    sbatch = dict(line[len("#SBATCH --"):].split("=", 1) for line in text.splitlines() if line.startswith("#SBATCH --") and "=" in line)
-    command = text[text.index("srun lightning-ftprop"):].replace("\\\n", " ").splitlines()[0]
-    values = {"$CONFIG": "resnet18_imagenet_sign_soft_hinge", "$DATA_DIR": "/datasets/imagenet-256",
-              "$GPUS": sbatch["ntasks-per-node"], "$NODES": sbatch["nodes"], "${SLURM_CPUS_PER_TASK:-8}": "8"}
+    sbatch = dict(
+        line[len("#SBATCH --") :].split("=", 1)
+        for line in text.splitlines()
+        if line.startswith("#SBATCH --") and "=" in line
+    )
+    command = text[text.index("srun lightning-ftprop") :].replace("\\\n", " ").splitlines()[0]
+    values = {
+        "$CONFIG": "resnet18_imagenet_sign_soft_hinge",
+        "$DATA_DIR": "/datasets/imagenet-256",
+        "$GPUS": sbatch["ntasks-per-node"],
+        "$NODES": sbatch["nodes"],
+        "${SLURM_CPUS_PER_TASK:-8}": "8",
+    }
     for key, value in values.items():
         command = command.replace(key, value)
     args = shlex.split(command)[2:]  # drop "srun lightning-ftprop"
@@ -179,6 +245,7 @@ def test_slurm_template_command_parses_with_matching_devices_and_nodes(capsys):
 
 
 def test_per_device_batch_can_replace_the_global_batch(capsys):
-    config = _print_config(capsys, "--config", "alexnet_dorefa_imagenet_relu", "--data.global_batch_size=null",
-                           "--data.batch_size=32")
+    config = _print_config(
+        capsys, "--config", "alexnet_dorefa_imagenet_relu", "--data.global_batch_size=null", "--data.batch_size=32"
+    )
     assert config["data"]["init_args"]["global_batch_size"] is None and config["data"]["init_args"]["batch_size"] == 32

@@ -15,7 +15,9 @@ BUILDERS = {
 
 
 def activation_ids(model):
-    return {name: id(m) for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, ftp.DEFAULT_ACTIVATIONS)}
+    return {
+        name: id(m) for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, ftp.DEFAULT_ACTIVATIONS)
+    }
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -93,13 +95,16 @@ def test_model_with_nothing_to_swap_is_an_error():
         ftp.convert(torchvision.models.alexnet(), exclude="*")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(activation="binary"), "unknown activation 'binary'.*sign, step, qrelu"),
-    (dict(rule="perceptron"), "unknown rule 'perceptron'.*soft_hinge"),
-    (dict(mapping={"Rectifier": "sign"}), "unknown mapping key 'Rectifier'.*ReLU"),
-    (dict(mapping={nn.ReLU: "binary"}), "unknown activation 'binary'"),
-    (dict(mapping={int: "sign"}), "not an nn.Module type"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(activation="binary"), "unknown activation 'binary'.*sign, step, qrelu"),
+        (dict(rule="perceptron"), "unknown rule 'perceptron'.*soft_hinge"),
+        (dict(mapping={"Rectifier": "sign"}), "unknown mapping key 'Rectifier'.*ReLU"),
+        (dict(mapping={nn.ReLU: "binary"}), "unknown activation 'binary'"),
+        (dict(mapping={int: "sign"}), "not an nn.Module type"),
+    ],
+)
 def test_bad_convert_arguments_list_valid_names(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ftp.convert(torchvision.models.alexnet(), **kwargs)
@@ -109,9 +114,11 @@ def test_summary_lists_threshold_layers_with_bits_and_elements():
     model = ftp.models.convnet4("relu")
     ftp.convert(model, "qrelu", "sste", exclude="8")
     table = ftp.summary(model, torch.randn(3, 3, 32, 32))
-    assert [(l.name, l.activation, l.levels, l.bits, l.rule) for l in table.layers] == [
-        ("2", "qrelu", 4, 2, "sste"), ("5", "qrelu", 4, 2, "sste")]
-    assert [l.elements for l in table.layers] == [32 * 17 * 17, 64 * 8 * 8]
+    assert [(layer.name, layer.activation, layer.levels, layer.bits, layer.rule) for layer in table.layers] == [
+        ("2", "qrelu", 4, 2, "sste"),
+        ("5", "qrelu", 4, 2, "sste"),
+    ]
+    assert [layer.elements for layer in table.layers] == [32 * 17 * 17, 64 * 8 * 8]
     text = str(table)
     assert "levels (bits)" in text and "4 (2)" in text and "9,248" in text
     assert table.total_bits == 2 * (32 * 17 * 17 + 64 * 8 * 8)

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from disk_formats import write_cifar10, write_fashion_idx, write_image_folder
+
 from lightning_ftprop.data import (
     EMBEDDED_PATH,
     CIFAR10DataModule,
@@ -65,7 +65,9 @@ def test_cifar10_reads_python_batches_in_order_and_normalises(tmp_path):
     assert dm.val_set is dm.test_set  # val_split=0: validation runs on the test split
     x, y = dm.train_set[9]  # second image of data_batch_2
     raw = torch.from_numpy(arrays["data_batch_2"][1].reshape(3, 32, 32)).float() / 255
-    expected = (raw - torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)) / torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+    expected = (raw - torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)) / torch.tensor(
+        [0.2470, 0.2435, 0.2616]
+    ).view(3, 1, 1)
     assert torch.allclose(x, expected, atol=1e-6)
     assert y == arrays["data_batch_2_labels"][1]
     images, labels = next(iter(dm.train_dataloader()))
@@ -173,7 +175,9 @@ def test_embedded_data_module_batches_and_split():
     assert images.shape == (64, 1, 28, 28) and labels.max() < 10
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="Debian's dataset-fashion-mnist is not installed"
+)
 def test_embedded_subset_images_come_from_the_full_test_set():
     full, _ = read_fashion_mnist("/usr/share/datasets/fashion-mnist", train=False)
     known = {image.tobytes() for image in full}
@@ -183,13 +187,26 @@ def test_embedded_subset_images_come_from_the_full_test_set():
 
 def test_build_script_is_deterministic_and_class_balanced(tmp_path):
     write_fashion_idx(str(tmp_path / "full"), n_train=60, n_test=30)
-    spec = importlib.util.spec_from_file_location("build_embedded_dataset", os.path.join(ROOT, "scripts", "build_embedded_dataset.py"))
+    spec = importlib.util.spec_from_file_location(
+        "build_embedded_dataset", os.path.join(ROOT, "scripts", "build_embedded_dataset.py")
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     outputs = []
     for name in ("a.npz", "b.npz"):
         out = tmp_path / name
-        script.main(["--source", str(tmp_path / "full"), "--output", str(out), "--train-per-class", "4", "--test-per-class", "2"])
+        script.main(
+            [
+                "--source",
+                str(tmp_path / "full"),
+                "--output",
+                str(out),
+                "--train-per-class",
+                "4",
+                "--test-per-class",
+                "2",
+            ]
+        )
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
     data = load_embedded_fashion_mnist(str(tmp_path / "a.npz"))
@@ -285,8 +302,12 @@ def test_global_batch_size_is_divided_by_devices_and_accumulation(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"batch_size": 0}, "batch_size"), ({"val_split": 1.0}, "val_split"), ({"num_workers": -1}, "num_workers"),
-     ({"global_batch_size": 0}, "global_batch_size")],
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"val_split": 1.0}, "val_split"),
+        ({"num_workers": -1}, "num_workers"),
+        ({"global_batch_size": 0}, "global_batch_size"),
+    ],
 )
 def test_data_module_arguments_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from lightning_helpers import reference_stats
 
 TESTS = Path(__file__).resolve().parent
@@ -19,12 +18,19 @@ TESTS = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), str(TESTS), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, str(TESTS / "ddp_script.py"), str(out)], env=env, cwd=out,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, str(TESTS / "ddp_script.py"), str(out)],
+        env=env,
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -48,9 +54,9 @@ def test_sync_batchnorm_plugin_keeps_threshold_units():
     on CPU the Trainer run itself cannot happen; the GPU test below runs it where CUDA exists.
     """
     from lightning.pytorch.plugins import TorchSyncBatchNorm
+    from lightning_helpers import TinyNet, unit_types
 
     import lightning_ftprop as ftp
-    from lightning_helpers import TinyNet, unit_types
 
     model = TinyNet(batchnorm=True)
     ftp.convert(model, "sign")
@@ -66,9 +72,9 @@ def test_sync_batchnorm_plugin_keeps_threshold_units():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs CUDA devices in DDP")
 def test_sync_batchnorm_trainer_on_gpu():
     import lightning.pytorch as pl
+    from lightning_helpers import TinyNet, make_loader, unit_types
 
     import lightning_ftprop as ftp
-    from lightning_helpers import TinyNet, make_loader, unit_types
 
     class Probe(pl.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -77,8 +83,15 @@ def test_sync_batchnorm_trainer_on_gpu():
 
     probe, callback = Probe(), ftp.FTPropCallback(log_every_n_steps=1)
     trainer = pl.Trainer(
-        accelerator="gpu", devices=1, strategy="ddp", sync_batchnorm=True, max_steps=2, logger=False,
-        callbacks=[callback, probe], enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="gpu",
+        devices=1,
+        strategy="ddp",
+        sync_batchnorm=True,
+        max_steps=2,
+        logger=False,
+        callbacks=[callback, probe],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
     )
     trainer.fit(TinyNet(batchnorm=True), make_loader())
     assert probe.sync == 1 and probe.types == ["Sign", "Sign"] and callback.latest

@@ -16,7 +16,24 @@ def test_fast_demo_trains_every_method_and_writes_table_csv_and_plot(tmp_path, c
 
     out = tmp_path / "demo"
     threads = torch.get_num_threads()
-    assert main(["demo", "--fast", "--limit-batches", "2", "--batch-size", "32", "--threads", "1", "--no-progress", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--fast",
+                "--limit-batches",
+                "2",
+                "--batch-size",
+                "32",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert torch.get_num_threads() == threads  # --threads applies to the demo only
     printed = capsys.readouterr().out
     with open(out / "results.csv") as handle:
@@ -42,8 +59,25 @@ def test_demo_with_wandb_logs_offline_without_an_api_key(tmp_path, monkeypatch):
     for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     out = tmp_path / "demo"
-    assert main(["demo", "--fast", "--limit-batches", "2", "--no-progress", "--wandb", "--batch-size", "32", "--methods", "sign/soft_hinge",
-                 "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--fast",
+                "--limit-batches",
+                "2",
+                "--no-progress",
+                "--wandb",
+                "--batch-size",
+                "32",
+                "--methods",
+                "sign/soft_hinge",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     data = runs[0].read_bytes()
@@ -85,4 +119,3 @@ def test_wandb_goes_online_only_with_credentials_or_an_explicit_mode(tmp_path, m
     monkeypatch.setenv("WANDB_MODE", "online")
     netrc_file.unlink()
     assert not _wandb_offline()
-

@@ -9,13 +9,19 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning_helpers import (
+    GradProbe,
+    TinyNet,
+    make_loader,
+    make_trainer,
+    read_wandb_history,
+    reference_counts,
+    reference_stats,
+)
 
 import lightning_ftprop as ftp
 from lightning_ftprop.diagnostics import layer_key, rule_coordinate, stats_from_counts, target_counts
 from lightning_ftprop.rules import get_rule
-from lightning_helpers import (
-    GradProbe, TinyNet, make_loader, make_trainer, read_wandb_history, reference_counts, reference_stats,
-)
 
 
 def test_target_counts_match_a_hand_computation():

@@ -75,10 +75,20 @@ def _tiny_net(unit):
     return torch.nn.Sequential(torch.nn.Linear(6, 8), unit, torch.nn.Linear(8, 8), unit, torch.nn.Linear(8, 3))
 
 
-@pytest.mark.parametrize("unit", [
-    ftp.Sign(), ftp.Sign("sste"), ftp.Step("hinge"), ftp.QReLU(), ftp.QReLU("sste", mode="per_threshold", steps=5),
-    ftp.Sign("log_loss", weighted=False), ftp.Sign(saved="uint8"), ftp.QReLU("sste", saved="bf16"),
-], ids=repr)
+@pytest.mark.parametrize(
+    "unit",
+    [
+        ftp.Sign(),
+        ftp.Sign("sste"),
+        ftp.Step("hinge"),
+        ftp.QReLU(),
+        ftp.QReLU("sste", mode="per_threshold", steps=5),
+        ftp.Sign("log_loss", weighted=False),
+        ftp.Sign(saved="uint8"),
+        ftp.QReLU("sste", saved="bf16"),
+    ],
+    ids=repr,
+)
 def test_compiled_fullgraph_gradients_equal_eager(unit):
     torch._dynamo.reset()  # each case compiles Sequential.forward afresh; avoid the recompile limit
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
@@ -131,7 +141,9 @@ def test_bad_qrelu_arguments_name_the_value():
 
 def test_unit_repr_shows_configuration():
     assert repr(ftp.Sign("sste")) == "Sign(rule='sste', weighted=True)"
-    assert repr(ftp.QReLU(weighted=False, steps=5)) == "QReLU(steps=5, mode='single', rule='soft_hinge', weighted=False)"
+    assert (
+        repr(ftp.QReLU(weighted=False, steps=5)) == "QReLU(steps=5, mode='single', rule='soft_hinge', weighted=False)"
+    )
 
 
 def test_make_unit_rejects_unknown_activation():
@@ -154,15 +166,23 @@ def test_fused_backward_equals_surrogate_product(name):
 
 def _saved_bytes(fn, z, **kwargs):
     sizes = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel() * t.element_size()) or t, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: sizes.append(t.numel() * t.element_size()) or t, lambda t: t
+    ):
         out = fn(z.clone().requires_grad_(True), **kwargs)
     return sum(sizes), out
 
 
-@pytest.mark.parametrize("fn, kwargs", [
-    (F.sign, dict(rule="sste")), (F.step, dict(rule="sste")), (F.qrelu, dict(rule="sste")),
-    (F.qrelu, dict(rule="sste", mode="per_threshold", steps=5)), (F.sign, dict(rule="ste")),
-])
+@pytest.mark.parametrize(
+    "fn, kwargs",
+    [
+        (F.sign, dict(rule="sste")),
+        (F.step, dict(rule="sste")),
+        (F.qrelu, dict(rule="sste")),
+        (F.qrelu, dict(rule="sste", mode="per_threshold", steps=5)),
+        (F.sign, dict(rule="ste")),
+    ],
+)
 def test_uint8_saved_form_is_exact_for_indicator_rules_and_uses_one_byte(fn, kwargs):
     z = torch.cat([torch.linspace(-2, 2, 401), torch.tensor([-1.0, 0.0, 0.5, 1.0])]).repeat(3, 1)
     g = torch.randn_like(z)
@@ -171,7 +191,7 @@ def test_uint8_saved_form_is_exact_for_indicator_rules_and_uses_one_byte(fn, kwa
     assert nbytes == (0 if kwargs["rule"] == "ste" else z.numel())
 
 
-@pytest.mark.parametrize("saved, tol", [("uint8", 1 / 510), ("bf16", 2 ** -8)])
+@pytest.mark.parametrize("saved, tol", [("uint8", 1 / 510), ("bf16", 2**-8)])
 @pytest.mark.parametrize("fn, kwargs", [(F.sign, {}), (F.qrelu, {}), (F.qrelu, dict(mode="per_threshold"))])
 def test_compact_soft_hinge_backward_is_within_its_encoding_error(fn, kwargs, saved, tol):
     z = torch.linspace(-3, 3, 601).repeat(2, 1)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import CSVLogger
+from lightning_helpers import make_loader, make_trainer, unit_types
 from torch import nn
 
 import lightning_ftprop as ftp
-from lightning_helpers import make_loader, make_trainer, unit_types
 
 
 class PlainNet(LightningModule):

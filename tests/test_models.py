@@ -17,14 +17,17 @@ def test_convnet4_has_the_papers_parameter_count():
     assert n_params(get_model("convnet4")) == 4_259_274
 
 
-@pytest.mark.parametrize("name, shape, kwargs", [
-    ("convnet4", (2, 3, 32, 32), {}),
-    ("convnet4", (2, 1, 28, 28), dict(in_channels=1)),
-    ("convnet8", (2, 3, 32, 32), {}),
-    ("convnet8", (2, 1, 28, 28), dict(in_channels=1)),
-    ("alexnet_dorefa", (2, 3, 224, 224), dict(num_classes=7)),
-    ("resnet18", (2, 3, 96, 96), dict(num_classes=7)),
-])
+@pytest.mark.parametrize(
+    "name, shape, kwargs",
+    [
+        ("convnet4", (2, 3, 32, 32), {}),
+        ("convnet4", (2, 1, 28, 28), dict(in_channels=1)),
+        ("convnet8", (2, 3, 32, 32), {}),
+        ("convnet8", (2, 1, 28, 28), dict(in_channels=1)),
+        ("alexnet_dorefa", (2, 3, 224, 224), dict(num_classes=7)),
+        ("resnet18", (2, 3, 96, 96), dict(num_classes=7)),
+    ],
+)
 @pytest.mark.parametrize("activation", MODEL_ACTIVATIONS)
 def test_models_map_images_to_logits_for_every_activation(name, shape, kwargs, activation):
     model = get_model(name, activation=activation, **kwargs)

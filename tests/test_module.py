@@ -57,9 +57,19 @@ class _RecordLR(pl.Callback):
 def test_lr_is_decayed_at_the_start_of_each_1_based_milestone_epoch(tmp_path):
     model = ImageClassifier("convnet4", activation="sign", in_channels=1, lr=1e-3, milestones=[3, 4])
     record = _RecordLR()
-    trainer = pl.Trainer(max_epochs=4, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
-                         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[record], default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=4,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[record],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=EmbeddedFashionMNISTDataModule(batch_size=8))
     assert record.lrs == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
 
@@ -67,9 +77,18 @@ def test_lr_is_decayed_at_the_start_of_each_1_based_milestone_epoch(tmp_path):
 def test_training_logs_metrics_and_checkpoint_rebuilds_the_threshold_network(tmp_path):
     pl.seed_everything(0)
     model = ImageClassifier("convnet4", activation="qrelu", rule="soft_hinge", in_channels=1, lr=1e-3)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=20, limit_val_batches=2, limit_test_batches=2,
-                         num_sanity_val_steps=0, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=20,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     data = EmbeddedFashionMNISTDataModule(batch_size=32)
     trainer.fit(model, datamodule=data)
     metrics = trainer.callback_metrics

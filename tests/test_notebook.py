@@ -65,7 +65,9 @@ def test_quickstart_notebook_trains_both_models_and_plots_the_logged_diagnostics
     # training 20-30x slower (measured here: 30-44 s per model instead of 1.3 s with one thread).
     env["OMP_NUM_THREADS"] = "1"
     client = nbclient.NotebookClient(
-        nb, km=_kernel_manager(tmp_path / "kernels"), timeout=300,
+        nb,
+        km=_kernel_manager(tmp_path / "kernels"),
+        timeout=300,
         resources={"metadata": {"path": str(workdir)}},
     )
     client.execute(env=env)  # raises CellExecutionError, with the traceback, if any cell fails

@@ -21,8 +21,18 @@ from lightning_ftprop.data.idx import read_idx, write_idx
 from lightning_ftprop.data.imagenet import ImageNetDataModule, check_image_folder
 
 __all__ = [
-    "ArrayImageDataset", "CIFAR10DataModule", "EMBEDDED_PATH", "EmbeddedFashionMNISTDataModule",
-    "FASHION_MNIST_CLASSES", "FashionMNISTDataModule", "ImageDataModule", "ImageNetDataModule",
-    "check_image_folder", "load_embedded_fashion_mnist", "read_cifar10", "read_fashion_mnist", "read_idx",
+    "ArrayImageDataset",
+    "CIFAR10DataModule",
+    "EMBEDDED_PATH",
+    "EmbeddedFashionMNISTDataModule",
+    "FASHION_MNIST_CLASSES",
+    "FashionMNISTDataModule",
+    "ImageDataModule",
+    "ImageNetDataModule",
+    "check_image_folder",
+    "load_embedded_fashion_mnist",
+    "read_cifar10",
+    "read_fashion_mnist",
+    "read_idx",
     "write_idx",
 ]

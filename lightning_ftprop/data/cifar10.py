@@ -39,7 +39,9 @@ def _read_batches(folder: str, names: Tuple[str, ...]) -> Tuple[torch.Tensor, to
             data = np.asarray(batch["data"], dtype=np.uint8)
             targets = np.asarray(batch["labels"] if "labels" in batch else batch["fine_labels"], dtype=np.int64)
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError) as err:
-            raise ValueError(f"{path!r} is not a CIFAR-10 python batch (a pickled dict with 'data' and 'labels'): {err!r}") from err
+            raise ValueError(
+                f"{path!r} is not a CIFAR-10 python batch (a pickled dict with 'data' and 'labels'): {err!r}"
+            ) from err
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(targets) != len(data):
             raise ValueError(
                 f"{path!r}: expected 'data' of shape (N, 3072) and N labels, got {data.shape} and {len(targets)} labels"

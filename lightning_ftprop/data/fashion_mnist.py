@@ -25,14 +25,29 @@ from lightning_ftprop.data.base import ArrayImageDataset, ImageDataModule
 from lightning_ftprop.data.idx import read_idx
 
 __all__ = [
-    "FashionMNISTDataModule", "EmbeddedFashionMNISTDataModule", "read_fashion_mnist", "load_embedded_fashion_mnist",
-    "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "EMBEDDED_PATH",
+    "FashionMNISTDataModule",
+    "EmbeddedFashionMNISTDataModule",
+    "read_fashion_mnist",
+    "load_embedded_fashion_mnist",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "EMBEDDED_PATH",
 ]
 
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_subset.npz")
@@ -100,8 +115,10 @@ def load_embedded_fashion_mnist(path: str = EMBEDDED_PATH) -> Dict[str, np.ndarr
 
 def _dataset(images: np.ndarray, labels: np.ndarray) -> ArrayImageDataset:
     return ArrayImageDataset(
-        torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
-        FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+        torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+        FASHION_MNIST_MEAN,
+        FASHION_MNIST_STD,
     )
 
 

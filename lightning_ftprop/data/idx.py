@@ -71,7 +71,9 @@ def write_idx(path: PathLike, array: np.ndarray) -> None:
     array = np.asarray(array)
     big = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
     if big not in _CODES:
-        raise TypeError(f"IDX cannot store dtype {array.dtype}; valid dtypes: uint8, int8, int16, int32, float32, float64")
+        raise TypeError(
+            f"IDX cannot store dtype {array.dtype}; valid dtypes: uint8, int8, int16, int32, float32, float64"
+        )
     header = bytes([0, 0, _CODES[big], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     with _open(path, "wb") as handle:
         handle.write(header + np.ascontiguousarray(array, dtype=big).tobytes())

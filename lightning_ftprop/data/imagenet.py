@@ -39,9 +39,13 @@ def check_image_folder(data_dir: str, splits: Tuple[str, ...] = ("train", "val")
             the classes.
     """
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"ImageNet data_dir {data_dir!r} does not exist; expected {os.path.join(data_dir, 'train')}/<class>/<images> and val/")
+        raise FileNotFoundError(
+            f"ImageNet data_dir {data_dir!r} does not exist; expected {os.path.join(data_dir, 'train')}/<class>/<images> and val/"
+        )
     if not os.listdir(data_dir):
-        raise ValueError(f"ImageNet data_dir {data_dir!r} is empty; expected sub-folders {', '.join(s + '/' for s in splits)} each with one folder per class")
+        raise ValueError(
+            f"ImageNet data_dir {data_dir!r} is empty; expected sub-folders {', '.join(s + '/' for s in splits)} each with one folder per class"
+        )
     classes = {}
     for split in splits:
         folder = os.path.join(data_dir, split)

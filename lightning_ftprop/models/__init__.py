@@ -34,6 +34,12 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
-    "MODELS", "MODEL_ACTIVATIONS", "activation_layer", "alexnet_dorefa", "convnet4", "convnet8", "get_model",
+    "MODELS",
+    "MODEL_ACTIVATIONS",
+    "activation_layer",
+    "alexnet_dorefa",
+    "convnet4",
+    "convnet8",
+    "get_model",
     "resnet18",
 ]

@@ -1,9 +1,9 @@
 """The activation factory the paper's networks are built with.
 
-    activation_layer("relu")                 -> nn.ReLU()
-    activation_layer("saturated_relu")       -> nn.Hardtanh(0, 1)      min(max(z, 0), 1)
-    activation_layer("sign", "sste")         -> Sign(rule="sste")
-    activation_layer("qrelu", steps=5)       -> QReLU(steps=5)
+activation_layer("relu")                 -> nn.ReLU()
+activation_layer("saturated_relu")       -> nn.Hardtanh(0, 1)      min(max(z, 0), 1)
+activation_layer("sign", "sste")         -> Sign(rule="sste")
+activation_layer("qrelu", steps=5)       -> QReLU(steps=5)
 """
 
 from __future__ import annotations

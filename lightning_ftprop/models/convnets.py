@@ -54,9 +54,15 @@ def convnet4(
         return activation_layer(activation, rule, **unit_kwargs)
 
     return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 5, padding=3), nn.MaxPool2d(2), act(),
-        nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2), act(),
-        nn.Flatten(), nn.Linear(64 * side * side, 1024), act(),
+        nn.Conv2d(in_channels, 32, 5, padding=3),
+        nn.MaxPool2d(2),
+        act(),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.MaxPool2d(2),
+        act(),
+        nn.Flatten(),
+        nn.Linear(64 * side * side, 1024),
+        act(),
         nn.Linear(1024, num_classes),
     )
 
@@ -81,12 +87,23 @@ def convnet8(
         return [nn.Conv2d(cin, cout, k, padding=pad, bias=False), nn.BatchNorm2d(cout, eps=1e-4)]
 
     return nn.Sequential(
-        nn.Conv2d(in_channels, 48, 5, padding=2), nn.MaxPool2d(2), act(),
-        *conv_bn(48, 64, 3, 1), act(),
-        *conv_bn(64, 64, 3, 1), nn.MaxPool2d(2), act(),
-        *conv_bn(64, 128, 3, 0), act(),
-        *conv_bn(128, 128, 3, 1), act(),
-        *conv_bn(128, 128, 3, 0), act(),
-        nn.Dropout2d(0.5), *conv_bn(128, 512, last, 0), act(),
-        nn.Flatten(), nn.Linear(512, num_classes),
+        nn.Conv2d(in_channels, 48, 5, padding=2),
+        nn.MaxPool2d(2),
+        act(),
+        *conv_bn(48, 64, 3, 1),
+        act(),
+        *conv_bn(64, 64, 3, 1),
+        nn.MaxPool2d(2),
+        act(),
+        *conv_bn(64, 128, 3, 0),
+        act(),
+        *conv_bn(128, 128, 3, 1),
+        act(),
+        *conv_bn(128, 128, 3, 0),
+        act(),
+        nn.Dropout2d(0.5),
+        *conv_bn(128, 512, last, 0),
+        act(),
+        nn.Flatten(),
+        nn.Linear(512, num_classes),
     )
