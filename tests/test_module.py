@@ -8,7 +8,7 @@ import torch
 
 from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
 from lightning_ftprop.module import ImageClassifier
-from lightning_ftprop.nn import QReLU, Sign
+from lightning_ftprop.nn import QReLU
 
 
 def test_unknown_arch_error_lists_valid_architectures():
@@ -27,12 +27,13 @@ def test_milestones_must_be_increasing_epochs_after_the_first(milestones):
         ImageClassifier(milestones=milestones)
 
 
-def test_qrelu_steps_reach_the_units_and_sign_ignores_them():
+def test_qrelu_steps_reach_the_units_and_sign_refuses_them():
     qrelu = ImageClassifier("convnet4", activation="qrelu", rule="sste", in_channels=1, steps=5)
     units = [m for m in qrelu.modules() if isinstance(m, QReLU)]
     assert len(units) == 3 and all(u.steps == 5 and u.rule.name == "sste" for u in units)
-    sign = ImageClassifier("convnet4", activation="sign", rule="soft_hinge", in_channels=1, steps=5)
-    assert sum(isinstance(m, Sign) for m in sign.modules()) == 3
+    assert qrelu.hparams.ftprop == {"activation": "qrelu", "rule": "sste", "unit_kwargs": {"steps": 5}}
+    with pytest.raises(TypeError, match="Sign does not take steps"):
+        ImageClassifier("convnet4", activation="sign", rule="soft_hinge", in_channels=1, steps=5)
 
 
 def test_optimisers_use_coupled_weight_decay_on_every_parameter():
