@@ -131,6 +131,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ValueError as err:
             return _error(str(err))
         return 0
+    from lightning_ftprop._quiet import silence_lightning_noise
+
+    silence_lightning_noise()
     if command in (None, "-h", "--help"):
         print(_EXTRA_HELP)
         argv = ["--help"]

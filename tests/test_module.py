@@ -6,8 +6,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
 from lightning_ftprop.convert import threshold_units
+from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
 from lightning_ftprop.module import ImageClassifier
 from lightning_ftprop.nn import QReLU, Sign
 
