@@ -257,3 +257,26 @@ def test_per_device_batch_can_replace_the_global_batch(capsys):
         capsys, "--config", "alexnet_dorefa_imagenet_relu", "--data.global_batch_size=null", "--data.batch_size=32"
     )
     assert config["data"]["init_args"]["global_batch_size"] is None and config["data"]["init_args"]["batch_size"] == 32
+
+
+def test_cifar_config_offline_ends_in_one_error_line_not_a_traceback(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a local port with nothing listening: the download is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    status = main(
+        [
+            "fit",
+            "--config",
+            "convnet4_cifar10_sign_soft_hinge",
+            f"--data.data_dir={tmp_path / 'cifar'}",
+            f"--data.url=http://127.0.0.1:{port}/cifar-10-python.tar.gz",
+            "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+        ]
+    )
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("lightning-ftprop: error:")]
+    assert status == 2 and "could not download" in line and "--data.download=false" in line
+    assert "Traceback" not in err and "URLError" not in err
