@@ -22,25 +22,30 @@ def _loaded_after(code: str) -> set:
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.parametrize(
-    "code",
-    [
-        "import lightning_ftprop",
-        "import lightning_ftprop.functional",
-        "import lightning_ftprop.rules, lightning_ftprop.nn, lightning_ftprop.convert, lightning_ftprop.summary",
-        "import lightning_ftprop as ftp, torch; ftp.convert(torch.nn.Sequential(torch.nn.ReLU()), 'sign')",
-    ],
-)
-def test_core_imports_load_no_lightning_torchvision_scipy_matplotlib_wandb_or_sklearn(code):
-    loaded = _loaded_after(code)
-    assert "torch" in loaded
-    assert not loaded & set(HEAVY), f"{code!r} loaded {sorted(loaded & set(HEAVY))}"
+CORE = """
+import lightning_ftprop.functional, lightning_ftprop.rules, lightning_ftprop.nn
+import lightning_ftprop.convert, lightning_ftprop.spec, lightning_ftprop.summary
+import lightning_ftprop as ftp, torch
+ftp.convert(torch.nn.Sequential(torch.nn.ReLU()), "sign")
+"""
 
 
-def test_lightning_loads_when_a_lightning_piece_is_used():
-    loaded = _loaded_after("import lightning_ftprop as ftp; ftp.FTPropCallback")
-    assert "lightning" in loaded  # (Lightning itself then imports scipy, and matplotlib where installed)
-    assert "FTPropMixin" in dir(__import__("lightning_ftprop"))
+def test_core_imports_load_no_lightning_torchvision_scipy_matplotlib_wandb_or_sklearn():
+    loaded = _loaded_after(CORE)
+    assert "torch" in loaded and "lightning_ftprop" in loaded
+    assert not loaded & set(HEAVY), f"the core loaded {sorted(loaded & set(HEAVY))}"
+
+
+def test_lightning_pieces_are_attributes_loaded_on_first_use():
+    import lightning_ftprop
+    from lightning_ftprop.callback import FTPropCallback
+    from lightning_ftprop.module import ImageClassifier
+
+    assert lightning_ftprop.FTPropCallback is FTPropCallback and lightning_ftprop.ImageClassifier is ImageClassifier
+    assert {"FTPropMixin", "FTPropDiagnostics", "models", "data"} <= set(dir(lightning_ftprop))
+    from lightning_ftprop import FTPropMixin  # `from ... import` goes through the same lazy look-up
+
+    assert FTPropMixin.__module__ == "lightning_ftprop.mixin"
 
 
 def test_unknown_attribute_is_an_attribute_error():
