@@ -6,8 +6,8 @@
 
 Data flows one way: rules -> functional -> nn -> convert -> spec -> (callback, mixin).
 
-``import lightning_ftprop`` loads only torch and the core modules (rules, functional, nn, convert,
-spec, summary). The Lightning pieces (``FTPropCallback``, ``FTPropMixin``, ``FTPropDiagnostics``,
+``import lightning_ftprop`` loads only torch and the core modules (rules, functional, nn, convert and
+summary). The Lightning pieces (``FTPropCallback``, ``FTPropMixin``, ``FTPropDiagnostics``,
 ``ImageClassifier``) and the ``models``/``data`` subpackages load on first use, so plain-PyTorch users
 never pay for Lightning, torchvision or torchmetrics.
 """
