@@ -4,29 +4,60 @@
     names = ftp.convert(model, "sign", "soft_hinge")   # swap activations for threshold units
     print(ftp.summary(model, example_batch))
 
-Data flows one way: rules -> functional -> nn -> convert -> (callback, mixin).
+Data flows one way: rules -> functional -> nn -> convert -> spec -> (callback, mixin).
+
+``import lightning_ftprop`` loads only torch and the core modules (rules, functional, nn, convert and
+summary). The Lightning pieces (``FTPropCallback``, ``FTPropMixin``, ``FTPropDiagnostics``,
+``ImageClassifier``) and the ``models``/``data`` subpackages load on first use, so plain-PyTorch users
+never pay for Lightning, torchvision or torchmetrics.
 """
 
-from lightning_ftprop import functional, models, rules  # noqa: F401
-from lightning_ftprop.callback import FTPropCallback
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lightning_ftprop import functional, rules  # noqa: F401
 from lightning_ftprop.convert import DEFAULT_ACTIVATIONS, convert, revert, threshold_units
-from lightning_ftprop.diagnostics import FTPropDiagnostics
-from lightning_ftprop.mixin import FTPropMixin
-from lightning_ftprop.module import ImageClassifier
-from lightning_ftprop.nn import ACTIVATIONS, QReLU, Sign, Step, ThresholdUnit, make_unit
-from lightning_ftprop.rules import Rule, available_rules, get_rule, register_rule
+from lightning_ftprop.nn import UNIT_CLASSES, QReLU, Sign, Step, ThresholdUnit, make_unit
+from lightning_ftprop.rules import DEFAULT_RULE, Rule, available_rules, get_rule, register_rule
 from lightning_ftprop.summary import summary
 
 __version__ = "0.1.0"
 
+#: Attributes loaded on first use: name -> the module that holds it (a module name alone: the module itself).
+_LAZY = {
+    "FTPropCallback": "lightning_ftprop.callback",
+    "FTPropDiagnostics": "lightning_ftprop.diagnostics",
+    "FTPropMixin": "lightning_ftprop.mixin",
+    "ImageClassifier": "lightning_ftprop.module",
+    "models": "lightning_ftprop.models",
+    "data": "lightning_ftprop.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lightning_ftprop' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
-    "ACTIVATIONS",
     "DEFAULT_ACTIVATIONS",
+    "DEFAULT_RULE",
     "QReLU",
     "Rule",
     "Sign",
     "Step",
     "ThresholdUnit",
+    "UNIT_CLASSES",
     "available_rules",
     "convert",
     "functional",

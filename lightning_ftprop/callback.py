@@ -34,7 +34,8 @@ from typing import Any, Dict, List, Optional, Union
 
 from lightning.pytorch import LightningModule, Trainer
 
-from lightning_ftprop.diagnostics import FTPropDiagnostics
+from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
+from lightning_ftprop.rules import DEFAULT_RULE
 from lightning_ftprop.spec import apply_spec, make_spec, spec_differences
 
 __all__ = ["FTPropCallback"]
@@ -63,14 +64,14 @@ class FTPropCallback(FTPropDiagnostics):
     def __init__(
         self,
         activation: str = "sign",
-        rule: str = "soft_hinge",
+        rule: str = DEFAULT_RULE,
         weighted: bool = True,
         include: Optional[Union[str, List[str]]] = None,
         exclude: Optional[Union[str, List[str]]] = None,
         mapping: Optional[Dict[str, Optional[str]]] = None,
         unit_kwargs: Optional[Dict[str, Any]] = None,
-        log_every_n_steps: int = 50,
-        histogram_every_n_steps: int = 500,
+        log_every_n_steps: int = LOG_DEFAULTS["log_every_n_steps"],
+        histogram_every_n_steps: int = LOG_DEFAULTS["histogram_every_n_steps"],
     ) -> None:
         super().__init__(log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps)
         #: The validated swap spec (see :mod:`lightning_ftprop.spec`), stored in checkpoints.

@@ -131,6 +131,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ValueError as err:
             return _error(str(err))
         return 0
+    from lightning_ftprop._quiet import silence_lightning_noise
+
+    silence_lightning_noise()
     if command in (None, "-h", "--help"):
         print(_EXTRA_HELP)
         argv = ["--help"]
@@ -138,11 +141,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = resolve_config_args(argv)
     except ValueError as err:
         return _error(str(err))
-    if from_command_line:  # DDP re-launches sys.argv for the other ranks: keep it equal to what runs here
-        sys.argv[1:] = argv
-        _cli_class()(args=None)
-    else:
-        _cli_class()(args=argv)
+    from lightning_ftprop.data.base import DownloadError
+
+    try:
+        if from_command_line:  # DDP re-launches sys.argv for the other ranks: keep it equal to what runs here
+            sys.argv[1:] = argv
+            _cli_class()(args=None)
+        else:
+            _cli_class()(args=argv)
+    except DownloadError as err:  # offline: one line that says what to do, not a urllib traceback
+        return _error(str(err))
     return 0
 
 

@@ -25,9 +25,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["METHODS", "DemoResult", "run_demo", "format_table", "write_results", "plot_accuracy", "main"]
 
-#: label -> (activation, rule); the rule is unused by the ReLU baseline.
-METHODS: Dict[str, Tuple[str, str]] = {
-    "relu": ("relu", "soft_hinge"),
+#: label -> (activation, rule); the ReLU baseline has no rule.
+METHODS: Dict[str, Tuple[str, Optional[str]]] = {
+    "relu": ("relu", None),
     "sign/sste": ("sign", "sste"),
     "sign/soft_hinge": ("sign", "soft_hinge"),
     "qrelu/sste": ("qrelu", "sste"),
@@ -190,10 +190,19 @@ def write_results(results: Sequence[DemoResult], output_dir: str) -> Tuple[str, 
     return table, curves
 
 
+def _matplotlib():
+    try:
+        import matplotlib
+    except ImportError as err:  # matplotlib is the optional "demo" extra
+        raise ImportError(
+            "the demo's plot needs matplotlib; install it with pip install 'lightning-ftprop[demo]'"
+        ) from err
+    return matplotlib
+
+
 def plot_accuracy(results: Sequence[DemoResult], path: str) -> str:
     """Plot test accuracy per epoch for every method to ``path`` (PNG)."""
-    import matplotlib
-
+    matplotlib = _matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -227,6 +236,10 @@ def run_demo(args: argparse.Namespace) -> List[DemoResult]:
     """Train every method in ``args.methods``, then write the table, curves and plot."""
     import torch
 
+    from lightning_ftprop._quiet import silence_lightning_noise
+
+    _matplotlib()  # fail before training, not after, when the demo extra is missing
+    silence_lightning_noise()
     os.makedirs(args.output_dir, exist_ok=True)
     threads = torch.get_num_threads()
     if args.threads is not None:

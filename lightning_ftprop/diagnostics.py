@@ -49,6 +49,7 @@ from lightning_ftprop.nn import QReLU, ThresholdUnit
 from lightning_ftprop.rules import Rule
 
 __all__ = [
+    "LOG_DEFAULTS",
     "STATS",
     "FTPropDiagnostics",
     "TargetCounts",
@@ -60,6 +61,9 @@ __all__ = [
 
 #: The statistics logged per layer, in order.
 STATS = ("mismatch", "ignored", "saturated", "loss")
+
+#: The logging options and their defaults, shared by FTPropDiagnostics, FTPropCallback and FTPropMixin.
+LOG_DEFAULTS = {"log_every_n_steps": 50, "histogram_every_n_steps": 500}
 
 _HISTOGRAM_SAMPLES = 1 << 16  # at most this many pre-activations per unit call go into a histogram
 
@@ -143,7 +147,11 @@ class FTPropDiagnostics(Callback):
             many steps, on rank zero; 0 turns them off.
     """
 
-    def __init__(self, log_every_n_steps: int = 50, histogram_every_n_steps: int = 500) -> None:
+    def __init__(
+        self,
+        log_every_n_steps: int = LOG_DEFAULTS["log_every_n_steps"],
+        histogram_every_n_steps: int = LOG_DEFAULTS["histogram_every_n_steps"],
+    ) -> None:
         for name, value in (
             ("log_every_n_steps", log_every_n_steps),
             ("histogram_every_n_steps", histogram_every_n_steps),

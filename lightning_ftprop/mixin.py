@@ -37,15 +37,14 @@ import functools
 from typing import Any, Dict, List, Optional
 
 from lightning_ftprop._namespace import check_class
-from lightning_ftprop.diagnostics import FTPropDiagnostics
+from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
 from lightning_ftprop.spec import apply_spec, spec_differences, spec_from_dict
 
 __all__ = ["FTPropMixin", "HPARAMS_KEY", "CHECKPOINT_KEY"]
 
 HPARAMS_KEY = "ftprop"  #: where the mixin reads its spec: ``self.hparams["ftprop"]``
 CHECKPOINT_KEY = "ftprop"  #: where the mixin stores ``{"spec", "layers"}`` in a checkpoint
-_LOG_KEYS = ("log_every_n_steps", "histogram_every_n_steps")
-_LOG_DEFAULTS = {"log_every_n_steps": 50, "histogram_every_n_steps": 500}
+_LOG_KEYS = tuple(LOG_DEFAULTS)
 
 
 def _convert_after(configure_model):
@@ -112,7 +111,7 @@ class FTPropMixin:
         callbacks = list(super().configure_callbacks() or [])
         options = self._ftprop_options()
         if options is not None:
-            log = {k: options.get(k, _LOG_DEFAULTS[k]) for k in _LOG_KEYS}
+            log = {k: options.get(k, LOG_DEFAULTS[k]) for k in _LOG_KEYS}
             if any(log.values()):
                 callbacks.append(FTPropDiagnostics(**log))
         return callbacks

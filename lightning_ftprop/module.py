@@ -2,6 +2,16 @@
 
     model = ImageClassifier("convnet4", activation="sign", rule="soft_hinge", optimizer="adam",
                             lr=2.5e-4, weight_decay=5e-4, milestones=[200, 250])
+    model = ImageClassifier("convnet4", ftprop={"activation": "qrelu", "rule": "sste", "unit_kwargs": {"steps": 5}})
+
+The network is built as a float network (:mod:`lightning_ftprop.models`) and, being an
+:class:`~lightning_ftprop.FTPropMixin`, the module swaps in threshold units from ``hparams["ftprop"]``:
+the spec with the keys of :class:`~lightning_ftprop.FTPropCallback` (``activation``, ``rule``,
+``weighted``, ``include``, ``exclude``, ``mapping``, ``unit_kwargs``, ``log_every_n_steps``,
+``histogram_every_n_steps``). ``activation``, ``rule``, ``steps`` and ``mode`` are shorthands that fill
+that dict (``steps``/``mode`` go to ``unit_kwargs``). So every threshold run logs the per-layer
+``ftprop/<layer>/*`` diagnostics, stores the spec in its checkpoints and reloads with
+``ImageClassifier.load_from_checkpoint(path)`` as threshold units.
 
 Training follows the reference code (digest section 3.1):
 
@@ -13,58 +23,129 @@ Training follows the reference code (digest section 3.1):
   (``milestones=[200, 250]`` trains epochs 1-199 at ``lr``). Internally this is ``MultiStepLR`` with
   ``milestones - 1``, stepped once per epoch.
 
-Logged: ``train/loss``, ``train/acc`` (per epoch), ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
+Logged: ``train/loss``, ``train/acc`` (per epoch), ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``,
+and for threshold networks ``ftprop/<layer>/{mismatch,ignored,saturated,loss}``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_ftprop.models import MODELS, get_model
+from lightning_ftprop.mixin import FTPropMixin
+from lightning_ftprop.models import FLOAT_ACTIVATION_NAMES, MODELS, get_model
+from lightning_ftprop.models.activation import check_activation
+from lightning_ftprop.rules import DEFAULT_RULE
 
-__all__ = ["ImageClassifier"]
+__all__ = ["ImageClassifier", "resolve_ftprop"]
 
 
-class ImageClassifier(LightningModule):
+def resolve_ftprop(
+    activation: Optional[str] = None,
+    rule: Optional[str] = None,
+    steps: Optional[int] = None,
+    mode: Optional[str] = None,
+    ftprop: Optional[Mapping[str, Any]] = None,
+) -> Tuple[str, Optional[Dict[str, Any]]]:
+    """``(network activation, hparams["ftprop"])`` from the shorthands and the ``ftprop`` dict.
+
+    The shorthands fill the dict's ``activation``, ``rule`` and ``unit_kwargs["steps"/"mode"]``; a
+    shorthand that disagrees with the dict is an error. With neither, the network uses ``sign`` units
+    and :data:`~lightning_ftprop.rules.DEFAULT_RULE`. ``relu`` and ``saturated_relu`` are the float
+    baselines: their ``ftprop`` is None and ``rule`` is ignored.
+
+    Raises:
+        ValueError: an unknown activation, a shorthand that disagrees with ``ftprop``, or unit
+            arguments or an ``ftprop`` dict given to a float baseline.
+        TypeError: ``ftprop`` is not a dict.
+    """
+    if ftprop is not None and not isinstance(ftprop, Mapping):
+        raise TypeError(f"ftprop must be a dict with the keys of FTPropCallback or None, got {ftprop!r}")
+    if activation is not None and check_activation(activation) in FLOAT_ACTIVATION_NAMES:
+        given = {k: v for k, v in (("steps", steps), ("mode", mode), ("ftprop", ftprop)) if v is not None}
+        if given:
+            raise ValueError(
+                f"activation={activation!r} is a float baseline without threshold units, but "
+                f"{', '.join(f'{k}={v!r}' for k, v in given.items())} configure threshold units; drop them "
+                "or choose a threshold activation"
+            )
+        return activation, None
+    options = dict(ftprop or {})
+    unit_kwargs = dict(options.get("unit_kwargs") or {})
+    for key, value, target in (
+        ("activation", activation, options),
+        ("rule", rule, options),
+        ("steps", steps, unit_kwargs),
+        ("mode", mode, unit_kwargs),
+    ):
+        if value is None:
+            continue
+        if key in target and target[key] != value:
+            raise ValueError(
+                f"{key}={value!r} disagrees with ftprop's {key}={target[key]!r}; give the setting once, "
+                "as an argument or in the ftprop dict"
+            )
+        target[key] = value
+    if unit_kwargs:
+        options["unit_kwargs"] = unit_kwargs
+    options.setdefault("activation", "sign")
+    options.setdefault("rule", DEFAULT_RULE)
+    if options["activation"] in FLOAT_ACTIVATION_NAMES:
+        raise ValueError(
+            f"ftprop's activation must be a threshold unit, got {options['activation']!r}; for the float "
+            "baseline pass activation='relu' or 'saturated_relu' without ftprop"
+        )
+    return options["activation"], options
+
+
+class ImageClassifier(FTPropMixin, LightningModule):
     """A network from :data:`lightning_ftprop.models.MODELS` trained with cross-entropy.
 
     Args:
         arch: network name: ``convnet4``, ``convnet8``, ``alexnet_dorefa`` or ``resnet18``.
-        activation: ``relu``, ``saturated_relu``, ``sign``, ``step`` or ``qrelu``.
-        rule: the threshold units' rule (``soft_hinge`` = FTP-SH, ``sste`` = SSTE, ...); ignored by
-            the ``relu`` and ``saturated_relu`` baselines.
+        activation: ``relu``, ``saturated_relu`` (the float baselines), or the threshold unit
+            ``sign``, ``step`` or ``qrelu`` (shorthand for ``ftprop["activation"]``; default ``sign``).
+        rule: shorthand for ``ftprop["rule"]`` (``soft_hinge`` = FTP-SH, ``sste`` = SSTE, ...;
+            default ``soft_hinge``); ignored by the float baselines.
         num_classes: number of classes.
         in_channels: image channels (1 for Fashion-MNIST, 3 otherwise).
-        steps: ``qrelu`` thresholds (3: the paper's 2-bit qReLU; 5: its ResNet-18 runs).
-        mode: ``qrelu`` backward, ``single`` (the paper's code) or ``per_threshold``.
+        steps: shorthand for ``ftprop["unit_kwargs"]["steps"]``: ``qrelu`` thresholds (3, the default:
+            the paper's 2-bit qReLU; 5: its ResNet-18 runs).
+        mode: shorthand for ``ftprop["unit_kwargs"]["mode"]``: ``qrelu`` backward, ``single`` (the
+            default, the paper's code) or ``per_threshold``.
         optimizer: ``adam`` or ``sgd`` (momentum ``momentum``).
         lr: initial learning rate.
         weight_decay: coupled L2 weight decay on all parameters.
         momentum: SGD momentum (Adam ignores it, as in the reference code).
         milestones: 1-based epochs at whose start the learning rate is multiplied by ``gamma``.
         gamma: the learning-rate decay factor.
+        ftprop: the threshold units' spec, a dict with the keys of :class:`~lightning_ftprop.FTPropCallback`
+            (see :class:`~lightning_ftprop.FTPropMixin`); the shorthands above fill it.
+
+    ``hparams`` records the resolved ``activation`` and ``ftprop`` (None for a float baseline), not the
+    shorthands ``rule``, ``steps`` and ``mode``.
     """
 
     def __init__(
         self,
         arch: str = "convnet4",
-        activation: str = "sign",
-        rule: str = "soft_hinge",
+        activation: Optional[str] = None,
+        rule: Optional[str] = None,
         num_classes: int = 10,
         in_channels: int = 3,
-        steps: int = 3,
-        mode: str = "single",
+        steps: Optional[int] = None,
+        mode: Optional[str] = None,
         optimizer: Literal["adam", "sgd"] = "adam",
         lr: float = 2.5e-4,
         weight_decay: float = 5e-4,
         momentum: float = 0.9,
         milestones: Optional[List[int]] = None,
         gamma: float = 0.1,
+        ftprop: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
         if arch not in MODELS:
@@ -80,15 +161,16 @@ class ImageClassifier(LightningModule):
             raise ValueError(
                 f"milestones must be strictly increasing 1-based epochs >= 2 (the first epoch is 1), got {milestones!r}"
             )
-        self.save_hyperparameters()
-        unit_kwargs: Dict[str, Any] = {"steps": steps, "mode": mode} if activation == "qrelu" else {}
-        self.net = get_model(
-            arch, activation=activation, rule=rule, num_classes=num_classes, in_channels=in_channels, **unit_kwargs
-        )
+        activation, ftprop = resolve_ftprop(activation, rule, steps, mode, ftprop)
+        self.save_hyperparameters(ignore=["rule", "steps", "mode"])  # the shorthands live on in ftprop
+        self.save_hyperparameters({**self.hparams, "activation": activation, "ftprop": ftprop})  # the resolved values
+        float_activation = activation if ftprop is None else "relu"
+        self.net = get_model(arch, activation=float_activation, num_classes=num_classes, in_channels=in_channels)
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.apply_ftprop()  # threshold units from the start (the mixin re-applies it, idempotently, in fit)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from lightning_ftprop import functional as F
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
-__all__ = ["ThresholdUnit", "Sign", "Step", "QReLU", "ACTIVATIONS", "make_unit"]
+__all__ = ["ThresholdUnit", "Sign", "Step", "QReLU", "UNIT_CLASSES", "make_unit"]
 
 
 class ThresholdUnit(nn.Module):
@@ -120,7 +120,9 @@ class QReLU(ThresholdUnit):
         return F.qrelu(z, self.rule, self.weighted, self.steps, self.mode, self.saved)
 
 
-ACTIVATIONS: Dict[str, Type[ThresholdUnit]] = {"sign": Sign, "step": Step, "qrelu": QReLU}
+#: Threshold unit name -> its class: the ``activation`` names :func:`make_unit` and ``convert`` accept.
+UNIT_CLASSES: Dict[str, Type[ThresholdUnit]] = {"sign": Sign, "step": Step, "qrelu": QReLU}
+ACTIVATIONS = UNIT_CLASSES  # the former name, still imported by convert and spec; use UNIT_CLASSES
 
 
 def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, **kwargs) -> ThresholdUnit:
@@ -129,9 +131,9 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
     Raises:
         ValueError: for an unknown activation or rule; the message lists the valid names.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(ACTIVATIONS)}")
-    cls = ACTIVATIONS[activation]
+    if activation not in UNIT_CLASSES:
+        raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(UNIT_CLASSES)}")
+    cls = UNIT_CLASSES[activation]
     allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:

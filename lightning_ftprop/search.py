@@ -63,10 +63,17 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from scipy.optimize import linprog
 from torch import nn
 
 from lightning_ftprop.nn import Sign
+
+try:
+    from scipy.optimize import linprog
+except ImportError as err:  # scipy is the optional "search" extra
+    raise ImportError(
+        "lightning_ftprop.search needs scipy for its LP feasibility test; install it with "
+        "pip install 'lightning-ftprop[search]' (or pip install scipy)"
+    ) from err
 
 __all__ = ["fit", "SearchResult", "LayerLog", "SOLVERS"]
 

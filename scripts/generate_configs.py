@@ -1,17 +1,22 @@
 #!/usr/bin/env python
-"""Write lightning_ftprop/configs/*.yaml: one LightningCLI config per cell of the paper's Table 1.
+"""Write lightning_ftprop/configs/*.yaml: one LightningCLI config per cell of the paper's Table 1, plus
+an offline Fashion-MNIST set.
 
     python scripts/generate_configs.py
 
 Hyper-parameters are the reference README's (digest section 3.2-3.5). Networks x methods:
 convnet4, convnet8 (CIFAR-10) and alexnet_dorefa, resnet18 (ImageNet) x {relu, saturated_relu,
-sign/sste, sign/soft_hinge, qrelu/sste, qrelu/soft_hinge}. The files are committed; rerun this script
-after changing the table below.
+sign/sste, sign/soft_hinge, qrelu/sste, qrelu/soft_hinge}. ``convnet4_fashion_mnist_*`` runs the same
+six methods on the Fashion-MNIST subset shipped in the package, offline, with the demo's settings.
+Threshold units are spelt as ``model.ftprop``: the keys of ``FTPropCallback``. The files are
+committed (tests/test_configs.py checks that they equal this script's output); rerun this script after
+changing the tables below.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "lightning_ftprop", "configs")
@@ -48,6 +53,18 @@ NETWORKS = {
         milestones=[200, 250],
         batch=64,
         wd={"full": 5e-4, "sign": 5e-4, "qrelu": 5e-4},
+        steps=3,
+    ),
+    "convnet4_fashion_mnist": dict(
+        arch="convnet4",
+        dataset="fashion_mnist",
+        title="4-layer convnet, the embedded Fashion-MNIST subset (offline; the demo's settings)",
+        optimizer="adam",
+        lr=1e-3,
+        epochs=5,
+        milestones=[],
+        batch=128,
+        wd={"full": 0.0, "sign": 0.0, "qrelu": 0.0},
         steps=3,
     ),
     "alexnet_dorefa": dict(
@@ -91,18 +108,81 @@ def yaml_float(x: float) -> str:
     return text if not exponent or "." in mantissa else f"{mantissa}.0e{exponent}"
 
 
-def config_name(arch: str, activation: str, rule) -> str:
-    parts = [arch, NETWORKS[arch]["dataset"], activation] + ([rule] if rule else [])
+def config_name(key: str, activation: str, rule) -> str:
+    net = NETWORKS[key]
+    parts = [net.get("arch", key), net["dataset"], activation] + ([rule] if rule else [])
     return "_".join(parts)
 
 
-def render(arch: str, activation: str, rule) -> str:
-    net = NETWORKS[arch]
+def schedule(net: Dict) -> str:
+    if not net["milestones"]:
+        return f"{net['epochs']} epochs, constant lr"
+    return f"{net['epochs']} epochs, lr x0.1 at epochs {' and '.join(map(str, net['milestones']))}"
+
+
+def data_lines(dataset: str, batch: int) -> list:
+    if dataset == "imagenet":
+        return [
+            "  class_path: lightning_ftprop.data.ImageNetDataModule",
+            "  init_args:",
+            "    data_dir: ./data/imagenet  # train/ and val/ folders of images pre-resized to 256x256",
+            f"    global_batch_size: {batch}  # the paper's batch; per device = global / (devices x nodes x accumulate)",
+            "    num_workers: 8",
+            "    image_size: 224",
+            "    val_split: 0.0",
+        ]
+    if dataset == "fashion_mnist":
+        return [
+            "  class_path: lightning_ftprop.data.EmbeddedFashionMNISTDataModule",
+            "  init_args:",
+            f"    batch_size: {batch}",
+            "    num_workers: 0",
+            "    val_split: 0.0  # validate on the test split",
+        ]
+    return [
+        "  class_path: lightning_ftprop.data.CIFAR10DataModule",
+        "  init_args:",
+        "    data_dir: ./data/cifar10",
+        "    download: true",
+        f"    batch_size: {batch}",
+        "    num_workers: 4",
+        "    val_split: 0.0  # 0.2: hold out the last 20% of the training set, as the reference code without --no-val",
+    ]
+
+
+def model_lines(net: Dict, arch: str, activation: str, rule, steps: int, wd: float) -> list:
+    lines = ["model:", f"  arch: {arch}"]
+    if rule is None:
+        lines += [f"  activation: {activation}  # full precision: no threshold units"]
+    else:
+        lines += [
+            "  ftprop:  # the threshold units, with the keys of lightning_ftprop.FTPropCallback",
+            f"    activation: {activation}",
+            f"    rule: {rule}",
+        ]
+        if activation == "qrelu":
+            lines += [f"    unit_kwargs: {{steps: {steps}, mode: single}}"]
+    lines += [
+        f"  num_classes: {1000 if net['dataset'] == 'imagenet' else 10}",
+        f"  in_channels: {1 if net['dataset'] == 'fashion_mnist' else 3}",
+        f"  optimizer: {net['optimizer']}",
+        f"  lr: {yaml_float(net['lr'])}",
+        f"  weight_decay: {yaml_float(wd)}",
+        "  momentum: 0.9",
+        f"  milestones: {net['milestones']}",
+        "  gamma: 0.1",
+    ]
+    return lines
+
+
+def render(key: str, activation: str, rule) -> str:
+    net = NETWORKS[key]
+    arch = net.get("arch", key)
     kind = activation if activation in ("sign", "qrelu") else "full"
     wd = net["wd"][kind]
-    steps = net["steps"] if activation == "qrelu" else 3
+    steps = net["steps"]
     imagenet = net["dataset"] == "imagenet"
-    name = config_name(arch, activation, rule)
+    name = config_name(key, activation, rule)
     qrelu_note = ""
     if activation == "qrelu":
         qrelu_note = (
@@ -111,12 +191,17 @@ def render(arch: str, activation: str, rule) -> str:
             + "\n"
         )
     lines = [
-        f"# Table 1 cell: {net['title']} -- {METHOD_TITLES[(activation, rule)]}.",
-        f"# Reference README: {net['optimizer']} lr {net['lr']:g}, weight decay {wd:g}, batch {net['batch']}, "
-        f"{net['epochs']} epochs, lr x0.1 at epochs {' and '.join(map(str, net['milestones']))}.",
+        f"# {'Table 1 cell' if 'arch' not in net else 'Offline run'}: {net['title']} -- {METHOD_TITLES[(activation, rule)]}.",
+        f"# {'Reference README' if 'arch' not in net else 'Settings'}: {net['optimizer']} lr {net['lr']:g}, "
+        f"weight decay {wd:g}, batch {net['batch']}, {schedule(net)}.",
         qrelu_note.rstrip("\n"),
         f"# Run:  lightning-ftprop fit --config {name}",
-        "# Override anything on the command line, e.g. --data.data_dir=/path --trainer.devices=4.",
+        "# Override anything on the command line, e.g. "
+        + (
+            "--trainer.max_epochs=1 --model.ftprop.rule=sste."
+            if "arch" in net
+            else "--data.data_dir=/path --trainer.devices=4."
+        ),
         f"seed_everything: {SEED}",
         "trainer:",
         "  accelerator: auto",
@@ -141,53 +226,36 @@ def render(arch: str, activation: str, rule) -> str:
         "    - class_path: lightning.pytorch.callbacks.LearningRateMonitor",
         "      init_args:",
         "        logging_interval: epoch",
-        "model:",
-        f"  arch: {arch}",
-        f"  activation: {activation}",
-        f"  rule: {rule or 'soft_hinge'}" + ("  # unused by the full-precision baseline" if not rule else ""),
-        f"  num_classes: {1000 if imagenet else 10}",
-        "  in_channels: 3",
-        f"  steps: {steps}",
-        "  mode: single",
-        f"  optimizer: {net['optimizer']}",
-        f"  lr: {yaml_float(net['lr'])}",
-        f"  weight_decay: {yaml_float(wd)}",
-        "  momentum: 0.9",
-        f"  milestones: {net['milestones']}",
-        "  gamma: 0.1",
-        "data:",
     ]
-    if imagenet:
+    if net["dataset"] == "fashion_mnist":
         lines += [
-            "  class_path: lightning_ftprop.data.ImageNetDataModule",
-            "  init_args:",
-            "    data_dir: ./data/imagenet  # train/ and val/ folders of images pre-resized to 256x256",
-            f"    global_batch_size: {net['batch']}  # the paper's batch; per device = global / (devices x nodes x accumulate)",
-            "    num_workers: 8",
-            "    image_size: 224",
-            "    val_split: 0.0",
+            "  logger:",
+            "    class_path: lightning.pytorch.loggers.CSVLogger  # offline: metrics.csv under save_dir",
+            "    init_args:",
+            "      save_dir: lightning_logs",
+            f"      name: {name}",
         ]
-    else:
-        lines += [
-            "  class_path: lightning_ftprop.data.CIFAR10DataModule",
-            "  init_args:",
-            "    data_dir: ./data/cifar10",
-            "    download: true",
-            f"    batch_size: {net['batch']}",
-            "    num_workers: 4",
-            "    val_split: 0.0  # 0.2: hold out the last 20% of the training set, as the reference code without --no-val",
-        ]
+    lines += model_lines(net, arch, activation, rule, steps, wd)
+    lines += ["data:", *data_lines(net["dataset"], net["batch"])]
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def configs() -> Dict[str, str]:
+    """``{file name: YAML text}`` of every config this script writes."""
+    return {
+        config_name(key, activation, rule) + ".yaml": render(key, activation, rule)
+        for key in NETWORKS
+        for activation, rule in METHODS
+    }
 
 
 def main() -> int:
     os.makedirs(OUT, exist_ok=True)
-    for arch in NETWORKS:
-        for activation, rule in METHODS:
-            path = os.path.join(OUT, config_name(arch, activation, rule) + ".yaml")
-            with open(path, "w") as handle:
-                handle.write(render(arch, activation, rule))
-    print(f"wrote {len(NETWORKS) * len(METHODS)} configs to {OUT}")
+    written = configs()
+    for name, text in written.items():
+        with open(os.path.join(OUT, name), "w") as handle:
+            handle.write(text)
+    print(f"wrote {len(written)} configs to {OUT}")
     return 0
 
 

@@ -38,8 +38,9 @@ def _print_config(capsys, *args):
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def test_one_config_per_table_1_cell():
+def test_one_config_per_table_1_cell_plus_the_offline_fashion_mnist_set():
     expected = {f"{net}_{DATASET[net]}_{method}" for net in NETWORKS for method in METHODS}
+    expected |= {f"convnet4_fashion_mnist_{method}" for method in METHODS}
     assert set(available_configs()) == expected
 
 
@@ -49,10 +50,13 @@ def test_every_shipped_config_parses_with_the_reference_hyperparameters(capsys, 
     arch = next(net for net in NETWORKS if name.startswith(net + "_"))
     optimizer, lr, epochs, milestones, batch, decays = EXPECTED[arch]
     model, data, trainer = config["model"], config["data"], config["trainer"]
-    activation = model["activation"]
+    ftprop = model["ftprop"]
+    activation = model["activation"] or ftprop["activation"]
     assert model["arch"] == arch and name.startswith(f"{arch}_{DATASET[arch]}_{activation}")
     if activation in ("sign", "qrelu"):
-        assert name.endswith("_" + model["rule"])
+        assert model["activation"] is None and name.endswith("_" + ftprop["rule"])  # one spelling: model.ftprop
+    else:
+        assert ftprop is None
     assert (model["optimizer"], model["lr"], trainer["max_epochs"], model["milestones"]) == (
         optimizer,
         lr,
@@ -60,7 +64,8 @@ def test_every_shipped_config_parses_with_the_reference_hyperparameters(capsys, 
         milestones,
     )
     assert model["weight_decay"] == decays[{"sign": 1, "qrelu": 2}.get(activation, 0)]
-    assert model["steps"] == (5 if arch == "resnet18" and activation == "qrelu" else 3)
+    if activation == "qrelu":
+        assert ftprop["unit_kwargs"] == {"steps": 5 if arch == "resnet18" else 3, "mode": "single"}
     if DATASET[arch] == "imagenet":
         assert data["class_path"] == "lightning_ftprop.data.ImageNetDataModule"
         assert data["init_args"]["global_batch_size"] == batch and model["num_classes"] == 1000
@@ -126,11 +131,12 @@ def test_help_mentions_the_extra_subcommands(capsys):
     [
         ("--model.arch=vgg16", "unknown arch 'vgg16'"),
         ("--model.activation=tanh", "unknown activation 'tanh'"),
-        ("--model.rule=magic", "unknown rule 'magic'"),
+        ("--model.ftprop.rule=magic", "unknown rule 'magic'"),
+        ("--model.ftprop.unit_kwargs.steps=5", "Sign does not take steps"),
     ],
 )
 def test_unknown_model_or_activation_on_the_command_line_is_a_clear_error(tmp_path, override, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         main(["fit", "--config", "convnet4_cifar10_sign_sste", override, f"--trainer.default_root_dir={tmp_path}"])
 
 
@@ -212,7 +218,9 @@ def test_imagenet_resnet18_config_trains_two_steps_with_ddp_on_two_cpu_processes
     (last,) = run_dir.rglob("last.ckpt")
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2
-    assert checkpoint["hyper_parameters"]["activation"] == "qrelu" and checkpoint["hyper_parameters"]["steps"] == 5
+    assert checkpoint["hyper_parameters"]["activation"] == "qrelu"
+    assert checkpoint["hyper_parameters"]["ftprop"]["unit_kwargs"] == {"steps": 5, "mode": "single"}
+    assert checkpoint["ftprop"]["spec"]["unit_kwargs"] == {"steps": 5, "mode": "single"}
     (config,) = run_dir.rglob("config.yaml")
     saved = yaml.safe_load(config.read_text())
     assert saved["trainer"]["strategy"] == "ddp" and str(saved["trainer"]["devices"]) == "2"
@@ -249,3 +257,26 @@ def test_per_device_batch_can_replace_the_global_batch(capsys):
         capsys, "--config", "alexnet_dorefa_imagenet_relu", "--data.global_batch_size=null", "--data.batch_size=32"
     )
     assert config["data"]["init_args"]["global_batch_size"] is None and config["data"]["init_args"]["batch_size"] == 32
+
+
+def test_cifar_config_offline_ends_in_one_error_line_not_a_traceback(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a local port with nothing listening: the download is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    status = main(
+        [
+            "fit",
+            "--config",
+            "convnet4_cifar10_sign_soft_hinge",
+            f"--data.data_dir={tmp_path / 'cifar'}",
+            f"--data.url=http://127.0.0.1:{port}/cifar-10-python.tar.gz",
+            "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+        ]
+    )
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("lightning-ftprop: error:")]
+    assert status == 2 and "could not download" in line and "--data.download=false" in line
+    assert "Traceback" not in err and "URLError" not in err

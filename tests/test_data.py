@@ -13,6 +13,7 @@ from disk_formats import write_cifar10, write_fashion_idx, write_image_folder
 from lightning_ftprop.data import (
     EMBEDDED_PATH,
     CIFAR10DataModule,
+    DownloadError,
     EmbeddedFashionMNISTDataModule,
     FashionMNISTDataModule,
     ImageNetDataModule,
@@ -312,3 +313,39 @@ def test_global_batch_size_is_divided_by_devices_and_accumulation(tmp_path):
 def test_data_module_arguments_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CIFAR10DataModule(**kwargs)
+
+
+# --- offline --------------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A local TCP port with nothing listening: connecting to it is refused at once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cifar10_download_without_network_is_one_line_naming_url_folder_and_fix(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/cifar-10-python.tar.gz"
+    dm = CIFAR10DataModule(str(tmp_path / "cifar"), download=True, url=url)
+    with pytest.raises(DownloadError) as err:
+        dm.prepare_data()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("CIFAR-10: could not download " + url)
+    assert str(tmp_path / "cifar") in message and "data_batch_1" in message
+    assert f"curl -LO {url}" in message and "download=False" in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no urllib traceback attached
+
+
+def test_fashion_mnist_download_without_network_names_the_files(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/"
+    with pytest.raises(DownloadError, match=r"^Fashion-MNIST: could not download .*train-images-idx3-ubyte\.gz"):
+        FashionMNISTDataModule(str(tmp_path), download=True, url=url).prepare_data()
+
+
+def test_cifar10_download_is_skipped_when_the_batches_are_there(tmp_path):
+    write_cifar10(str(tmp_path), per_batch=2, test_size=2)
+    url = f"http://127.0.0.1:{_closed_port()}/cifar-10-python.tar.gz"
+    CIFAR10DataModule(str(tmp_path), download=True, url=url).prepare_data()  # no fetch, so no error

@@ -119,3 +119,19 @@ def test_wandb_goes_online_only_with_credentials_or_an_explicit_mode(tmp_path, m
     monkeypatch.setenv("WANDB_MODE", "online")
     netrc_file.unlink()
     assert not _wandb_offline()
+
+
+def test_demo_output_carries_no_leafspec_warning_and_no_litlogger_tip(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONWARNINGS": ""}
+    command = [sys.executable, "-m", "lightning_ftprop.cli", "demo", "--fast", "--limit-batches", "1"]
+    command += ["--methods", "sign/sste", "--threads", "1", "--no-progress", "--output-dir", str(tmp_path)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "sign/sste" in output and "best test acc" in output  # the run itself still reports
+    assert "LeafSpec" not in output and "litlogger" not in output

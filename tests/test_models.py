@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 import lightning_ftprop as ftp
-from lightning_ftprop.models import MODEL_ACTIVATIONS, get_model
+from lightning_ftprop.models import NETWORK_ACTIVATION_NAMES, get_model
 
 
 def n_params(model):
@@ -28,7 +28,7 @@ def test_convnet4_has_the_papers_parameter_count():
         ("resnet18", (2, 3, 96, 96), dict(num_classes=7)),
     ],
 )
-@pytest.mark.parametrize("activation", MODEL_ACTIVATIONS)
+@pytest.mark.parametrize("activation", NETWORK_ACTIVATION_NAMES)
 def test_models_map_images_to_logits_for_every_activation(name, shape, kwargs, activation):
     model = get_model(name, activation=activation, **kwargs)
     out = model(torch.randn(shape))

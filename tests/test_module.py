@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from lightning_ftprop.convert import threshold_units
 from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
 from lightning_ftprop.module import ImageClassifier
 from lightning_ftprop.nn import QReLU, Sign
@@ -27,12 +28,13 @@ def test_milestones_must_be_increasing_epochs_after_the_first(milestones):
         ImageClassifier(milestones=milestones)
 
 
-def test_qrelu_steps_reach_the_units_and_sign_ignores_them():
+def test_qrelu_steps_reach_the_units_and_sign_refuses_them():
     qrelu = ImageClassifier("convnet4", activation="qrelu", rule="sste", in_channels=1, steps=5)
     units = [m for m in qrelu.modules() if isinstance(m, QReLU)]
     assert len(units) == 3 and all(u.steps == 5 and u.rule.name == "sste" for u in units)
-    sign = ImageClassifier("convnet4", activation="sign", rule="soft_hinge", in_channels=1, steps=5)
-    assert sum(isinstance(m, Sign) for m in sign.modules()) == 3
+    assert qrelu.hparams.ftprop == {"activation": "qrelu", "rule": "sste", "unit_kwargs": {"steps": 5}}
+    with pytest.raises(TypeError, match="Sign does not take steps"):
+        ImageClassifier("convnet4", activation="sign", rule="soft_hinge", in_channels=1, steps=5)
 
 
 def test_optimisers_use_coupled_weight_decay_on_every_parameter():
@@ -105,3 +107,74 @@ def test_training_logs_metrics_and_checkpoint_rebuilds_the_threshold_network(tmp
     model.eval()
     loaded.eval()
     assert torch.equal(loaded(x), model(x))
+
+
+def _fit_few_steps(model, tmp_path, steps=3):
+    trainer = pl.Trainer(
+        max_steps=steps,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=EmbeddedFashionMNISTDataModule(batch_size=16))
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_sign_classifier_reloads_from_its_checkpoint_as_sign_units_with_identical_outputs(tmp_path):
+    pl.seed_everything(0)
+    model = ImageClassifier(arch="convnet4", activation="sign", rule="sste", num_classes=10, in_channels=1, lr=1e-3)
+    path = _fit_few_steps(model, tmp_path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert checkpoint["ftprop"]["layers"] == ["net.2", "net.5", "net.8"]
+    assert checkpoint["ftprop"]["spec"]["activation"] == "sign" and checkpoint["ftprop"]["spec"]["rule"] == "sste"
+    loaded = ImageClassifier.load_from_checkpoint(path)
+    units = [m for m in loaded.net if isinstance(m, Sign)]
+    assert len(units) == 3 and all(u.rule.name == "sste" for u in units)
+    x = torch.randn(8, 1, 28, 28)
+    model.eval()
+    loaded.eval()
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_threshold_units_leave_the_random_init_of_the_float_network_unchanged():
+    def weights(**kwargs):
+        torch.manual_seed(7)
+        return ImageClassifier("convnet8", in_channels=1, **kwargs).net.state_dict()
+
+    relu = weights(activation="relu")
+    for kwargs in (dict(activation="sign"), dict(activation="qrelu", steps=5), dict(ftprop={"activation": "step"})):
+        other = weights(**kwargs)
+        assert list(other) == list(relu) and all(torch.equal(other[k], relu[k]) for k in relu), kwargs
+
+
+def test_shorthands_and_ftprop_dict_build_the_same_spec():
+    short = ImageClassifier("convnet4", activation="qrelu", rule="sste", steps=5, mode="per_threshold")
+    spelled = ImageClassifier(
+        "convnet4", ftprop={"activation": "qrelu", "rule": "sste", "unit_kwargs": {"steps": 5, "mode": "per_threshold"}}
+    )
+    assert short.ftprop_spec == spelled.ftprop_spec and short.hparams.activation == spelled.hparams.activation
+    merged = ImageClassifier("convnet4", activation="sign", ftprop={"exclude": "net.8", "log_every_n_steps": 1})
+    assert [name for name, _ in threshold_units(merged)] == ["net.2", "net.5"]  # net.8 stays a ReLU
+    assert merged.hparams.ftprop["log_every_n_steps"] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(activation="qrelu", ftprop={"activation": "sign"}), ValueError, "activation='qrelu' disagrees"),
+        (dict(rule="sste", ftprop={"rule": "ste"}), ValueError, "rule='sste' disagrees with ftprop's rule='ste'"),
+        (dict(activation="relu", steps=5), ValueError, "float baseline.*steps=5"),
+        (dict(ftprop={"activation": "relu"}), ValueError, "ftprop's activation must be a threshold unit"),
+        (dict(ftprop="sign"), TypeError, "ftprop must be a dict"),
+        (dict(ftprop={"rule": "magic"}), ValueError, "unknown rule 'magic'"),
+    ],
+)
+def test_conflicting_or_bad_unit_arguments_are_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ImageClassifier("convnet4", **kwargs)

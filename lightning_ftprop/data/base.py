@@ -11,10 +11,19 @@ Validation split (``val_split``), as in the reference code:
 Batch size: ``batch_size`` is per device. ``global_batch_size``, when set, replaces it with
 ``global_batch_size / (world_size * accumulate_grad_batches)``, read from the attached Trainer at
 ``setup``, so a config can state the paper's batch independently of the number of GPUs and nodes.
+
+Subclasses take their own arguments and pass the ones above on as ``**kwargs``
+(``super().__init__(**kwargs)``), so every data module accepts them by keyword with the same defaults.
+
+Offline: :func:`download_archive` fetches a dataset archive; when the fetch fails (no network, as on
+many cluster compute nodes) it raises :class:`DownloadError` with one line that names the URL, the
+folder the files belong in and the command that fetches them on a machine with a network.
 """
 
 from __future__ import annotations
 
+import os
+import urllib.error
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -22,7 +31,37 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["ArrayImageDataset", "ImageDataModule", "last_fraction_split"]
+__all__ = ["ArrayImageDataset", "DownloadError", "ImageDataModule", "download_archive", "last_fraction_split"]
+
+
+class DownloadError(ConnectionError):
+    """A data module needed a download and could not get it; the one-line message says what to do instead."""
+
+
+def download_archive(url: str, folder: str, md5: Optional[str], dataset: str, expected: str, extract: bool) -> None:
+    """Fetch ``url`` into ``folder`` (and unpack it when ``extract``); checks ``md5`` when given.
+
+    Raises:
+        DownloadError: the fetch failed (no network, host unreachable, time-out); the message names
+            ``url``, where ``expected`` must go, and how to fetch it elsewhere. No urllib traceback
+            is attached (``from None``).
+    """
+    from torchvision.datasets.utils import download_and_extract_archive, download_url
+
+    try:
+        if extract:
+            download_and_extract_archive(url, folder, md5=md5)
+        else:
+            download_url(url, folder, md5=md5)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        reason = getattr(err, "reason", err)
+        name = url.rsplit("/", 1)[-1]
+        fetch = f"curl -LO {url}" + (f" && tar -xzf {name}" if extract else "")
+        raise DownloadError(
+            f"{dataset}: could not download {url} ({reason}); put {expected} in {os.path.abspath(folder)} "
+            f"(on a machine with network: {fetch}, then copy {'what it unpacks' if extract else name} there) "
+            "and run again with download=False (--data.download=false)"
+        ) from None
 
 
 class ArrayImageDataset(Dataset):
@@ -89,6 +128,7 @@ class ImageDataModule(LightningDataModule):
 
     def __init__(
         self,
+        *,
         batch_size: int = 64,
         num_workers: int = 0,
         val_split: float = 0.0,

@@ -2,30 +2,34 @@
 
 The files are the "python version" batches (``cifar-10-batches-py/data_batch_1..5``, ``test_batch``;
 pickled dicts with ``data``, an ``(N, 3072)`` uint8 array in CHW order, and ``labels``). With
-``download=True``, :meth:`prepare_data` fetches and verifies them with ``torchvision.datasets.CIFAR10``;
-reading is done here, so any copy of the batches works.
+``download=True`` and the batches missing, :meth:`prepare_data` fetches and unpacks the archive
+(``url``, md5-checked); without a network that is a :class:`~lightning_ftprop.data.base.DownloadError`
+saying where to put the files. Reading is done here, so any copy of the batches works.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lightning_ftprop.data.base import ArrayImageDataset, ImageDataModule
+from lightning_ftprop.data.base import ArrayImageDataset, ImageDataModule, download_archive
 
-__all__ = ["CIFAR10DataModule", "read_cifar10", "CIFAR10_MEAN", "CIFAR10_STD"]
+__all__ = ["CIFAR10DataModule", "read_cifar10", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_URL"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES: Tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES: Tuple[str, ...] = ("test_batch",)
+#: The python-version archive of the CIFAR-10 authors, and its md5.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
 def _read_batches(folder: str, names: Tuple[str, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -79,11 +83,12 @@ class CIFAR10DataModule(ImageDataModule):
 
     Args:
         data_dir: folder that holds (or will hold) ``cifar-10-batches-py/``.
-        download: fetch the dataset with torchvision if it is missing.
+        download: fetch and unpack the archive into ``data_dir`` if the batches are missing.
         augment: random crop with 4-pixel padding + horizontal flip for training (the reference
             code's default; its ``--no-aug`` is ``augment=False``).
-        batch_size, num_workers, val_split, global_batch_size, pin_memory: see
-            :class:`~lightning_ftprop.data.base.ImageDataModule`.
+        url: where ``download`` fetches ``cifar-10-python.tar.gz`` from (a mirror, for example).
+        **kwargs: ``batch_size``, ``num_workers``, ``val_split``, ``global_batch_size``,
+            ``pin_memory``; see :class:`~lightning_ftprop.data.base.ImageDataModule`.
     """
 
     num_classes = 10
@@ -94,23 +99,22 @@ class CIFAR10DataModule(ImageDataModule):
         data_dir: str = "./data/cifar10",
         download: bool = False,
         augment: bool = True,
-        batch_size: int = 64,
-        num_workers: int = 2,
-        val_split: float = 0.0,
-        global_batch_size: Optional[int] = None,
-        pin_memory: Optional[bool] = None,
+        url: str = CIFAR10_URL,
+        **kwargs,
     ):
-        super().__init__(batch_size, num_workers, val_split, global_batch_size, pin_memory)
+        super().__init__(**kwargs)
         self.data_dir = os.fspath(data_dir)
         self.download = bool(download)
         self.augment = bool(augment)
+        self.url = url
 
     def prepare_data(self) -> None:
-        if self.download:
-            from torchvision.datasets import CIFAR10
-
-            for train in (True, False):
-                CIFAR10(self.data_dir, train=train, download=True)
+        folder = os.path.join(self.data_dir, CIFAR10_FOLDER)
+        if not self.download or all(os.path.isfile(os.path.join(folder, n)) for n in TRAIN_BATCHES + TEST_BATCHES):
+            return
+        expected = f"{CIFAR10_FOLDER}/ ({', '.join(TRAIN_BATCHES + TEST_BATCHES)})"
+        md5 = CIFAR10_MD5 if self.url == CIFAR10_URL else None
+        download_archive(self.url, self.data_dir, md5, "CIFAR-10", expected, extract=True)
 
     def build_datasets(self) -> Tuple[Dataset, Dataset, Dataset]:
         train_x, train_y = read_cifar10(self.data_dir, train=True)

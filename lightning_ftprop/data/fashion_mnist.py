@@ -4,8 +4,8 @@ class-balanced subset embedded in this package so that examples run offline.
 Full set: :class:`FashionMNISTDataModule` reads ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
 from ``data_dir`` or from ``data_dir/FashionMNIST/raw`` (torchvision's layout). Debian's
 ``dataset-fashion-mnist`` package installs them in ``/usr/share/datasets/fashion-mnist``, the default.
-``download=True`` fetches them with ``torchvision.datasets.FashionMNIST`` into
-``data_dir/FashionMNIST/raw``.
+``download=True`` fetches the four ``.gz`` files (md5-checked) into ``data_dir/FashionMNIST/raw``;
+without a network that is a :class:`~lightning_ftprop.data.base.DownloadError` saying where to put them.
 
 Embedded subset: :class:`EmbeddedFashionMNISTDataModule` loads ``fashion_mnist_subset.npz``
 (built by ``scripts/build_embedded_dataset.py``). Normalisation in both: mean 0.2860, std 0.3530
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lightning_ftprop.data.base import ArrayImageDataset, ImageDataModule
+from lightning_ftprop.data.base import ArrayImageDataset, ImageDataModule, download_archive
 from lightning_ftprop.data.idx import read_idx
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "EMBEDDED_PATH",
+    "FASHION_MNIST_URL",
 ]
 
 FASHION_MNIST_MEAN = (0.2860,)
@@ -54,6 +55,14 @@ EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashio
 _FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+#: Where ``download=True`` fetches ``<name>.gz`` from (the authors' mirror), and the files' md5s.
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_MD5 = {
+    "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
 }
 
 
@@ -127,27 +136,20 @@ class FashionMNISTDataModule(ImageDataModule):
 
     Args:
         data_dir: folder with the IDX files (or with ``FashionMNIST/raw/`` holding them).
-        download: fetch the files with torchvision into ``data_dir/FashionMNIST/raw`` if missing.
-        batch_size, num_workers, val_split, global_batch_size, pin_memory: see
-            :class:`~lightning_ftprop.data.base.ImageDataModule`.
+        download: fetch the files into ``data_dir/FashionMNIST/raw`` if they are missing.
+        url: the folder URL ``download`` fetches ``<file>.gz`` from (a mirror, for example).
+        **kwargs: ``batch_size``, ``num_workers``, ``val_split``, ``global_batch_size``,
+            ``pin_memory``; see :class:`~lightning_ftprop.data.base.ImageDataModule`.
     """
 
     num_classes = 10
     in_channels = 1
 
-    def __init__(
-        self,
-        data_dir: str = DEBIAN_DIR,
-        download: bool = False,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        val_split: float = 0.0,
-        global_batch_size: Optional[int] = None,
-        pin_memory: Optional[bool] = None,
-    ):
-        super().__init__(batch_size, num_workers, val_split, global_batch_size, pin_memory)
+    def __init__(self, data_dir: str = DEBIAN_DIR, download: bool = False, url: str = FASHION_MNIST_URL, **kwargs):
+        super().__init__(**kwargs)
         self.data_dir = os.fspath(data_dir)
         self.download = bool(download)
+        self.url = url
 
     def prepare_data(self) -> None:
         if not self.download:
@@ -156,10 +158,12 @@ class FashionMNISTDataModule(ImageDataModule):
             read_fashion_mnist(self.data_dir, train=True)
             read_fashion_mnist(self.data_dir, train=False)
         except FileNotFoundError:
-            from torchvision.datasets import FashionMNIST
-
-            for train in (True, False):
-                FashionMNIST(self.data_dir, train=train, download=True)
+            raw = os.path.join(self.data_dir, "FashionMNIST", "raw")
+            for name in (*_FILES[True], *_FILES[False]):
+                md5 = _MD5[name] if self.url == FASHION_MNIST_URL else None
+                expected = ", ".join(f"{n}.gz" for n in _MD5)
+                url = self.url.rstrip("/") + f"/{name}.gz"
+                download_archive(url, raw, md5, "Fashion-MNIST", expected, extract=False)
 
     def build_datasets(self) -> Tuple[Dataset, Dataset, Dataset]:
         train = _dataset(*read_fashion_mnist(self.data_dir, train=True))
@@ -172,23 +176,15 @@ class EmbeddedFashionMNISTDataModule(ImageDataModule):
 
     Args:
         path: the ``.npz`` file; the packaged subset by default.
-        batch_size, num_workers, val_split, global_batch_size, pin_memory: see
-            :class:`~lightning_ftprop.data.base.ImageDataModule`.
+        **kwargs: ``batch_size``, ``num_workers``, ``val_split``, ``global_batch_size``,
+            ``pin_memory``; see :class:`~lightning_ftprop.data.base.ImageDataModule`.
     """
 
     num_classes = 10
     in_channels = 1
 
-    def __init__(
-        self,
-        path: str = EMBEDDED_PATH,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        val_split: float = 0.0,
-        global_batch_size: Optional[int] = None,
-        pin_memory: Optional[bool] = None,
-    ):
-        super().__init__(batch_size, num_workers, val_split, global_batch_size, pin_memory)
+    def __init__(self, path: str = EMBEDDED_PATH, **kwargs):
+        super().__init__(**kwargs)
         self.path = os.fspath(path)
 
     def build_datasets(self) -> Tuple[Dataset, Dataset, Dataset]:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple
 
+import torch
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
 
 from lightning_ftprop.data.base import ImageDataModule, last_fraction_split
 
@@ -110,7 +111,13 @@ class ImageNetDataModule(ImageDataModule):
         global_batch_size: Optional[int] = None,
         pin_memory: Optional[bool] = None,
     ):
-        super().__init__(batch_size, num_workers, val_split, global_batch_size, pin_memory)
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_split=val_split,
+            global_batch_size=global_batch_size,
+            pin_memory=pin_memory,
+        )
         if not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         if resize is not None and (not isinstance(resize, int) or resize < image_size):
@@ -119,14 +126,15 @@ class ImageNetDataModule(ImageDataModule):
         self.image_size = image_size
         self.resize = resize
 
-    def transforms(self, train: bool) -> T.Compose:
-        """Random crop + flip when ``train``, else centre crop; then ToTensor and normalisation."""
-        steps = [T.Resize(self.resize)] if self.resize else []
+    def transforms(self, train: bool) -> v2.Compose:
+        """Random crop + flip when ``train``, else centre crop; then a float tensor in [0, 1], normalised."""
+        steps = [v2.Resize(self.resize)] if self.resize else []
         if train:
-            steps += [T.RandomCrop(self.image_size), T.RandomHorizontalFlip()]
+            steps += [v2.RandomCrop(self.image_size), v2.RandomHorizontalFlip()]
         else:
-            steps += [T.CenterCrop(self.image_size)]
-        return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+            steps += [v2.CenterCrop(self.image_size)]
+        to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        return v2.Compose(steps + to_float + [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def build_datasets(self) -> Tuple[Dataset, Dataset, Dataset]:
         check_image_folder(self.data_dir)

@@ -3,8 +3,10 @@
     from lightning_ftprop.models import get_model
     net = get_model("convnet4", activation="sign", rule="soft_hinge", num_classes=10, in_channels=1)
 
-``activation`` is one of ``relu``, ``saturated_relu``, ``sign``, ``step``, ``qrelu``; extra keywords
-(``steps=5``, ``mode="per_threshold"``, ``weighted=False``) go to the threshold units.
+``activation`` is one of :data:`NETWORK_ACTIVATION_NAMES`: ``relu``, ``saturated_relu``, ``sign``, ``step``,
+``qrelu``. Every network is built as a float network and its threshold units come from a spec, through
+:func:`lightning_ftprop.convert` (see :mod:`.activation`); extra keywords (``steps=5``,
+``mode="per_threshold"``, ``weighted=False``) go to the threshold units.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from typing import Callable, Dict
 
 from torch import nn
 
-from lightning_ftprop.models.activation import MODEL_ACTIVATIONS, activation_layer
+from lightning_ftprop.models.activation import (
+    FLOAT_ACTIVATION_NAMES,
+    NETWORK_ACTIVATION_NAMES,
+    float_activation,
+    paper_network,
+    unit_spec,
+)
 from lightning_ftprop.models.alexnet import alexnet_dorefa
 from lightning_ftprop.models.convnets import convnet4, convnet8
 from lightning_ftprop.models.resnet import resnet18
@@ -35,8 +43,11 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 __all__ = [
     "MODELS",
-    "MODEL_ACTIVATIONS",
-    "activation_layer",
+    "FLOAT_ACTIVATION_NAMES",
+    "NETWORK_ACTIVATION_NAMES",
+    "float_activation",
+    "paper_network",
+    "unit_spec",
     "alexnet_dorefa",
     "convnet4",
     "convnet8",

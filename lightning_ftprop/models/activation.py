@@ -1,35 +1,107 @@
-"""The activation factory the paper's networks are built with.
+"""How the paper's networks get their activations: a float network first, threshold units from a spec.
 
-activation_layer("relu")                 -> nn.ReLU()
-activation_layer("saturated_relu")       -> nn.Hardtanh(0, 1)      min(max(z, 0), 1)
-activation_layer("sign", "sste")         -> Sign(rule="sste")
-activation_layer("qrelu", steps=5)       -> QReLU(steps=5)
+Every network is built as a float network, with ``nn.ReLU`` (or ``nn.Hardtanh(0, 1)`` for the
+saturated-ReLU baseline) after each hidden layer. A threshold activation (``sign``, ``step``,
+``qrelu``) is then put in by :func:`lightning_ftprop.spec.apply_spec`, the path that
+:class:`~lightning_ftprop.FTPropCallback` and :class:`~lightning_ftprop.FTPropMixin` use too::
+
+    float_activation("relu")               -> nn.ReLU()
+    float_activation("saturated_relu")     -> nn.Hardtanh(0, 1)      min(max(z, 0), 1)
+    float_activation("sign")               -> nn.ReLU()              (swapped afterwards)
+    unit_spec("qrelu", "sste", steps=5)    -> the spec that swaps every ReLU for QReLU(steps=5, rule="sste")
+
+Threshold units have no parameters, so a network gets the same random weights for every activation.
 """
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+import functools
+import inspect
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from torch import nn
 
-from lightning_ftprop.nn import ACTIVATIONS, make_unit
+from lightning_ftprop.nn import UNIT_CLASSES
 from lightning_ftprop.rules import DEFAULT_RULE, Rule
+from lightning_ftprop.spec import apply_spec, make_spec
 
-#: The ``activation=`` values the networks accept: two full-precision baselines and the threshold units.
-MODEL_ACTIVATIONS: Tuple[str, ...] = ("relu", "saturated_relu", *ACTIVATIONS)
+__all__ = [
+    "FLOAT_ACTIVATION_NAMES",
+    "NETWORK_ACTIVATION_NAMES",
+    "check_activation",
+    "float_activation",
+    "paper_network",
+    "to_threshold",
+    "unit_spec",
+]
+
+#: The full-precision baselines: the networks keep these activations.
+FLOAT_ACTIVATION_NAMES: Tuple[str, ...] = ("relu", "saturated_relu")
+#: Every ``activation=`` value the networks accept: the float baselines and the threshold units.
+NETWORK_ACTIVATION_NAMES: Tuple[str, ...] = (*FLOAT_ACTIVATION_NAMES, *UNIT_CLASSES)
 
 
 def check_activation(activation: str) -> str:
-    if activation not in MODEL_ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(MODEL_ACTIVATIONS)}")
+    """Return ``activation`` if it is in :data:`NETWORK_ACTIVATION_NAMES`; raise ValueError otherwise."""
+    if activation not in NETWORK_ACTIVATION_NAMES:
+        raise ValueError(
+            f"unknown activation {activation!r}; valid activations are: {', '.join(NETWORK_ACTIVATION_NAMES)}"
+        )
     return activation
 
 
-def activation_layer(activation: str = "relu", rule: Union[str, Rule] = DEFAULT_RULE, **unit_kwargs) -> nn.Module:
-    """A fresh activation module. ``rule`` and ``unit_kwargs`` matter only for threshold units."""
+def float_activation(activation: str = "relu") -> nn.Module:
+    """A fresh float activation module: ``Hardtanh(0, 1)`` for ``saturated_relu``, ``ReLU`` for all others."""
     check_activation(activation)
-    if activation == "relu":
-        return nn.ReLU(inplace=True)
     if activation == "saturated_relu":
         return nn.Hardtanh(0.0, 1.0, inplace=True)
-    return make_unit(activation, rule, **unit_kwargs)
+    return nn.ReLU(inplace=True)
+
+
+def unit_spec(
+    activation: str, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, **unit_kwargs: Any
+) -> Optional[Dict[str, Any]]:
+    """The spec that swaps a float network's activations for ``activation`` units; None for a float baseline.
+
+    ``rule``, ``weighted`` and ``unit_kwargs`` (qrelu's ``steps``, ``mode``; ``saved``) matter only for
+    threshold units; a float baseline ignores them.
+    """
+    check_activation(activation)
+    if activation in FLOAT_ACTIVATION_NAMES:
+        return None
+    return make_spec(activation, rule, weighted, unit_kwargs=unit_kwargs)
+
+
+def to_threshold(net: nn.Module, activation: str, rule: Union[str, Rule], **unit_kwargs: Any) -> nn.Module:
+    """Swap the float ``net``'s activations for ``activation`` units (nothing for a float baseline); returns ``net``."""
+    spec = unit_spec(activation, rule, **unit_kwargs)
+    if spec is not None:
+        apply_spec(net, spec)
+    return net
+
+
+def paper_network(build_float: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Turn ``build_float(act, **shape)`` into ``network(activation, rule, **shape, **unit_kwargs)``.
+
+    ``build_float`` calls ``act()`` for every hidden activation. The network is built with
+    :func:`float_activation`, then :func:`to_threshold` swaps in the units; keyword arguments that
+    ``build_float`` does not take (``steps``, ``mode``, ``weighted``, ``saved``) go to the units.
+    """
+    own = [p for p in inspect.signature(build_float).parameters.values() if p.name != "act"]
+    shape_names = {p.name for p in own}
+
+    @functools.wraps(build_float)
+    def network(activation: str = "relu", rule: Union[str, Rule] = DEFAULT_RULE, **kwargs: Any) -> nn.Module:
+        check_activation(activation)
+        shape = {k: kwargs.pop(k) for k in list(kwargs) if k in shape_names}
+        net = build_float(functools.partial(float_activation, activation), **shape)
+        return to_threshold(net, activation, rule, **kwargs)
+
+    head = [
+        inspect.Parameter("activation", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="relu", annotation=str),
+        inspect.Parameter("rule", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=DEFAULT_RULE),
+    ]
+    tail = [inspect.Parameter("unit_kwargs", inspect.Parameter.VAR_KEYWORD)]
+    shape_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+    network.__signature__ = inspect.Signature(head + shape_params + tail)  # what help() shows
+    return network

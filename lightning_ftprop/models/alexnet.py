@@ -12,33 +12,23 @@ Biases are off wherever BN follows. The FC batch norms are ``BatchNorm1d``.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Callable
 
 from torch import nn
 
-from lightning_ftprop.models.activation import activation_layer, check_activation
-from lightning_ftprop.rules import DEFAULT_RULE, Rule
+from lightning_ftprop.models.activation import paper_network
+from lightning_ftprop.models.convnets import conv_bn
+
+__all__ = ["alexnet_dorefa"]
 
 
-def alexnet_dorefa(
-    activation: str = "relu",
-    rule: Union[str, Rule] = DEFAULT_RULE,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    **unit_kwargs,
-) -> nn.Sequential:
-    """The DoReFa AlexNet; every hidden activation is ``activation``."""
-    check_activation(activation)
+def fc_bn(cin: int, cout: int) -> list:
+    return [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout, eps=1e-4)]
 
-    def act() -> nn.Module:
-        return activation_layer(activation, rule, **unit_kwargs)
 
-    def conv_bn(cin: int, cout: int, k: int, pad: int) -> list:
-        return [nn.Conv2d(cin, cout, k, padding=pad, bias=False), nn.BatchNorm2d(cout, eps=1e-4)]
-
-    def fc_bn(cin: int, cout: int) -> list:
-        return [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout, eps=1e-4)]
-
+@paper_network
+def alexnet_dorefa(act: Callable[[], nn.Module], num_classes: int = 1000, in_channels: int = 3) -> nn.Sequential:
+    """The DoReFa AlexNet; every hidden activation is ``act()``."""
     return nn.Sequential(
         nn.Conv2d(in_channels, 96, 12, stride=4),
         act(),

@@ -1,7 +1,9 @@
 """The paper's CIFAR-10 networks: the 4-layer convnet and the 8-layer (DoReFa SVHN) convnet.
 
-Every hidden activation is ``act`` (see :func:`~lightning_ftprop.models.activation.activation_layer`);
-the input and the logits stay real-valued, and all weights are full precision.
+Every hidden activation is ``act``: the network is built with ReLUs (``Hardtanh(0, 1)`` for
+``saturated_relu``) and a threshold ``activation`` is swapped in from a spec (see
+:mod:`lightning_ftprop.models.activation`). The input and the logits stay real-valued, and all weights
+are full precision. ``convnet4(activation="sign", rule="soft_hinge", in_channels=1, steps=...)``.
 
 convnet4 (no BN, biases on; pooling before the activation)::
 
@@ -22,37 +24,28 @@ convnet8 (BN eps 1e-4, conv bias off where BN follows)::
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional
 
 from torch import nn
 
-from lightning_ftprop.models.activation import activation_layer, check_activation
-from lightning_ftprop.rules import DEFAULT_RULE, Rule
+from lightning_ftprop.models.activation import paper_network
+
+__all__ = ["convnet4", "convnet8"]
 
 
 def _default_size(in_channels: int, input_size: Optional[int]) -> int:
     return input_size if input_size is not None else (28 if in_channels == 1 else 32)
 
 
+@paper_network
 def convnet4(
-    activation: str = "relu",
-    rule: Union[str, Rule] = DEFAULT_RULE,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    input_size: Optional[int] = None,
-    **unit_kwargs,
+    act: Callable[[], nn.Module], num_classes: int = 10, in_channels: int = 3, input_size: Optional[int] = None
 ) -> nn.Sequential:
     """The 4-layer convnet (4,259,274 parameters on CIFAR-10).
 
     ``input_size`` is the image side; it defaults to 28 for one channel and 32 otherwise.
     """
-    check_activation(activation)
-    size = _default_size(in_channels, input_size)
-    side = ((size + 2) // 2) // 2  # conv pad 3 grows the map by 2, then two 2x2 pools
-
-    def act() -> nn.Module:
-        return activation_layer(activation, rule, **unit_kwargs)
-
+    side = ((_default_size(in_channels, input_size) + 2) // 2) // 2  # conv pad 3 grows the map by 2, two 2x2 pools
     return nn.Sequential(
         nn.Conv2d(in_channels, 32, 5, padding=3),
         nn.MaxPool2d(2),
@@ -67,25 +60,17 @@ def convnet4(
     )
 
 
+def conv_bn(cin: int, cout: int, k: int, pad: int) -> list:
+    """``Conv2d`` without bias, then ``BatchNorm2d`` with the reference code's eps 1e-4."""
+    return [nn.Conv2d(cin, cout, k, padding=pad, bias=False), nn.BatchNorm2d(cout, eps=1e-4)]
+
+
+@paper_network
 def convnet8(
-    activation: str = "relu",
-    rule: Union[str, Rule] = DEFAULT_RULE,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    input_size: Optional[int] = None,
-    **unit_kwargs,
+    act: Callable[[], nn.Module], num_classes: int = 10, in_channels: int = 3, input_size: Optional[int] = None
 ) -> nn.Sequential:
     """The 8-layer convnet of DoReFa-Net's SVHN experiments, as used by the paper on CIFAR-10."""
-    check_activation(activation)
-    size = _default_size(in_channels, input_size)
-    last = (size // 2) // 2 - 4  # two pools, then two unpadded 3x3 convs
-
-    def act() -> nn.Module:
-        return activation_layer(activation, rule, **unit_kwargs)
-
-    def conv_bn(cin: int, cout: int, k: int, pad: int) -> list:
-        return [nn.Conv2d(cin, cout, k, padding=pad, bias=False), nn.BatchNorm2d(cout, eps=1e-4)]
-
+    last = (_default_size(in_channels, input_size) // 2) // 2 - 4  # two pools, then two unpadded 3x3 convs
     return nn.Sequential(
         nn.Conv2d(in_channels, 48, 5, padding=2),
         nn.MaxPool2d(2),

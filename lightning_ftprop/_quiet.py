@@ -1,0 +1,33 @@
+"""Two messages Lightning prints before every run that say nothing about the user's run, filtered precisely.
+
+* Lightning 2.6 on torch >= 2.10 warns, on every fit, that ``isinstance(treespec, LeafSpec)`` is
+  deprecated (a FutureWarning about Lightning's own code).
+* Lightning logs a "Tip" advertising the litlogger package when a Trainer builds its default logger.
+
+Nothing else is filtered; ``lightning-ftprop`` (the demo and fit/validate/test) calls
+:func:`silence_lightning_noise` before it builds a Trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+__all__ = ["silence_lightning_noise"]
+
+_LEAFSPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+_TIP_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Tip:" in message and "litlogger" in message)
+
+
+def silence_lightning_noise() -> None:
+    """Hide the LeafSpec FutureWarning and the litlogger tip (idempotent)."""
+    warnings.filterwarnings("ignore", message=_LEAFSPEC, category=FutureWarning)
+    logger = logging.getLogger(_TIP_LOGGER)
+    if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
+        logger.addFilter(_DropLitLoggerTip())
