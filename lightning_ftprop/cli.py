@@ -127,7 +127,9 @@ def _import_class(path: str) -> type:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"cannot import model class {path!r} ({err}); give a dotted path like pkg.module.Class")
+        raise ValueError(
+            f"cannot import model class {path!r} ({err}); give a dotted path like pkg.module.Class"
+        ) from None
 
 
 def load_checkpoint_model(ckpt_path: str, model_class: Optional[str] = None):
@@ -215,7 +217,9 @@ def export_main(argv: Sequence[str]) -> int:
             except ValueError:
                 shape = []
             if not shape or min(shape) < 1:
-                raise ValueError(f"--input_shape must be positive integers separated by commas, got {args.input_shape!r}")
+                raise ValueError(
+                    f"--input_shape must be positive integers separated by commas, got {args.input_shape!r}"
+                )
         else:
             shape = _default_input_shape(model)
             if shape is None:

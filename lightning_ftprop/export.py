@@ -293,13 +293,19 @@ def fold_thresholds(model: nn.Module) -> nn.Module:
         while isinstance(source, torch.fx.Node) and _single_module_node(source, gm, _POOLS) is not None:
             pools.append(source)
             source = source.args[0]
-        bn = _single_module_node(source, gm, nn.modules.batchnorm._BatchNorm) if isinstance(source, torch.fx.Node) else None
+        bn = (
+            _single_module_node(source, gm, nn.modules.batchnorm._BatchNorm)
+            if isinstance(source, torch.fx.Node)
+            else None
+        )
         if bn is None or bn.running_mean is None or module_calls[source.target] != 1:
             continue
         bn = copy.deepcopy(bn)
         if pools:
             producer_node = source.args[0]
-            producer = _single_module_node(producer_node, gm, _PRODUCERS) if isinstance(producer_node, torch.fx.Node) else None
+            producer = (
+                _single_module_node(producer_node, gm, _PRODUCERS) if isinstance(producer_node, torch.fx.Node) else None
+            )
             a, _ = _bn_affine(bn)
             negative = a < 0
             if negative.any():

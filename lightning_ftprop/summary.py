@@ -54,7 +54,14 @@ class ModelSummary:
         return sum(layer.elements * layer.bits for layer in self.layers)
 
     def __str__(self) -> str:
-        header = ("name", "activation", "levels (bits)", "rule", "elements/sample", "inference bits/sample (as float32)")
+        header = (
+            "name",
+            "activation",
+            "levels (bits)",
+            "rule",
+            "elements/sample",
+            "inference bits/sample (as float32)",
+        )
         rows = [header] + [
             (
                 layer.name,
