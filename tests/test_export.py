@@ -167,6 +167,10 @@ def test_fold_across_a_max_pool_negates_the_producer_where_gamma_is_negative():
     x = torch.randn(64, 3, 12, 12)
     with torch.no_grad():
         assert (folded(x) != model(x)).float().mean().item() < 1e-4
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert torch.equal(torch.jit.script(folded)(x), folded(x))
+        assert torch.equal(torch.export.export(folded, (x,)).module()(x), folded(x))
     assert model[0].weight is conv.weight and torch.equal(conv.weight, model[0].weight)  # the original is untouched
 
 
@@ -262,6 +266,10 @@ def test_first_three_layers_of_a_converted_torchvision_model_export(tmp_path):
             out = _ort_logits(path, x)
             assert (out != stem(x)).float().mean().item() < 1e-4
             assert set(out.unique().tolist()) <= {-1.0, 1.0}
+            nan_input = x[:1].clone()
+            nan_input[0, 0, 10, 10] = float("nan")  # NaN in gives NaN out, in onnxruntime too
+            assert torch.equal(_ort_logits(path, nan_input).isnan(), stem(nan_input).isnan())
+            assert stem(nan_input).isnan().any()
 
 
 class _DataDependentAct(nn.Module):
@@ -369,6 +377,7 @@ def _check_cli_export(ckpt, trained, tmp_path, *extra):
     assert same >= 0.99 and rel <= 1e-4, differ
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_cli_exports_checkpoints_of_the_callback_the_mixin_and_image_classifier(tmp_path):
     torch.manual_seed(0)
     # ImageClassifier with sign units
