@@ -132,13 +132,15 @@ def _import_class(path: str) -> type:
         ) from None
 
 
-def load_checkpoint_model(ckpt_path: str, model_class: Optional[str] = None):
+def load_checkpoint_model(ckpt_path: str, model_class: Optional[str] = None, allow_pickle: bool = False):
     """Rebuild the LightningModule a ``lightning_ftprop`` pipeline saved, threshold units in place, in eval mode.
 
     The class is the checkpoint's ``_class_path`` (LightningCLI subclass mode), else ``model_class``,
     else :class:`~lightning_ftprop.ImageClassifier`. It is built from the saved hyper-parameters; its
     ``configure_model`` runs (an :class:`~lightning_ftprop.FTPropMixin` converts there); an
     :class:`~lightning_ftprop.FTPropCallback`'s stored spec is applied; then the weights load (strict).
+    The file is read with ``torch.load(weights_only=True)`` unless ``allow_pickle`` (arbitrary code
+    can run while unpickling: only for checkpoints you trust).
 
     Raises:
         ValueError: a missing file, a file that is not a checkpoint, or a checkpoint without what is
@@ -150,8 +152,22 @@ def load_checkpoint_model(ckpt_path: str, model_class: Optional[str] = None):
 
     if not os.path.isfile(ckpt_path):
         raise ValueError(f"--ckpt_path {ckpt_path!r} does not exist or is not a file")
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(ckpt_path):
+        raise ValueError(
+            f"--ckpt_path {ckpt_path!r} is not a readable PyTorch checkpoint (not a torch.save zip archive)"
+        )
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        if allow_pickle or "Weights only load failed" not in str(err):
+            raise ValueError(f"--ckpt_path {ckpt_path!r} is not a readable PyTorch checkpoint ({err})") from err
+        raise ValueError(
+            f"--ckpt_path {ckpt_path!r} holds objects that torch.load(weights_only=True) refuses; if you trust "
+            f"the file, pass --allow_pickle ({str(err).strip().splitlines()[-1]})"
+        ) from err
     except Exception as err:
         raise ValueError(f"--ckpt_path {ckpt_path!r} is not a readable PyTorch checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -204,13 +220,16 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("--input_shape", default=None, help="one sample's shape, e.g. 3,32,32 (default: from arch)")
     parser.add_argument("--model_class", default=None, help="dotted LightningModule class (default: ImageClassifier)")
     parser.add_argument("--no_fold", action="store_true", help="keep BatchNorm (freeze the units only)")
+    parser.add_argument(
+        "--allow_pickle", action="store_true", help="load with full pickle (only for checkpoints you trust)"
+    )
     args = parser.parse_args(list(argv))
     import torch
 
     from lightning_ftprop.export import export_onnx
 
     try:
-        model = load_checkpoint_model(args.ckpt_path, args.model_class)
+        model = load_checkpoint_model(args.ckpt_path, args.model_class, args.allow_pickle)
         if args.input_shape is not None:
             try:
                 shape = [int(d) for d in args.input_shape.split(",")]

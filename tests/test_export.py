@@ -414,4 +414,7 @@ def test_cli_export_of_an_unknown_checkpoint_is_a_clear_error(tmp_path, capsys):
     junk.write_text("not a checkpoint")
     assert main(["export", "--ckpt_path", str(junk), "--output", str(tmp_path / "m.onnx")]) == 2
     assert "is not a readable PyTorch checkpoint" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path)) == ["junk.ckpt"]
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    assert main(["export", "--ckpt_path", str(tmp_path / "plain.pt"), "--output", str(tmp_path / "m.onnx")]) == 2
+    assert "is not a Lightning checkpoint (it has no 'state_dict')" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["junk.ckpt", "plain.pt"]
