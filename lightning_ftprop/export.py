@@ -35,7 +35,8 @@ subtraction: the folded unit then costs ``Sub, Clip, Ceil`` (plus ``Mul, Sub`` f
 ``x - t`` is zero in float exactly when ``x == t``, and has the sign of the real difference, so the
 compare itself never rounds. ``t`` is computed in float64 and rounded *towards the side that keeps
 the compare exact* (down where ``s = +1``, up where ``s = -1``): for every float32 ``x`` the folded
-unit gives what the real-valued ``unit(a x + b)`` gives.
+unit gives what the real-valued ``unit(a x + b)`` gives (up to the float64 rounding of ``t``, about
+1e-16 relative, far below float32's resolution).
 
 Edge cases:
 
@@ -58,9 +59,10 @@ Edge cases:
   (frozen, unfolded).
 * Only eval-mode BatchNorm with running statistics folds; ``track_running_stats=False`` is left.
 
-**ONNX.** :func:`export_onnx` uses ``torch.onnx.export(..., dynamo=True)`` (torch's recommended
-exporter since 2.9, which needs ``onnxscript``), with a dynamic batch dimension. The threshold
-units become ``Clip``/``Ceil``/``Mul``/``Sub``/``Add``/``ReduceSum`` nodes of the standard domain.
+**ONNX.** :func:`export_onnx` uses ``torch.onnx.export(..., dynamo=True)`` (the default and
+recommended exporter of torch 2.14; it needs ``onnxscript``), with a dynamic batch dimension. A
+folded unit becomes ``Sub, Clip, Ceil`` (sign adds ``Mul, Sub``; qrelu adds ``ReduceSum, Div``), a
+frozen unfolded one ``Clip, Ceil`` or ``Mul, Ceil, Clip, Div``: all in the standard domain.
 """
 
 from __future__ import annotations
