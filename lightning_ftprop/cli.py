@@ -6,6 +6,7 @@
     lightning-ftprop fit --config resnet18_imagenet_sign_sste --data.data_dir=/data/imagenet --trainer.devices=8
     lightning-ftprop test --config convnet4_cifar10_relu --ckpt_path=best.ckpt
     lightning-ftprop config-path convnet8_cifar10_qrelu_sste      # the YAML file, to copy and edit
+    lightning-ftprop export --ckpt_path best.ckpt --output model.onnx  # ONNX, BN folded (see export.py)
 
 ``fit``, ``validate`` and ``test`` are LightningCLI's subcommands: the model is
 :class:`~lightning_ftprop.module.ImageClassifier` (``--model.*``), the data any LightningDataModule
@@ -31,6 +32,8 @@ extra subcommands:
                        and write a results table and plot; see `lightning-ftprop demo --help`
   configs              list the shipped configs (one per cell of the paper's Table 1)
   config-path NAME     print the path of a shipped config
+  export               write a checkpoint's network to ONNX (threshold units frozen, BatchNorm folded);
+                       see `lightning-ftprop export --help`
 
 `--config NAME` accepts a shipped config's name as well as a file path.
 """
@@ -111,6 +114,142 @@ def _error(message: str) -> int:
     return 2
 
 
+# --- export -------------------------------------------------------------------------------------------
+
+#: Default input side per ImageClassifier architecture (the convnets: 28 for one channel, else 32).
+_DEFAULT_SIDE = {"alexnet_dorefa": 224, "resnet18": 224}
+
+
+def _import_class(path: str) -> type:
+    import importlib
+
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"cannot import model class {path!r} ({err}); give a dotted path like pkg.module.Class"
+        ) from None
+
+
+def load_checkpoint_model(ckpt_path: str, model_class: Optional[str] = None, allow_pickle: bool = False):
+    """Rebuild the LightningModule a ``lightning_ftprop`` pipeline saved, threshold units in place, in eval mode.
+
+    The class is the checkpoint's ``_class_path`` (LightningCLI subclass mode), else ``model_class``,
+    else :class:`~lightning_ftprop.ImageClassifier`. It is built from the saved hyper-parameters; its
+    ``configure_model`` runs (an :class:`~lightning_ftprop.FTPropMixin` converts there); an
+    :class:`~lightning_ftprop.FTPropCallback`'s stored spec is applied; then the weights load (strict).
+    The file is read with ``torch.load(weights_only=True)`` unless ``allow_pickle`` (arbitrary code
+    can run while unpickling: only for checkpoints you trust).
+
+    Raises:
+        ValueError: a missing file, a file that is not a checkpoint, or a checkpoint without what is
+            needed to rebuild the model; the message says which.
+    """
+    import torch
+
+    from lightning_ftprop.spec import apply_spec, spec_from_dict
+
+    if not os.path.isfile(ckpt_path):
+        raise ValueError(f"--ckpt_path {ckpt_path!r} does not exist or is not a file")
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(ckpt_path):
+        raise ValueError(
+            f"--ckpt_path {ckpt_path!r} is not a readable PyTorch checkpoint (not a torch.save zip archive)"
+        )
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        if allow_pickle or "Weights only load failed" not in str(err):
+            raise ValueError(f"--ckpt_path {ckpt_path!r} is not a readable PyTorch checkpoint ({err})") from err
+        raise ValueError(
+            f"--ckpt_path {ckpt_path!r} holds objects that torch.load(weights_only=True) refuses; if you trust "
+            f"the file, pass --allow_pickle ({str(err).strip().splitlines()[-1]})"
+        ) from err
+    except Exception as err:
+        raise ValueError(f"--ckpt_path {ckpt_path!r} is not a readable PyTorch checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"--ckpt_path {ckpt_path!r} is not a Lightning checkpoint (it has no 'state_dict')")
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    class_path = hparams.pop("_class_path", None) or model_class or "lightning_ftprop.module.ImageClassifier"
+    cls = _import_class(class_path)
+    try:
+        model = cls(**hparams)
+    except TypeError as err:
+        raise ValueError(
+            f"cannot rebuild {cls.__name__} from the checkpoint's hyper-parameters {sorted(hparams)} ({err}); "
+            "the model must call self.save_hyperparameters(), or pass --model_class"
+        ) from err
+    model.configure_model()
+    callback_specs = [
+        state["spec"]
+        for key, state in (ckpt.get("callbacks") or {}).items()
+        if str(key).startswith("FTPropCallback") and isinstance(state, dict) and "spec" in state
+    ]
+    for spec in callback_specs:
+        apply_spec(model, spec_from_dict(spec))
+    model.on_load_checkpoint(ckpt)  # as Lightning does; the mixin checks its stored spec and converts
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model.eval()
+
+
+def _default_input_shape(model) -> Optional[List[int]]:
+    hparams = getattr(model, "hparams", {})
+    arch, channels = hparams.get("arch"), hparams.get("in_channels", 3)
+    if arch is None:
+        return None
+    side = _DEFAULT_SIDE.get(arch, 28 if channels == 1 else 32)
+    return [channels, side, side]
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``lightning-ftprop export``: a checkpoint of this package's pipeline to a checked ONNX file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-ftprop export",
+        description="Write the network of a lightning_ftprop checkpoint (FTPropCallback, FTPropMixin or "
+        "ImageClassifier) to ONNX: threshold units frozen, conv/linear -> BN -> unit chains folded into "
+        "per-channel thresholds, standard ONNX operators only, checked with onnx.checker.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="the Lightning checkpoint (.ckpt)")
+    parser.add_argument("--output", required=True, help="the ONNX file to write")
+    parser.add_argument("--input_shape", default=None, help="one sample's shape, e.g. 3,32,32 (default: from arch)")
+    parser.add_argument("--model_class", default=None, help="dotted LightningModule class (default: ImageClassifier)")
+    parser.add_argument("--no_fold", action="store_true", help="keep BatchNorm (freeze the units only)")
+    parser.add_argument(
+        "--allow_pickle", action="store_true", help="load with full pickle (only for checkpoints you trust)"
+    )
+    args = parser.parse_args(list(argv))
+    import torch
+
+    from lightning_ftprop.export import export_onnx
+
+    try:
+        model = load_checkpoint_model(args.ckpt_path, args.model_class, args.allow_pickle)
+        if args.input_shape is not None:
+            try:
+                shape = [int(d) for d in args.input_shape.split(",")]
+            except ValueError:
+                shape = []
+            if not shape or min(shape) < 1:
+                raise ValueError(
+                    f"--input_shape must be positive integers separated by commas, got {args.input_shape!r}"
+                )
+        else:
+            shape = _default_input_shape(model)
+            if shape is None:
+                raise ValueError(f"{type(model).__name__} has no 'arch' hyper-parameter; pass --input_shape C,H,W")
+        path = export_onnx(model, args.output, torch.zeros(1, *shape), fold=not args.no_fold)
+    except ValueError as err:
+        return _error(str(err))
+    print(f"wrote {path} (input shape [batch, {', '.join(map(str, shape))}])")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``lightning-ftprop`` console script; returns the exit status."""
     from_command_line = argv is None
@@ -120,6 +259,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from lightning_ftprop import demo
 
         return demo.main(argv[1:])
+    if command == "export":
+        return export_main(argv[1:])
     if command == "configs":
         print("\n".join(available_configs()))
         return 0

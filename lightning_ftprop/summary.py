@@ -1,8 +1,8 @@
 """A table of a model's threshold layers, in the spirit of ``larq.models.summary``.
 
 >>> print(summary(model, torch.randn(1, 3, 32, 32)))
-name    activation  levels (bits)  rule        elements/sample
-act1    sign        2 (1)          soft_hinge  9,248
+name    activation  levels (bits)  rule        elements/sample  inference bits/sample (as float32)
+act1    sign        2 (1)          soft_hinge  9,248            9,248 (295,936)
 ...
 total: 3 threshold layers, 14,368 elements/sample = 1.8 KB at their bit widths (56.1 KB as float32)
 """
@@ -29,6 +29,16 @@ class LayerSummary:
     rule: str
     elements: int  # activation elements per sample
 
+    @property
+    def inference_bits(self) -> int:
+        """Bits of this layer's activations for one sample at inference, at the unit's bit width."""
+        return self.elements * self.bits
+
+    @property
+    def float32_bits(self) -> int:
+        """The same activations stored as float32."""
+        return self.elements * 32
+
 
 @dataclass
 class ModelSummary:
@@ -44,9 +54,23 @@ class ModelSummary:
         return sum(layer.elements * layer.bits for layer in self.layers)
 
     def __str__(self) -> str:
-        header = ("name", "activation", "levels (bits)", "rule", "elements/sample")
+        header = (
+            "name",
+            "activation",
+            "levels (bits)",
+            "rule",
+            "elements/sample",
+            "inference bits/sample (as float32)",
+        )
         rows = [header] + [
-            (layer.name, layer.activation, f"{layer.levels} ({layer.bits})", layer.rule, f"{layer.elements:,}")
+            (
+                layer.name,
+                layer.activation,
+                f"{layer.levels} ({layer.bits})",
+                layer.rule,
+                f"{layer.elements:,}",
+                f"{layer.inference_bits:,} ({layer.float32_bits:,})",
+            )
             for layer in self.layers
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
