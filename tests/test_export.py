@@ -346,12 +346,11 @@ def _fit_and_save(model, path, callbacks=()):
 try:
     from lightning.pytorch import LightningModule as _LM
 
-    class MixinClassifier(ftp.FTPropMixin, _LM):
-        """A float convnet8 (BN, ReLU) that the mixin converts from hparams['ftprop']."""
+    class FloatClassifier(_LM):
+        """A float convnet8 (BN, ReLU): what a user's own LightningModule under FTPropCallback looks like."""
 
-        def __init__(self, ftprop: Optional[dict] = None):
+        def __init__(self):
             super().__init__()
-            self.save_hyperparameters()
             self.net = get_model("convnet8", activation="relu", in_channels=1)
 
         def forward(self, x):
@@ -362,8 +361,16 @@ try:
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    class MixinClassifier(ftp.FTPropMixin, FloatClassifier):
+        """The same network, converted by the mixin from hparams['ftprop']."""
+
+        def __init__(self, ftprop: Optional[dict] = None):
+            super().__init__()
+            self.save_hyperparameters()
+
 except ImportError:  # pragma: no cover
-    MixinClassifier = None
+    FloatClassifier = MixinClassifier = None
 
 
 def _check_cli_export(ckpt, trained, tmp_path, *extra):
@@ -383,13 +390,21 @@ def test_cli_exports_checkpoints_of_the_callback_the_mixin_and_image_classifier(
     # ImageClassifier with sign units
     trained = _fit_and_save(ftp.ImageClassifier("convnet4", "sign", in_channels=1), tmp_path / "a.ckpt")
     _check_cli_export(tmp_path / "a.ckpt", trained, tmp_path)
-    # FTPropCallback on a float ImageClassifier: the spec lives in the callback state
+    # FTPropCallback on a user's float LightningModule: the spec lives in the callback state
     callback = ftp.FTPropCallback(
         "qrelu", "sste", unit_kwargs={"steps": 5}, log_every_n_steps=0, histogram_every_n_steps=0
     )
-    trained = _fit_and_save(ftp.ImageClassifier("convnet8", "relu", in_channels=1), tmp_path / "b.ckpt", [callback])
+    trained = _fit_and_save(FloatClassifier(), tmp_path / "b.ckpt", [callback])
     assert list(ftp.threshold_units(trained))
-    _check_cli_export(tmp_path / "b.ckpt", trained, tmp_path)
+    _check_cli_export(
+        tmp_path / "b.ckpt",
+        trained,
+        tmp_path,
+        "--model_class",
+        f"{__name__}.FloatClassifier",
+        "--input_shape",
+        "1,28,28",
+    )
     # FTPropMixin: the spec lives in checkpoint["ftprop"]
     mixin = MixinClassifier(ftprop={"activation": "step", "log_every_n_steps": 0, "histogram_every_n_steps": 0})
     trained = _fit_and_save(mixin, tmp_path / "c.ckpt")
