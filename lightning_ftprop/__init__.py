@@ -9,11 +9,12 @@ Data flows one way: rules -> functional -> nn -> convert -> (callback, mixin).
 
 from lightning_ftprop import functional, models, rules  # noqa: F401
 from lightning_ftprop.callback import FTPropCallback
-from lightning_ftprop.convert import DEFAULT_ACTIVATIONS, convert, revert, threshold_units
+from lightning_ftprop.convert import UnswappedActivationWarning, convert, float_activations, revert, threshold_units
 from lightning_ftprop.diagnostics import FTPropDiagnostics
 from lightning_ftprop.mixin import FTPropMixin
 from lightning_ftprop.module import ImageClassifier
 from lightning_ftprop.nn import ACTIVATIONS, QReLU, Sign, Step, ThresholdUnit, make_unit
+from lightning_ftprop.recognise import match_activation, register_activation, registered_activations
 from lightning_ftprop.rules import Rule, available_rules, get_rule, register_rule
 from lightning_ftprop.summary import summary
 
@@ -21,7 +22,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
-    "DEFAULT_ACTIVATIONS",
     "QReLU",
     "Rule",
     "Sign",
@@ -29,6 +29,11 @@ __all__ = [
     "ThresholdUnit",
     "available_rules",
     "convert",
+    "float_activations",
+    "match_activation",
+    "register_activation",
+    "registered_activations",
+    "UnswappedActivationWarning",
     "functional",
     "get_rule",
     "make_unit",

@@ -99,9 +99,12 @@ def get_rule(rule: Union[str, Rule]) -> Rule:
 
     Raises:
         ValueError: for an unknown name; the message lists the registered ones.
+        TypeError: ``rule`` is neither a name nor a :class:`Rule`.
     """
     if isinstance(rule, Rule):
         return rule
+    if not isinstance(rule, str):
+        raise TypeError(f"rule must be a name or a Rule, got {rule!r}; valid rules are: {', '.join(available_rules())}")
     if isinstance(rule, str) and rule in _REGISTRY:
         return _REGISTRY[rule]
     raise ValueError(f"unknown rule {rule!r}; valid rules are: {', '.join(available_rules())}")
