@@ -20,6 +20,9 @@ What it does, and when (see Lightning's hook order):
 * The spec (:mod:`lightning_ftprop.spec`) and the swapped layer names are saved in the checkpoint;
   ``trainer.fit(model, ckpt_path=...)`` resumes with the threshold units in place, and a checkpoint
   whose spec disagrees with the callback's is an error.
+* At the first ``setup`` it logs how many activations were swapped, excluded by the user and left
+  in float (``ftprop/swapped``, ``ftprop/excluded``, ``ftprop/left``, and one info line);
+  :func:`lightning_ftprop.convert` warns, naming them, when any is left.
 * The per-layer target statistics of :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` are
   logged every ``log_every_n_steps`` steps.
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Union
 
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ftprop.diagnostics import FTPropDiagnostics
 from lightning_ftprop.spec import apply_spec, make_spec, spec_differences
@@ -77,6 +81,8 @@ class FTPropCallback(FTPropDiagnostics):
         self.spec: Dict[str, Any] = make_spec(activation, rule, weighted, include, exclude, mapping, unit_kwargs)
         #: The names of the swapped modules, set in ``setup``.
         self.layers: List[str] = []
+        #: ``{"swapped", "excluded", "left"}`` counts of the last swap, logged once as ``ftprop/<count>``.
+        self.counts: Dict[str, int] = {}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec.items())
@@ -89,7 +95,17 @@ class FTPropCallback(FTPropDiagnostics):
                 f"{type(pl_module).__name__} uses FTPropMixin, which converts the model itself from "
                 "hparams['ftprop']; remove FTPropCallback from the Trainer (or the mixin from the model)"
             )
-        self.layers = apply_spec(pl_module, self.spec)
+        swapped = apply_spec(pl_module, self.spec)
+        self.layers = list(swapped)
+        counts = swapped.counts()
+        if counts != self.counts:  # once per model, not again for validate/test on the same model
+            self.counts = counts
+            rank_zero_info(
+                f"{type(self).__name__}: {counts['swapped']} activations swapped for {self.spec['activation']} "
+                f"units, {counts['excluded']} excluded, {counts['left']} left in float (unmatched)"
+            )
+            for logger in trainer.loggers:
+                logger.log_metrics({f"ftprop/{key}": float(value) for key, value in counts.items()}, step=0)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"spec": dict(self.spec), "layers": list(self.layers)}
