@@ -21,7 +21,8 @@ What it does, and when (see Lightning's hook order):
   ``trainer.fit(model, ckpt_path=...)`` resumes with the threshold units in place, and a checkpoint
   whose spec disagrees with the callback's is an error.
 * At the first ``setup`` it logs how many activations were swapped, excluded by the user and left
-  in float (``ftprop/swapped``, ``ftprop/excluded``, ``ftprop/left``, and one info line);
+  in float: one info line, and the hyperparameters ``ftprop/swapped``, ``ftprop/excluded`` and
+  ``ftprop/left`` of every logger;
   :func:`lightning_ftprop.convert` warns, naming them, when any is left.
 * The per-layer target statistics of :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` are
   logged every ``log_every_n_steps`` steps.
@@ -81,7 +82,7 @@ class FTPropCallback(FTPropDiagnostics):
         self.spec: Dict[str, Any] = make_spec(activation, rule, weighted, include, exclude, mapping, unit_kwargs)
         #: The names of the swapped modules, set in ``setup``.
         self.layers: List[str] = []
-        #: ``{"swapped", "excluded", "left"}`` counts of the last swap, logged once as ``ftprop/<count>``.
+        #: ``{"swapped", "excluded", "left"}`` counts of the last swap, logged once as hyperparameters.
         self.counts: Dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -104,8 +105,8 @@ class FTPropCallback(FTPropDiagnostics):
                 f"{type(self).__name__}: {counts['swapped']} activations swapped for {self.spec['activation']} "
                 f"units, {counts['excluded']} excluded, {counts['left']} left in float (unmatched)"
             )
-            for logger in trainer.loggers:
-                logger.log_metrics({f"ftprop/{key}": float(value) for key, value in counts.items()}, step=0)
+            for logger in trainer.loggers:  # hyperparameters: the run's config, not a time series
+                logger.log_hyperparams({f"ftprop/{key}": value for key, value in counts.items()})
 
     def state_dict(self) -> Dict[str, Any]:
         return {"spec": dict(self.spec), "layers": list(self.layers)}
