@@ -117,11 +117,17 @@ def test_reconverting_with_an_exclusion_puts_that_original_back():
 def test_transformer_function_activations_are_swapped_trained_and_restored():
     torch.manual_seed(0)
     model = nn.Transformer(
-        d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=1, dim_feedforward=32, activation="gelu"
+        d_model=16,
+        nhead=2,
+        num_encoder_layers=2,
+        num_decoder_layers=1,
+        dim_feedforward=32,
+        activation="gelu",
+        batch_first=True,
     )
     layers = [*model.encoder.layers, *model.decoder.layers]
     assert all(layer.activation is F.gelu for layer in layers)
-    src, tgt = torch.randn(5, 3, 16), torch.randn(4, 3, 16)
+    src, tgt = torch.randn(3, 5, 16), torch.randn(3, 4, 16)
     model.eval()
     with torch.no_grad():
         before = model(src, tgt)
