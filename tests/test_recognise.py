@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import lightning_ftprop as ftp
-from lightning_ftprop.recognise import unregister_activation
+from lightning_ftprop.recognise import class_path, unregister_activation
 from tests.lightning_helpers import make_trainer
 
 
@@ -236,3 +236,19 @@ def test_spec_stores_mapping_keys_by_name_and_matches_without_importing():
     assert callback.spec["mapping"] == {"ReLU": "sign", "transformers.activations.NewGELUActivation": "step"}
     with pytest.raises(TypeError, match="predicate, which a spec cannot store"):
         ftp.FTPropCallback(mapping={(lambda m: True): "sign"})
+
+
+@pytest.mark.parametrize(
+    "module_name", ["transformers.activations", "timm.layers.activations", "timm.layers.activations_me"]
+)
+def test_every_activation_class_of_transformers_and_timm_is_registered(module_name):
+    library = pytest.importorskip(module_name)
+    classes = [
+        cls
+        for cls in vars(library).values()
+        if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == library.__name__
+    ]
+    identity = {"LinearActivation"}  # transformers' "linear" activation is the identity: nothing to swap
+    registered = set(ftp.registered_activations())
+    missing = [c.__name__ for c in classes if c.__name__ not in identity and class_path(c) not in registered]
+    assert classes and not missing
