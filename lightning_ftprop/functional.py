@@ -110,12 +110,14 @@ def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
 Coordinates = List[Tuple[Tensor, float]]  # (u, scale): dz = sum of scale * backward(g, u)
 
 
+def _affine(z: Tensor, a: int, b: Fraction) -> Tensor:
+    return torch.mul(z, a).add_(float(b)) if a != 1 else z + float(b)
+
+
 @functools.cache
-def _edge_constants(
-    edge: float, a: int, b: Fraction, dtype: torch.dtype
-) -> Tuple[float, float, Optional[float], float, float]:
-    """For the real preimage ``z_e = (edge - b) / a``: the largest float below it, the smallest above
-    it, ``z_e`` itself if it is a float of ``dtype`` (else None), and the floats next to ``edge``."""
+def _neighbours(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[float, float, Optional[float]]:
+    """For the real ``z_e = (edge - b) / a``: the largest float of ``dtype`` below it, the smallest
+    above it, and ``z_e`` itself if it is a float of ``dtype`` (else None)."""
     z_e = (Fraction(edge) - b) / a
     guess = torch.tensor(float(z_e), dtype=torch.float64).to(dtype)
     lo, hi = guess, guess
@@ -123,11 +125,32 @@ def _edge_constants(
         lo = torch.nextafter(lo, torch.tensor(-math.inf, dtype=dtype))
     while Fraction(hi.item()) <= z_e:
         hi = torch.nextafter(hi, torch.tensor(math.inf, dtype=dtype))
-    exact = float(z_e) if Fraction(guess.item()) == z_e else None
-    at = torch.tensor(edge, dtype=dtype)
-    down = torch.nextafter(at, torch.tensor(-math.inf, dtype=dtype)).item()
-    up = torch.nextafter(at, torch.tensor(math.inf, dtype=dtype)).item()
-    return lo.item(), hi.item(), exact, down, up
+    return lo.item(), hi.item(), guess.item() if Fraction(guess.item()) == z_e else None
+
+
+@functools.cache
+def _edge_fix(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[Optional[Tuple[float, float]], ...]:
+    """What rounding ``u = a*z + b`` in ``dtype`` can get wrong about ``edge``, and the fix.
+
+    Three entries, each None when nothing needs fixing: ``(lo, down)``: for ``z <= lo`` (every
+    float below ``z_e``) ``u`` must be ``<= down``, the float below ``edge``; ``(hi, up)``: for
+    ``z >= hi`` ``u`` must be ``>= up``; ``(z_e, edge)``: at ``z = z_e`` ``u`` must be ``edge``.
+    Rounding is monotone in ``z``, so checking ``u`` at ``lo``, ``hi`` and ``z_e`` with the very
+    ops of :func:`_affine` tells whether any float input needs the fix.
+    """
+    lo, hi, z_e = _neighbours(edge, a, b, dtype)
+
+    def u(x: float) -> float:
+        return _affine(torch.tensor(x, dtype=dtype), a, b).item()
+
+    def beside(direction: float) -> float:
+        return torch.nextafter(torch.tensor(edge, dtype=dtype), torch.tensor(direction, dtype=dtype)).item()
+
+    return (
+        (lo, beside(-math.inf)) if u(lo) >= edge else None,
+        (hi, beside(math.inf)) if u(hi) <= edge else None,
+        (z_e, edge) if z_e is not None and u(z_e) != edge else None,
+    )
 
 
 def edge_exact_affine(z: Tensor, a: int, b: Union[int, Fraction], edges: Sequence[float]) -> Tensor:
@@ -138,17 +161,31 @@ def edge_exact_affine(z: Tensor, a: int, b: Union[int, Fraction], edges: Sequenc
     unit on the wrong side of a rule's mask. Where it does, ``u`` becomes the float next to the
     edge on the true side (or the edge itself where ``a*z + b`` equals it), so a mask such as
     ``1[|u| <= 1]`` equals its closed form in ``z``'s own coordinate for every float input.
-    Elsewhere ``u`` is the plain rounded value.
+    Elsewhere ``u`` is the plain rounded value. Edges that rounding cannot get wrong for this
+    ``(a, b, dtype)`` (qrelu's ``u = 2z - 1`` at ``+1``) cost nothing.
     """
     b = Fraction(b)
-    u = torch.mul(z, a).add_(float(b)) if a != 1 else z + float(b)
+    u = _affine(z, a, b)
     for edge in edges:
-        lo, hi, exact, down, up = _edge_constants(float(edge), a, b, z.dtype)
-        u = torch.where((z <= lo) & (u >= edge), down, u)
-        u = torch.where((z >= hi) & (u <= edge), up, u)
+        below, above, exact = _edge_fix(float(edge), a, b, z.dtype)
+        if below is not None and above is not None:
+            u = torch.where(z <= below[0], u.clamp(max=below[1]), torch.where(z >= above[0], u.clamp(min=above[1]), u))
+        elif below is not None:
+            u = torch.where(z <= below[0], u.clamp(max=below[1]), u)
+        elif above is not None:
+            u = torch.where(z >= above[0], u.clamp(min=above[1]), u)
         if exact is not None:
-            u = torch.where(z == exact, float(edge), u)
+            u = torch.where(z == exact[0], exact[1], u)
     return u
+
+
+def _affine_maps(steps: int, mode: str) -> List[Tuple[int, Fraction, float]]:
+    """``(a, b, scale)``: the rule sees ``u = a*z + b`` and the backward sums ``scale * grad``."""
+    if steps == 0:
+        return [(1, Fraction(0), 1.0)]
+    if mode == "single":
+        return [(2, Fraction(-1), 1.0)]
+    return [(1, -Fraction(k, steps - 1), 1.0 / steps) for k in range(steps)]
 
 
 def _coordinates(z: Tensor, steps: int, mode: str, edges: Sequence[float] = ()) -> Coordinates:
@@ -158,9 +195,21 @@ def _coordinates(z: Tensor, steps: int, mode: str, edges: Sequence[float] = ()) 
     """
     if steps == 0:
         return [(z, 1.0)]
-    if mode == "single":
-        return [(edge_exact_affine(z, 2, -1, edges), 1.0)]
-    return [(edge_exact_affine(z, 1, -Fraction(k, steps - 1), edges), 1.0 / steps) for k in range(steps)]
+    return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in _affine_maps(steps, mode)]
+
+
+def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], steps: int, mode: str) -> Tensor:
+    """``sum scale * g * 1[w0 <= a*z + b <= w1]``, the window tested on ``z`` itself: exact, one pass each.
+
+    ``hardtanh_backward`` keeps ``g`` where ``lo < z < hi``; with ``lo`` the float below the real
+    ``(w0 - b) / a`` and ``hi`` the float above ``(w1 - b) / a`` that is the closed window.
+    """
+    grads = []
+    for a, b, scale in _affine_maps(steps, mode):
+        lo, hi = _neighbours(window[0], a, b, z.dtype)[0], _neighbours(window[1], a, b, z.dtype)[1]
+        grad = torch.ops.aten.hardtanh_backward(g, z, lo, hi)
+        grads.append(grad if scale == 1.0 else grad.mul_(scale))
+    return grads[0] if len(grads) == 1 else sum(grads)
 
 
 def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0, mode: str = "single") -> None:
@@ -184,6 +233,8 @@ def _backward(ctx, g: Tensor) -> Tensor:
     if not ctx.saved_tensors:  # a constant surrogate (ste)
         return rule.fused(g, g) if rule.fused is not None else g * rule.surrogate(g)
     (kept,) = ctx.saved_tensors
+    if ctx.weighted and ctx.steps and rule.window is not None and not ctx.compact:
+        return _window_backward(g, kept, rule.window, ctx.steps, ctx.mode)
     if ctx.compact:
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)

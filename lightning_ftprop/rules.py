@@ -62,6 +62,8 @@ class Rule:
         edges: the values of ``u`` where ``loss``, ``grad`` or ``surrogate`` jump or kink (sste and
             hinge: -1 and 1). A shifted coordinate (qrelu's ``u = 2z - 1``) is corrected so that it
             compares with each edge exactly as the real number does, and masks stay exact.
+        window: ``(w0, w1)`` when ``surrogate(u) == 1[w0 <= u <= w1]`` (sste: ``(-1, 1)``); the
+            backward then tests the window on ``z`` itself, exact and in one pass.
         doc: the rule's formula in words, shown by ``help`` and the docs.
     """
 
@@ -72,6 +74,7 @@ class Rule:
     fused: Optional[TensorFn] = field(default=None, compare=False)
     uses_input: bool = True
     edges: Tuple[float, ...] = ()
+    window: Optional[Tuple[float, float]] = None
     doc: str = ""
 
     def __repr__(self) -> str:
@@ -198,6 +201,7 @@ register_rule(
         surrogate=_sste_surrogate,
         fused=_sste_fused,
         edges=(-1.0, 1.0),
+        window=(-1.0, 1.0),
         doc="Saturated hinge L = clip(1 - t*z, 0, 2). Weighted backward: g*1[|z|<=1] (the saturated STE).",
     )
 )

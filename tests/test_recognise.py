@@ -1,6 +1,7 @@
 """Which modules convert swaps: the recogniser registry, function-valued activations, the warning
 about activations left in float, and one validator for every way in (convert, callback, mixin)."""
 
+import logging
 import subprocess
 import sys
 import warnings
@@ -159,7 +160,7 @@ def test_a_function_nothing_recognises_is_reported():
         ftp.convert(nn.Sequential(layer, nn.ReLU()))
 
 
-def test_lightning_transformer_demo_converts_trains_and_reverts(tmp_path, monkeypatch):
+def test_lightning_transformer_demo_converts_trains_and_reverts(tmp_path, monkeypatch, caplog):
     def fake_download(destination):  # the test's only stub: WikiText2 fetches its text from GitHub
         destination.parent.mkdir(parents=True, exist_ok=True)
         words = " ".join(f"w{i % 40}" for i in range(400))
@@ -172,8 +173,13 @@ def test_lightning_transformer_demo_converts_trains_and_reverts(tmp_path, monkey
     layers = [*demo.model.transformer.encoder.layers, *demo.model.transformer.decoder.layers]
     callback = ftp.FTPropCallback("sign", "soft_hinge", log_every_n_steps=1)
     before = demo.model.decoder.weight.detach().clone()
-    make_trainer(callbacks=[callback], max_steps=2).fit(demo)
+    with caplog.at_level(logging.INFO):
+        make_trainer(callbacks=[callback], max_steps=2).fit(demo)
     assert callback.counts == {"swapped": 4, "excluded": 0, "left": 0}
+    counts_lines = [r for r in caplog.records if "activations swapped" in r.getMessage()]
+    assert [r.getMessage() for r in counts_lines] == [
+        "FTPropCallback: 4 activations swapped for sign units, 0 excluded, 0 left in float (unmatched)"
+    ]
     assert all(isinstance(layer.activation, ftp.Sign) for layer in layers)
     assert not torch.equal(before, demo.model.decoder.weight) and callback.latest
     ftp.revert(demo)

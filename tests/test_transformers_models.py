@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
@@ -104,3 +105,6 @@ def test_three_steps_under_the_callback_log_ftprop_keys(name, tmp_path):
     keys = {k for row in rows for k, v in row.items() if k.startswith("ftprop/") and v != ""}
     assert {f"ftprop/{ftp.diagnostics.layer_key(n)}/mismatch" for n in mlp} <= keys
     assert sorted({int(row["step"]) for row in rows}) == [0, 1, 2]
+    with open(glob.glob(str(tmp_path / "**" / "hparams.yaml"), recursive=True)[0]) as f:
+        hparams = yaml.safe_load(f)
+    assert hparams["ftprop/swapped"] == len(callback.layers) and hparams["ftprop/left"] == 0
