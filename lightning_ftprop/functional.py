@@ -114,7 +114,24 @@ def _affine(z: Tensor, a: int, b: Fraction) -> Tensor:
     return torch.mul(z, a).add_(float(b)) if a != 1 else z + float(b)
 
 
-@functools.cache
+def _cached(fn):
+    """Memoise on the (hashable) arguments. Under torch.compile the function is traced instead: its
+    result is constant for the graph anyway, and a traced graph may not write to the cache."""
+    cache: dict = {}
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        if torch.compiler.is_compiling():
+            return fn(*args)
+        if args not in cache:
+            cache[args] = fn(*args)
+        return cache[args]
+
+    wrapper.cache = cache
+    return wrapper
+
+
+@_cached
 def _neighbours(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[float, float, Optional[float]]:
     """For the real ``z_e = (edge - b) / a``: the largest float of ``dtype`` below it, the smallest
     above it, and ``z_e`` itself if it is a float of ``dtype`` (else None)."""
@@ -128,7 +145,7 @@ def _neighbours(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[f
     return lo.item(), hi.item(), guess.item() if Fraction(guess.item()) == z_e else None
 
 
-@functools.cache
+@_cached
 def _edge_fix(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[Optional[Tuple[float, float]], ...]:
     """What rounding ``u = a*z + b`` in ``dtype`` can get wrong about ``edge``, and the fix.
 

@@ -10,6 +10,7 @@ from fractions import Fraction
 import pytest
 import torch
 
+import lightning_ftprop as ftp
 from lightning_ftprop import functional as F
 from lightning_ftprop.rules import get_rule
 
@@ -123,3 +124,20 @@ def test_smooth_rules_stay_within_rounding_of_the_exact_coordinate(mode, dtype):
         u = torch.tensor([float(a * Fraction(zi) + b) for zi in z.tolist()], dtype=torch.float64)
         want += float(scale) * get_rule("soft_hinge").surrogate(u)
     assert (got - want).abs().max().item() <= 4 * torch.finfo(dtype).eps
+
+
+def test_edge_exact_backward_compiles_from_a_cold_cache():
+    """The edge constants are computed while torch.compile traces the backward (fullgraph)."""
+    F._edge_fix.cache.clear()
+    F._neighbours.cache.clear()
+    torch._dynamo.reset()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 6), ftp.QReLU("hinge"), ftp.QReLU("sste", steps=4, mode="per_threshold")
+    )
+    torch.compile(net, fullgraph=True, backend="aot_eager")(x).square().sum().backward()
+    compiled = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net(x).square().sum().backward()
+    for a, b in zip(compiled, (p.grad for p in net.parameters())):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
