@@ -112,7 +112,7 @@ def _matcher(key: Any) -> Matcher:
             raise TypeError(f"mapping key {key!r} is a type but not an nn.Module subclass")
         return recognise.class_path(key)
     if isinstance(key, str):
-        predicate = dict(recognise._predicates()).get(key)
+        predicate = dict(recognise.recognisers()).get(key)
         if predicate is not None:
             return predicate
         if "." not in key:
@@ -187,12 +187,11 @@ class _Table:
     def __init__(self, activation: ActivationSpec, mapping: Optional[Mapping]):
         self.paths: Dict[str, ActivationSpec] = {}
         self.predicates: List[Tuple[Callable[[nn.Module], bool], ActivationSpec]] = []
-        if mapping is None:
-            items = [(key, activation) for key in recognise.registered_activations()]
+        if mapping is None:  # the registry as it is: a class path of a library version without it never matches
+            items = [(fn or key, activation) for key, fn in recognise.recognisers()]
         else:
-            items = list(mapping.items())
-        for key, target in items:
-            matcher = _matcher(key)
+            items = [(_matcher(key), target) for key, target in mapping.items()]
+        for matcher, target in items:
             if isinstance(matcher, str):
                 self.paths[matcher] = target
             else:

@@ -37,6 +37,7 @@ __all__ = [
     "register_activation",
     "unregister_activation",
     "registered_activations",
+    "recognisers",
     "match_activation",
     "looks_like_activation",
     "class_path",
@@ -141,6 +142,11 @@ def unregister_activation(key: Union[str, type]) -> None:
 def registered_activations() -> List[str]:
     """The keys of every registered recogniser, in match order (class paths, then predicate names)."""
     return list(_REGISTRY)
+
+
+def recognisers() -> List[Tuple[str, Optional[Callable[[nn.Module], bool]]]]:
+    """``(key, predicate)`` for every recogniser in match order; ``predicate`` is None for a class path."""
+    return list(_REGISTRY.items())
 
 
 def _predicates() -> List[Tuple[str, Callable[[nn.Module], bool]]]:
