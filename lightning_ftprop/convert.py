@@ -103,9 +103,10 @@ def _short_names() -> str:
 def _matcher(key: Any) -> Matcher:
     """Resolve one mapping key to a class path or a predicate.
 
-    Keys: an ``nn.Module`` type; a ``torch.nn`` class name (``"GELU"``); a dotted class path
-    (``"transformers.activations.NewGELUActivation"``, never imported); the name of a registered
-    predicate; or a predicate ``fn(module) -> bool`` (not storable in a spec).
+    Keys: an ``nn.Module`` type; a ``torch.nn`` class name (``"GELU"``, which wins over other
+    classes of that name); the short name of exactly one registered class (``"NewGELUActivation"``);
+    a dotted class path (``"transformers.activations.NewGELUActivation"``, never imported); the name
+    of a registered predicate; or a predicate ``fn(module) -> bool`` (not storable in a spec).
     """
     if isinstance(key, type):
         if not issubclass(key, nn.Module):
@@ -117,12 +118,17 @@ def _matcher(key: Any) -> Matcher:
             return predicate
         if "." not in key:
             known = recognise.torch_activation_names()
-            if key not in known:
-                raise ValueError(
-                    f"unknown mapping key {key!r}; use an nn.Module type, a dotted class path "
-                    f"('package.module.Class'), a registered predicate name, or one of: {_short_names()}"
-                )
-            return recognise.class_path(known[key])
+            if key in known:
+                return recognise.class_path(known[key])
+            paths = [k for k, fn in recognise.recognisers() if fn is None and k.rpartition(".")[2] == key]
+            if len(paths) == 1:  # the short name of one registered class: "NewGELUActivation"
+                return paths[0]
+            raise ValueError(
+                f"unknown mapping key {key!r}"
+                + (f" (ambiguous: {', '.join(paths)})" if paths else "")
+                + "; use an nn.Module type, a dotted class path ('package.module.Class'), the short name "
+                f"of one registered class, a registered predicate name, or one of: {_short_names()}"
+            )
         return recognise.check_class_path(key)
     if callable(key):
         return key

@@ -199,6 +199,7 @@ class MixinNet(ftp.FTPropMixin, LightningModule):
 BAD_ARGUMENTS = [
     ({"mapping": {"Rectifier": "sign"}}, ValueError, "unknown mapping key 'Rectifier'"),
     ({"mapping": {"not a path!": "sign"}}, ValueError, "unknown mapping key"),
+    ({"mapping": {"GELUTanh": "sign"}}, ValueError, "ambiguous: transformers.*timm"),
     ({"mapping": {"pkg..Act": "sign"}}, ValueError, "not a dotted class path"),
     ({"mapping": {"torch.nn.NoSuchAct": "sign"}}, ValueError, "names no nn.Module class"),
     ({"mapping": {int: "sign"}}, TypeError, "not an nn.Module subclass"),
@@ -240,6 +241,12 @@ def test_a_bad_argument_raises_the_same_exception_on_every_route(route, kwargs, 
 def test_spec_stores_mapping_keys_by_name_and_matches_without_importing():
     callback = ftp.FTPropCallback(mapping={nn.ReLU: "sign", "transformers.activations.NewGELUActivation": "step"})
     assert callback.spec["mapping"] == {"ReLU": "sign", "transformers.activations.NewGELUActivation": "step"}
+    model = nn.Sequential(nn.Linear(2, 2), Squash(), nn.Tanh())
+    key = ftp.register_activation(Squash)
+    try:  # the short name of one registered class works as a key
+        assert ftp.convert(model, mapping={"Squash": "qrelu", "Tanh": None}) == ["1"]
+    finally:
+        unregister_activation(key)
     with pytest.raises(TypeError, match="predicate, which a spec cannot store"):
         ftp.FTPropCallback(mapping={(lambda m: True): "sign"})
 
