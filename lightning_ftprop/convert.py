@@ -221,8 +221,8 @@ class _Table:
 
     def names(self) -> List[str]:
         return sorted(
-            [p.rpartition(".")[2] for p, t in self.paths.items() if t is not None]
-            + [getattr(f, "__name__", repr(f)) for f, t in self.predicates if t is not None]
+            {p.rpartition(".")[2] for p, t in self.paths.items() if t is not None}
+            | {getattr(f, "__name__", repr(f)) for f, t in self.predicates if t is not None}
         )
 
 
@@ -416,8 +416,14 @@ def convert(
         found_types = sorted({type(m).__name__ for m in model.modules()})
         raise ValueError(
             f"convert() found no activation to swap in {type(model).__name__} "
-            f"(include={include!r}, exclude={exclude!r}); it swaps: {', '.join(table.names())}; "
-            f"the model has: {', '.join(found_types)}"
+            f"(include={include!r}, exclude={exclude!r}); it swaps: "
+            + (
+                "the registered activations (lightning_ftprop.registered_activations())"
+                if mapping is None
+                else ", ".join(table.names())
+            )
+            + f"; the model has: {', '.join(found_types)}. Activations called as functions inside "
+            "forward (F.relu(x)) cannot be swapped"
         )
     if left:
         _warn_left(left)
