@@ -10,7 +10,8 @@ threshold; the backward receives ``g = dL/dh`` and returns the gradient of the u
 ``L`` is a :class:`~lightning_ftprop.rules.Rule` and ``u`` is the coordinate in which the rule sees
 the unit (``u = z`` for sign and step). A shifted coordinate is *edge-exact*: it compares with each
 of the rule's edges (sste and hinge: ``u = +-1``) exactly as the real number does, so masks equal
-their closed form in ``z`` for every float input (see :func:`edge_exact_affine`). For symmetric rules the weighted backward equals
+their closed form in ``z`` for every float input (see :func:`edge_exact_affine`); sste's window
+``1[|u| <= 1]`` is tested on ``z`` itself. For symmetric rules the weighted backward equals
 ``g * s(u)`` for the rule's surrogate ``s`` (``soft_hinge``: ``s = 1 - tanh^2``), and that form is
 used. Forward values:
 

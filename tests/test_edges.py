@@ -141,3 +141,40 @@ def test_edge_exact_backward_compiles_from_a_cold_cache():
     net(x).square().sum().backward()
     for a, b in zip(compiled, (p.grad for p in net.parameters())):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class ClosedFormQReLU(torch.autograd.Function):
+    """An independent plain reference: the paper's 2-bit qReLU, backward ``g * 1[0 <= z <= 1]``."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return torch.clamp(torch.ceil(2 * z), 0, 3) / 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        return g * ((z >= 0) & (z <= 1)).to(g.dtype)
+
+
+def test_qrelu_sste_training_follows_the_closed_form_reference_bit_for_bit():
+    """Pre-activations of scale 1e-7, where the rounded ``2z - 1`` used to pass gradients below 0."""
+
+    def train(unit):
+        torch.manual_seed(0)
+        first, last = torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
+        with torch.no_grad():
+            first.weight.mul_(1e-7)
+            first.bias.mul_(1e-7)
+        optimizer = torch.optim.SGD([*first.parameters(), *last.parameters()], lr=1e-3)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            x, y = torch.randn(64, 16, generator=g), torch.randint(0, 4, (64,), generator=g)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(last(unit(first(x))), y).backward()
+            optimizer.step()
+        return [p.detach() for p in (*first.parameters(), *last.parameters())]
+
+    ours, reference = train(ftp.QReLU("sste")), train(ClosedFormQReLU.apply)
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference))
+    assert not torch.equal(ours[0], train(lambda z: z)[0])  # the gradient does reach the first layer
