@@ -288,14 +288,19 @@ _TRANSFORMERS = [
         "XIELUActivation",
     )
 ]  # not LinearActivation: it is the identity
-_TIMM = [f"timm.layers.activations.{name}" for name in ("Swish", "Mish", "Sigmoid", "Tanh", "HardSwish")] + [
-    f"timm.layers.activations.{name}" for name in ("HardSigmoid", "HardMish", "PReLU", "GELU", "GELUTanh", "QuickGELU")
-]
-_TIMM_ME = [
-    f"timm.layers.activations_me.{name}" for name in ("SwishMe", "MishMe", "HardSigmoidMe", "HardSwishMe", "HardMishMe")
+_TIMM = [
+    *(
+        f"timm.layers.activations.{name}"
+        for name in ("Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish", "PReLU", "GELU")
+    ),
+    *(f"timm.layers.activations.{name}" for name in ("GELUTanh", "QuickGELU")),
+    *(
+        f"timm.layers.activations_me.{name}"
+        for name in ("SwishMe", "MishMe", "HardSigmoidMe", "HardSwishMe", "HardMishMe")
+    ),
 ]
 
 for _cls in _TORCH:
     register_activation(_cls)
-for _path in (*_TRANSFORMERS, *_TIMM, *_TIMM_ME):
+for _path in (*_TRANSFORMERS, *_TIMM):
     _REGISTRY[_path] = None  # unchecked: a library version without the class simply never matches it
