@@ -18,8 +18,9 @@ import importlib
 from typing import Any
 
 from lightning_ftprop import functional, rules  # noqa: F401
-from lightning_ftprop.convert import DEFAULT_ACTIVATIONS, convert, revert, threshold_units
+from lightning_ftprop.convert import UnswappedActivationWarning, convert, float_activations, revert, threshold_units
 from lightning_ftprop.nn import UNIT_CLASSES, QReLU, Sign, Step, ThresholdUnit, make_unit
+from lightning_ftprop.recognise import match_activation, register_activation, registered_activations
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, available_rules, get_rule, register_rule
 from lightning_ftprop.summary import summary
 
@@ -50,7 +51,6 @@ def __dir__() -> list:
 
 
 __all__ = [
-    "DEFAULT_ACTIVATIONS",
     "DEFAULT_RULE",
     "QReLU",
     "Rule",
@@ -60,6 +60,11 @@ __all__ = [
     "UNIT_CLASSES",
     "available_rules",
     "convert",
+    "float_activations",
+    "match_activation",
+    "register_activation",
+    "registered_activations",
+    "UnswappedActivationWarning",
     "functional",
     "get_rule",
     "make_unit",

@@ -20,6 +20,10 @@ What it does, and when (see Lightning's hook order):
 * The spec (:mod:`lightning_ftprop.spec`) and the swapped layer names are saved in the checkpoint;
   ``trainer.fit(model, ckpt_path=...)`` resumes with the threshold units in place, and a checkpoint
   whose spec disagrees with the callback's is an error.
+* At the first ``setup`` it logs how many activations were swapped, excluded by the user and left
+  in float: one info line, and the hyperparameters ``ftprop/swapped``, ``ftprop/excluded`` and
+  ``ftprop/left`` of every logger;
+  :func:`lightning_ftprop.convert` warns, naming them, when any is left.
 * The per-layer target statistics of :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` are
   logged every ``log_every_n_steps`` steps.
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Union
 
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
 from lightning_ftprop.rules import DEFAULT_RULE
@@ -78,6 +83,8 @@ class FTPropCallback(FTPropDiagnostics):
         self.spec: Dict[str, Any] = make_spec(activation, rule, weighted, include, exclude, mapping, unit_kwargs)
         #: The names of the swapped modules, set in ``setup``.
         self.layers: List[str] = []
+        #: ``{"swapped", "excluded", "left"}`` counts of the last swap, logged once as hyperparameters.
+        self.counts: Dict[str, int] = {}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec.items())
@@ -90,7 +97,17 @@ class FTPropCallback(FTPropDiagnostics):
                 f"{type(pl_module).__name__} uses FTPropMixin, which converts the model itself from "
                 "hparams['ftprop']; remove FTPropCallback from the Trainer (or the mixin from the model)"
             )
-        self.layers = apply_spec(pl_module, self.spec)
+        swapped = apply_spec(pl_module, self.spec)
+        self.layers = list(swapped)
+        counts = swapped.counts()
+        if counts != self.counts:  # once per model, not again for validate/test on the same model
+            self.counts = counts
+            rank_zero_info(
+                f"{type(self).__name__}: {counts['swapped']} activations swapped for {self.spec['activation']} "
+                f"units, {counts['excluded']} excluded, {counts['left']} left in float (unmatched)"
+            )
+            for logger in trainer.loggers:  # hyperparameters: the run's config, not a time series
+                logger.log_hyperparams({f"ftprop/{key}": value for key, value in counts.items()})
 
     def state_dict(self) -> Dict[str, Any]:
         return {"spec": dict(self.spec), "layers": list(self.layers)}

@@ -2,110 +2,228 @@
 
     names = convert(model, "sign", "soft_hinge", exclude=["classifier.*"])
     ...train...
-    revert(model)            # the original activation modules, the very same objects, are back
+    revert(model)            # the original activations, the very same objects, are back
 
-``convert`` looks at every activation *module* (``nn.ReLU``, ``nn.GELU``, ...; see
-:data:`DEFAULT_ACTIVATIONS`). Activations called as functions inside ``forward`` (``F.relu(x)``) are
-not modules and cannot be swapped. A module instance registered under several names (or called
-twice, as torchvision's ``BasicBlock.relu``) gets one shared unit, so the sharing survives.
+What is an activation is decided by the recognisers of :mod:`lightning_ftprop.recognise`: the
+elementwise activations of ``torch.nn``, ``transformers`` and timm, and whatever you register with
+:func:`~lightning_ftprop.recognise.register_activation`. Function-valued activations of standard
+modules (``nn.TransformerEncoderLayer(activation="gelu")`` keeps ``F.gelu``) are swapped too, and
+``revert`` puts the function back. Activations called inside ``forward`` (``F.relu(x)``) are not
+reachable and cannot be swapped. A module instance registered under several names (or called twice,
+as torchvision's ``BasicBlock.relu``) gets one shared unit, so the sharing survives.
 
-Converting again is safe: a swapped unit remembers the module it replaced, so a second ``convert``
-with the same arguments changes nothing, and one with other arguments re-swaps from the originals.
+Never a silent partial swap: ``convert`` sorts every activation-like place of the model into
+*swapped*, *excluded* (the user kept it float: ``include``/``exclude`` or a ``None`` in ``mapping``)
+and *left* (nothing matched it), and warns once, with an :class:`UnswappedActivationWarning`
+naming every module it left in float.
+
+Converting again is safe: a swapped unit remembers what it replaced, so a second ``convert`` with
+the same arguments changes nothing, and one with other arguments re-swaps from the originals.
+
+The arguments of a swap (patterns, mapping, activation names) are validated here and only here;
+:mod:`lightning_ftprop.spec` calls these checks.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Type, Union
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from lightning_ftprop.nn import ACTIVATIONS, ThresholdUnit, make_unit
+from lightning_ftprop import recognise
+from lightning_ftprop.nn import UNIT_CLASSES, ThresholdUnit, check_activation_name, make_unit
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
-__all__ = ["convert", "revert", "threshold_units", "check_convert_args", "activation_type_names", "DEFAULT_ACTIVATIONS"]
+__all__ = [
+    "convert",
+    "revert",
+    "threshold_units",
+    "float_activations",
+    "SwappedNames",
+    "UnswappedActivationWarning",
+    "check_convert_args",
+    "check_patterns",
+    "check_mapping",
+    "mapping_key_name",
+]
 
-#: The activation module types that :func:`convert` swaps by default.
-DEFAULT_ACTIVATIONS: tuple = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.RReLU,
-    nn.ELU,
-    nn.CELU,
-    nn.SELU,
-    nn.Hardtanh,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardsigmoid,
-    nn.GELU,
-    nn.SiLU,
-    nn.Hardswish,
-    nn.Mish,
-    nn.Softplus,
-    nn.Softsign,
-    nn.Tanhshrink,
-)
-
-_ORIGINAL = "_ftprop_original"  # attribute on a unit: the module it replaced (not a submodule)
+_ORIGINAL = "_ftprop_original"  # attribute on a unit: the module or function it replaced (not a submodule)
 
 ActivationSpec = Union[str, Callable[[], nn.Module], None]
 Patterns = Union[str, Sequence[str], None]
+Matcher = Union[str, Callable[[nn.Module], bool]]  # a class path, or a predicate on leaf modules
 
 
-def _activation_types() -> Dict[str, Type[nn.Module]]:
-    """Every activation class of ``torch.nn`` by name: the valid string keys of ``mapping``."""
-    import torch.nn.modules.activation as act
-
-    return {
-        name: cls
-        for name, cls in vars(act).items()
-        if isinstance(cls, type)
-        and issubclass(cls, nn.Module)
-        and cls.__module__ == act.__name__
-        and name not in ("MultiheadAttention", "Softmax", "Softmin", "Softmax2d", "LogSoftmax")
-    }
+class UnswappedActivationWarning(UserWarning):
+    """``convert`` left activation-like modules in float that no recogniser or mapping key matched."""
 
 
-def _resolve_mapping(activation: ActivationSpec, mapping: Optional[Mapping]) -> Dict[type, ActivationSpec]:
-    if mapping is None:
-        return {cls: activation for cls in DEFAULT_ACTIVATIONS}
-    if not isinstance(mapping, Mapping):
-        raise TypeError(f"mapping must be a dict of activation type -> activation, got {type(mapping).__name__}")
-    known = _activation_types()
-    resolved: Dict[type, ActivationSpec] = {}
-    for key, value in mapping.items():
-        if isinstance(key, str):
-            if key not in known:
-                raise ValueError(
-                    f"unknown mapping key {key!r}; valid keys are nn.Module types or: {', '.join(sorted(known))}"
-                )
-            key = known[key]
-        elif not (isinstance(key, type) and issubclass(key, nn.Module)):
+class SwappedNames(list):
+    """The qualified names that :func:`convert` swapped (a plain list), plus what it did not swap.
+
+    Attributes:
+        excluded: activations the user kept in float (``include``/``exclude``, or ``None`` in ``mapping``).
+        left: activation-like modules or function slots that nothing matched; ``convert`` warned about them.
+    """
+
+    def __init__(self, swapped: Iterable[str] = (), excluded: Iterable[str] = (), left: Iterable[str] = ()):
+        super().__init__(swapped)
+        self.excluded: List[str] = list(excluded)
+        self.left: List[str] = list(left)
+
+    def counts(self) -> Dict[str, int]:
+        """``{"swapped": n, "excluded": n, "left": n}``."""
+        return {"swapped": len(self), "excluded": len(self.excluded), "left": len(self.left)}
+
+
+# --- validation: the one place for patterns, mapping keys and activations ----------------------------
+
+
+def check_patterns(patterns: Patterns, name: str) -> Optional[List[str]]:
+    """Validate ``include``/``exclude``: None, a glob pattern, or a list of them; returns a list or None.
+
+    Raises:
+        TypeError: anything else.
+    """
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return [patterns]
+    if isinstance(patterns, (list, tuple)) and all(isinstance(p, str) for p in patterns):
+        return list(patterns)
+    raise TypeError(f"{name} must be None, a glob pattern or a list of them, got {patterns!r}")
+
+
+def _short_names() -> str:
+    return ", ".join(sorted(recognise.torch_activation_names()))
+
+
+def _matcher(key: Any) -> Matcher:
+    """Resolve one mapping key to a class path or a predicate.
+
+    Keys: an ``nn.Module`` type; a ``torch.nn`` class name (``"GELU"``, which wins over other
+    classes of that name); the short name of exactly one registered class (``"NewGELUActivation"``);
+    a dotted class path (``"transformers.activations.NewGELUActivation"``, never imported); the name
+    of a registered predicate; or a predicate ``fn(module) -> bool`` (not storable in a spec).
+    """
+    if isinstance(key, type):
+        if not issubclass(key, nn.Module):
+            raise TypeError(f"mapping key {key!r} is a type but not an nn.Module subclass")
+        return recognise.class_path(key)
+    if isinstance(key, str):
+        predicate = dict(recognise.recognisers()).get(key)
+        if predicate is not None:
+            return predicate
+        if "." not in key:
+            known = recognise.torch_activation_names()
+            if key in known:
+                return recognise.class_path(known[key])
+            paths = [k for k, fn in recognise.recognisers() if fn is None and k.rpartition(".")[2] == key]
+            if len(paths) == 1:  # the short name of one registered class: "NewGELUActivation"
+                return paths[0]
             raise ValueError(
-                f"mapping key {key!r} is not an nn.Module type; valid string keys are: {', '.join(sorted(known))}"
+                f"unknown mapping key {key!r}"
+                + (f" (ambiguous: {', '.join(paths)})" if paths else "")
+                + "; use an nn.Module type, a dotted class path ('package.module.Class'), the short name "
+                f"of one registered class, a registered predicate name, or one of: {_short_names()}"
             )
-        _check_activation(value, allow_none=True)
-        resolved[key] = value
-    return resolved
+        return recognise.check_class_path(key)
+    if callable(key):
+        return key
+    raise TypeError(
+        f"mapping keys must be nn.Module types, class names or paths, or predicates; got {key!r} ({type(key).__name__})"
+    )
 
 
-def _check_activation(activation: ActivationSpec, allow_none: bool = False) -> None:
+def mapping_key_name(key: Any) -> str:
+    """A mapping key as a storable string: ``"ReLU"`` for ``torch.nn`` types, else the class path.
+
+    Strings are validated and kept as given.
+
+    Raises:
+        TypeError: a key of the wrong type, or a predicate (give it a name with ``register_activation``).
+        ValueError: an unknown or malformed name.
+    """
+    if isinstance(key, (type, str)):
+        _matcher(key)
+        if isinstance(key, str):
+            return key
+        return key.__name__ if getattr(nn, key.__name__, None) is key else recognise.class_path(key)
+    if callable(key):
+        raise TypeError(
+            f"mapping key {key!r} is a predicate, which a spec cannot store; register it with "
+            "lightning_ftprop.register_activation(fn, name=...) and use the name"
+        )
+    return _matcher(key)  # raises the TypeError
+
+
+def _check_target(activation: Any, where: str, allow_factory: bool = True, allow_none: bool = False) -> None:
+    """An activation to swap in: a unit name, a callable returning a module (if allowed) or None (if allowed)."""
     if activation is None and allow_none:
         return
     if isinstance(activation, str):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(ACTIVATIONS)}")
-    elif not callable(activation):
-        raise ValueError(
-            f"activation must be one of {', '.join(ACTIVATIONS)} or a callable returning a module, got {activation!r}"
+        check_activation_name(activation)
+    elif not (allow_factory and callable(activation)):
+        allowed = ", ".join(UNIT_CLASSES) + (", a callable returning a module" if allow_factory else "")
+        raise TypeError(f"{where} must be one of {allowed}{' or None' if allow_none else ''}; got {activation!r}")
+
+
+def check_mapping(mapping: Optional[Mapping], allow_factory: bool = True) -> Optional[Dict[Any, Any]]:
+    """Validate a ``mapping`` (``{key: activation or None}``) and return it as a dict, keys as given.
+
+    Raises:
+        TypeError: not a dict, a key or value of the wrong type.
+        ValueError: an unknown key or activation name.
+    """
+    if mapping is None:
+        return None
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"mapping must be a dict of activation class -> activation or None, got {mapping!r}")
+    for key, target in mapping.items():
+        _matcher(key)
+        _check_target(target, f"mapping[{key!r}]", allow_factory=allow_factory, allow_none=True)
+    return dict(mapping)
+
+
+class _Table:
+    """Which activation goes where: exact class paths first, then predicates, in order."""
+
+    def __init__(self, activation: ActivationSpec, mapping: Optional[Mapping]):
+        self.paths: Dict[str, ActivationSpec] = {}
+        self.predicates: List[Tuple[Callable[[nn.Module], bool], ActivationSpec]] = []
+        if mapping is None:  # the registry as it is: a class path of a library version without it never matches
+            items = [(fn or key, activation) for key, fn in recognise.recognisers()]
+        else:
+            items = [(_matcher(key), target) for key, target in mapping.items()]
+        for matcher, target in items:
+            if isinstance(matcher, str):
+                self.paths[matcher] = target
+            else:
+                self.predicates.append((matcher, target))
+
+    def lookup(self, original: Any) -> Tuple[bool, ActivationSpec]:
+        """``(found, target)`` for a module or an activation function; target None: keep it float."""
+        if not isinstance(original, nn.Module):
+            cls = recognise.ACTIVATION_FUNCTIONS.get(original)
+            path = None if cls is None else recognise.class_path(cls)
+            return (path in self.paths, self.paths.get(path))
+        if next(iter(original.children()), None) is not None:
+            return False, None
+        path = recognise.class_path(type(original))
+        if path in self.paths:
+            return True, self.paths[path]
+        for predicate, target in self.predicates:
+            if predicate(original):
+                return True, target
+        return False, None
+
+    def names(self) -> List[str]:
+        return sorted(
+            {p.rpartition(".")[2] for p, t in self.paths.items() if t is not None}
+            | {getattr(f, "__name__", repr(f)) for f, t in self.predicates if t is not None}
         )
-
-
-def activation_type_names() -> List[str]:
-    """The ``torch.nn`` activation class names accepted as string keys of ``mapping``."""
-    return sorted(_activation_types())
 
 
 def check_convert_args(
@@ -123,27 +241,20 @@ def check_convert_args(
     ``unit_kwargs``, so bad unit arguments (``steps=1`` for qrelu, a misspelt keyword) fail here too.
 
     Raises:
-        ValueError: unknown activation, rule or mapping key; bad unit argument values.
-        TypeError: bad pattern types, or a keyword argument that the unit does not take.
+        ValueError: a bad value: unknown activation, rule or mapping key; bad unit argument values.
+        TypeError: a bad type: patterns, mapping keys or values, or a keyword the unit does not take.
     """
-    _check_activation(activation)
+    _check_target(activation, "activation")
     get_rule(rule)
-    table = _resolve_mapping(activation, mapping)
-    _as_patterns(include, "include")
-    _as_patterns(exclude, "exclude")
-    for target in sorted({t for t in table.values() if isinstance(t, str)}):
+    check_patterns(include, "include")
+    check_patterns(exclude, "exclude")
+    mapping = check_mapping(mapping)
+    targets = [activation, *(mapping or {}).values()]
+    for target in sorted({t for t in targets if isinstance(t, str)}):
         make_unit(target, rule, **unit_kwargs)  # raises for unit arguments the unit does not take
 
 
-def _as_patterns(patterns: Patterns, name: str) -> Optional[List[str]]:
-    if patterns is None:
-        return None
-    if isinstance(patterns, str):
-        return [patterns]
-    patterns = list(patterns)
-    if not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"{name} must be a glob pattern or a list of them, got {patterns!r}")
-    return patterns
+# --- the walk ---------------------------------------------------------------------------------------
 
 
 def _selected(qualname: str, include: Optional[List[str]], exclude: Optional[List[str]]) -> bool:
@@ -152,8 +263,8 @@ def _selected(qualname: str, include: Optional[List[str]], exclude: Optional[Lis
     return not (exclude and any(fnmatch.fnmatchcase(qualname, p) for p in exclude))
 
 
-def _original(module: nn.Module) -> nn.Module:
-    """The module a unit replaced, or the module itself."""
+def _original(module: nn.Module) -> Any:
+    """The module (or function) a unit replaced, or the module itself."""
     return module.__dict__.get(_ORIGINAL, module)
 
 
@@ -163,15 +274,66 @@ def _same_unit(old: nn.Module, new: nn.Module) -> bool:
     )
 
 
-def _sync_transformer_fast_path(parent: nn.Module, child_name: str, module: nn.Module) -> None:
+def _places(model: nn.Module) -> List[Tuple[str, nn.Module, str, Any]]:
+    """``(qualified name, parent, attribute, original)`` for every child module and function slot.
+
+    Listed before anything changes. ``named_children()`` would hide repeated children, so the
+    parents' ``_modules`` are read directly.
+    """
+    places = []
+    for parent_name, parent in model.named_modules(remove_duplicate=False):
+        prefix = f"{parent_name}." if parent_name else ""
+        for name, child in parent._modules.items():
+            if child is not None:
+                places.append((prefix + name, parent, name, _original(child)))
+        for attr in recognise.function_slots(parent):
+            places.append((prefix + attr, parent, attr, parent.__dict__[attr]))
+    return places
+
+
+def _sync_transformer_fast_path(parent: nn.Module, attr: str, value: Any) -> None:
     """Keep torch's fused Transformer fast path honest about a swapped ``activation``.
 
     ``nn.TransformerEncoderLayer`` records at construction whether its activation is ReLU (1) or
-    GELU (2); in eval mode without grad its fused kernel then computes that function itself and
-    would ignore a threshold unit put in its place. Flag 0 turns the fast path off.
+    GELU (2), as a module or as ``F.relu``/``F.gelu``; in eval mode without grad its fused kernel
+    then computes that function itself and would ignore a threshold unit put in its place. Flag 0
+    turns the fast path off.
     """
-    if child_name == "activation" and hasattr(parent, "activation_relu_or_gelu"):
-        parent.activation_relu_or_gelu = 1 if isinstance(module, nn.ReLU) else 2 if isinstance(module, nn.GELU) else 0
+    if attr == "activation" and hasattr(parent, "activation_relu_or_gelu"):
+        relu = value is nn.functional.relu or isinstance(value, nn.ReLU)
+        gelu = value is nn.functional.gelu or isinstance(value, nn.GELU)
+        parent.activation_relu_or_gelu = 1 if relu else 2 if gelu else 0
+
+
+def _put(parent: nn.Module, attr: str, value: Any) -> None:
+    """Set a child module or function slot; a function replaces a child module cleanly."""
+    if not isinstance(value, nn.Module) and attr in parent._modules:
+        delattr(parent, attr)
+    setattr(parent, attr, value)
+    _sync_transformer_fast_path(parent, attr, value)
+
+
+def _describe(original: Any) -> str:
+    if isinstance(original, nn.Module):
+        return recognise.class_path(type(original))
+    return f"function {getattr(original, '__module__', '')}.{getattr(original, '__name__', repr(original))}"
+
+
+def _warn_left(left: List[Tuple[str, Any]]) -> None:
+    kinds: Dict[str, List[str]] = {}
+    for name, original in left:
+        kinds.setdefault(_describe(original), []).append(name)
+    listing = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items())
+    example = next((k for k in kinds if not k.startswith("function ")), "package.module.MyAct")
+    warnings.warn(
+        f"convert() left {len(left)} activation-like module(s) in float, matched by no recogniser or "
+        f"mapping key: {listing}. To swap them, register the class "
+        f"(lightning_ftprop.register_activation({example!r})) or add it to mapping "
+        f"({{{example!r}: 'sign'}}); for a function, give the layer a module instead. To keep them in "
+        "float without this warning, exclude them (exclude=[...]) or map their class to None.",
+        UnswappedActivationWarning,
+        stacklevel=3,
+    )
 
 
 def convert(
@@ -183,8 +345,8 @@ def convert(
     exclude: Patterns = None,
     mapping: Optional[Mapping] = None,
     **unit_kwargs,
-) -> List[str]:
-    """Replace activation modules of ``model`` in place with threshold units.
+) -> SwappedNames:
+    """Replace activation modules (and function-valued activations) of ``model`` in place with threshold units.
 
     Args:
         model: any ``nn.Module``.
@@ -192,71 +354,109 @@ def convert(
         rule: the learning rule of the new units (see :mod:`lightning_ftprop.rules`).
         include: glob patterns on qualified module names (``"features.*"``); only matches are swapped.
         exclude: glob patterns of names to leave alone; exclusion wins over inclusion.
-        mapping: ``{activation type or nn class name: activation or None}``; replaces the default
-            table (every type in :data:`DEFAULT_ACTIVATIONS` -> ``activation``). ``None`` skips a type.
+        mapping: ``{key: activation or None}``, replacing the default table (every registered
+            recogniser -> ``activation``). Keys: ``nn.Module`` types, ``torch.nn`` class names
+            (``"ReLU"``), dotted class paths, registered predicate names, or predicates. ``None``
+            keeps a class in float.
         **unit_kwargs: passed to the unit, e.g. ``weighted=False`` or ``steps=5`` for qrelu.
 
     Returns:
-        The qualified names of the swapped modules, in ``named_modules`` order.
+        The qualified names of the swapped modules, in ``named_modules`` order, as a
+        :class:`SwappedNames` list that also holds the ``excluded`` and ``left`` names.
+
+    Warns:
+        UnswappedActivationWarning: once, naming every activation-like module left in float.
 
     Raises:
-        ValueError: unknown activation, rule or mapping key (the message lists the valid ones), or
-            a model with nothing to swap.
+        ValueError: a bad value (unknown activation, rule or mapping key; the message lists the
+            valid ones), or a model with nothing to swap.
+        TypeError: a bad type (model, patterns, mapping keys or values, unit keywords).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() expects an nn.Module, got {type(model).__name__}")
-    _check_activation(activation)
+    _check_target(activation, "activation")
     get_rule(rule)
-    table = _resolve_mapping(activation, mapping)
-    include_p, exclude_p = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
+    include_p, exclude_p = check_patterns(include, "include"), check_patterns(exclude, "exclude")
+    table = _Table(activation, check_mapping(mapping))
 
     def build(target: ActivationSpec) -> nn.Module:
         if isinstance(target, str):
             return make_unit(target, rule, **unit_kwargs)
         return target()
 
-    swapped: List[str] = []
-    replacement: Dict[int, nn.Module] = {}  # id(original) -> new unit, so shared modules stay shared
-    for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
-        for child_name, child in list(parent._modules.items()):  # named_children() hides repeats
-            qualname = f"{parent_name}.{child_name}" if parent_name else child_name
-            if child is None:
-                continue
-            original = _original(child)
-            target = table.get(type(original), None)
-            if target is None or not _selected(qualname, include_p, exclude_p):
-                continue
-            if id(original) not in replacement:
+    result = SwappedNames()
+    left: List[Tuple[str, Any]] = []
+    replacement: Dict[Any, nn.Module] = {}  # id(original module) or (id(parent), attr) -> new unit
+    for qualname, parent, attr, original in _places(model):
+        if isinstance(original, ThresholdUnit):
+            continue  # a unit the user built: not ours to touch
+        found, target = table.lookup(original)
+        selected = _selected(qualname, include_p, exclude_p)
+        current = parent._modules.get(attr)
+        if found and target is not None and selected:
+            key = id(original) if isinstance(original, nn.Module) else (id(parent), attr)
+            if key not in replacement:
                 unit = build(target)
-                if _same_unit(child, unit):
-                    unit = child  # already converted with these arguments: keep it
+                if _same_unit(current, unit):
+                    unit = current  # already converted with these arguments: keep it
                 unit.__dict__[_ORIGINAL] = original
-                replacement[id(original)] = unit
-            setattr(parent, child_name, replacement[id(original)])
-            _sync_transformer_fast_path(parent, child_name, replacement[id(original)])
-            swapped.append(qualname)
-    if not swapped:
-        found = sorted({type(m).__name__ for m in model.modules()})
+                replacement[key] = unit
+            _put(parent, attr, replacement[key])
+            result.append(qualname)
+            continue
+        if current is not None and current is not original:
+            _put(parent, attr, original)  # swapped by an earlier convert, kept float now
+        if found or not isinstance(original, nn.Module) or recognise.looks_like_activation(original):
+            if found or not selected:
+                result.excluded.append(qualname)
+            else:
+                left.append((qualname, original))
+    result.left = [name for name, _ in left]
+    if not result:
+        found_types = sorted({type(m).__name__ for m in model.modules()})
         raise ValueError(
             f"convert() found no activation to swap in {type(model).__name__} "
-            f"(include={include!r}, exclude={exclude!r}); it swaps modules of these types: "
-            f"{', '.join(sorted(t.__name__ for t in table))}; the model has: {', '.join(found)}"
+            f"(include={include!r}, exclude={exclude!r}); it swaps: "
+            + (
+                "the registered activations (lightning_ftprop.registered_activations())"
+                if mapping is None
+                else ", ".join(table.names())
+            )
+            + f"; the model has: {', '.join(found_types)}. Activations called as functions inside "
+            "forward (F.relu(x)) cannot be swapped"
         )
-    return swapped
+    if left:
+        _warn_left(left)
+    return result
 
 
 def revert(model: nn.Module) -> List[str]:
-    """Put back the exact modules that :func:`convert` replaced; returns the restored names."""
+    """Put back the exact modules and functions that :func:`convert` replaced; returns the restored names."""
     restored: List[str] = []
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
         for child_name, child in list(parent._modules.items()):  # named_children() hides repeats
             if child is not None and _ORIGINAL in child.__dict__:
-                setattr(parent, child_name, child.__dict__[_ORIGINAL])
-                _sync_transformer_fast_path(parent, child_name, child.__dict__[_ORIGINAL])
+                _put(parent, child_name, child.__dict__[_ORIGINAL])
                 restored.append(f"{parent_name}.{child_name}" if parent_name else child_name)
     return restored
 
 
-def threshold_units(model: nn.Module) -> Iterable[tuple]:
+def threshold_units(model: nn.Module) -> List[Tuple[str, ThresholdUnit]]:
     """``(qualified name, unit)`` for every :class:`ThresholdUnit` in ``model``, shared ones once."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, ThresholdUnit)]
+
+
+def float_activations(model: nn.Module) -> List[Tuple[str, str]]:
+    """``(qualified name, what it is)`` for every activation of ``model`` still in float.
+
+    That is every recognised or activation-like module, and every function slot holding a
+    function; threshold units are not float. Shared modules are listed once.
+    """
+    found: List[Tuple[str, str]] = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if not isinstance(module, ThresholdUnit) and recognise.looks_like_activation(module):
+            found.append((name, _describe(module)))
+        for attr in recognise.function_slots(module):
+            found.append((prefix + attr, _describe(module.__dict__[attr])))
+    return found

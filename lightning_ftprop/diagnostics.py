@@ -45,6 +45,7 @@ from torchmetrics import Metric
 
 from lightning_ftprop._namespace import check_trainer
 from lightning_ftprop.convert import threshold_units
+from lightning_ftprop.functional import edge_exact_affine
 from lightning_ftprop.nn import QReLU, ThresholdUnit
 from lightning_ftprop.rules import Rule
 
@@ -71,7 +72,7 @@ _HISTOGRAM_SAMPLES = 1 << 16  # at most this many pre-activations per unit call 
 def rule_coordinate(unit: nn.Module, z: Tensor) -> Tensor:
     """The coordinate ``u`` in which ``unit``'s rule sees a pre-activation ``z``."""
     if isinstance(unit, QReLU) and unit.mode == "single":
-        return 2 * z - 1
+        return edge_exact_affine(z, 2, -1, (*unit.rule.edges, 0.0))  # exact sides and masks, as in the backward
     return z
 
 

@@ -8,7 +8,10 @@ threshold; the backward receives ``g = dL/dh`` and returns the gradient of the u
     dz = |t| * dL/dz(u, t) / B                      weighted=False (only sign(g) is used; B = batch)
 
 ``L`` is a :class:`~lightning_ftprop.rules.Rule` and ``u`` is the coordinate in which the rule sees
-the unit (``u = z`` for sign and step). For symmetric rules the weighted backward equals
+the unit (``u = z`` for sign and step). A shifted coordinate is *edge-exact*: it compares with each
+of the rule's edges (sste and hinge: ``u = +-1``) exactly as the real number does, so masks equal
+their closed form in ``z`` for every float input (see :func:`edge_exact_affine`); sste's window
+``1[|u| <= 1]`` is tested on ``z`` itself. For symmetric rules the weighted backward equals
 ``g * s(u)`` for the rule's surrogate ``s`` (``soft_hinge``: ``s = 1 - tanh^2``), and that form is
 used. Forward values:
 
@@ -34,11 +37,20 @@ keeps nothing. For a symmetric rule in weighted mode the backward only needs the
     saved="uint8"   round(255 * S(z)) (1 byte); absolute error <= 1/510, exact for ste and sste
 
 Other rules, and ``weighted=False``, always keep ``z``.
+
+torch.func: the Functions set ``generate_vmap_rule``, so ``vmap``, ``grad``, ``jacrev`` and
+``functional_call`` work, and ``vmap(grad(f))`` gives per-sample gradients equal to a Python loop
+over the samples. Per-sample means *as if ``f`` were called on one sample*: under ``vmap`` the
+unbatched ``B = g.shape[0]`` of ``weighted=False`` is the leading dimension that ``f`` itself sees
+(1 for the usual ``f(x.unsqueeze(0))``), exactly as in the loop.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple, Union
+import functools
+import math
+from fractions import Fraction
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -54,6 +66,7 @@ __all__ = [
     "StepFunction",
     "QReLUFunction",
     "QRELU_MODES",
+    "edge_exact_affine",
     "SAVED_FORMS",
 ]
 
@@ -90,7 +103,7 @@ def _sign_forward(z: Tensor) -> Tensor:
 
 
 def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
-    return torch.mul(z, steps - 1).ceil_().clamp_(0, steps).div_(steps)
+    return torch.clamp(torch.mul(z, steps - 1).ceil_(), 0, steps).div_(steps)  # clamp_ has no vmap rule
 
 
 # --- what the backward keeps -----------------------------------------------------------------------
@@ -98,13 +111,123 @@ def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
 Coordinates = List[Tuple[Tensor, float]]  # (u, scale): dz = sum of scale * backward(g, u)
 
 
-def _coordinates(z: Tensor, steps: int, mode: str) -> Coordinates:
-    """Where the rule looks at the unit: ``u = z`` (sign, step; ``steps = 0``) or the qrelu modes."""
+def _affine(z: Tensor, a: int, b: Fraction) -> Tensor:
+    return torch.mul(z, a).add_(float(b)) if a != 1 else z + float(b)
+
+
+def _cached(fn):
+    """Memoise on the (hashable) arguments. Under torch.compile the function is traced instead: its
+    result is constant for the graph anyway, and a traced graph may not write to the cache."""
+    cache: dict = {}
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        if torch.compiler.is_compiling():
+            return fn(*args)
+        if args not in cache:
+            cache[args] = fn(*args)
+        return cache[args]
+
+    wrapper.cache = cache
+    return wrapper
+
+
+@_cached
+def _neighbours(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[float, float, Optional[float]]:
+    """For the real ``z_e = (edge - b) / a``: the largest float of ``dtype`` below it, the smallest
+    above it, and ``z_e`` itself if it is a float of ``dtype`` (else None)."""
+    z_e = (Fraction(edge) - b) / a
+    guess = torch.tensor(float(z_e), dtype=torch.float64).to(dtype)
+    lo, hi = guess, guess
+    while Fraction(lo.item()) >= z_e:
+        lo = torch.nextafter(lo, torch.tensor(-math.inf, dtype=dtype))
+    while Fraction(hi.item()) <= z_e:
+        hi = torch.nextafter(hi, torch.tensor(math.inf, dtype=dtype))
+    return lo.item(), hi.item(), guess.item() if Fraction(guess.item()) == z_e else None
+
+
+@_cached
+def _edge_fix(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[Optional[Tuple[float, float]], ...]:
+    """What rounding ``u = a*z + b`` in ``dtype`` can get wrong about ``edge``, and the fix.
+
+    Three entries, each None when nothing needs fixing: ``(lo, down)``: for ``z <= lo`` (every
+    float below ``z_e``) ``u`` must be ``<= down``, the float below ``edge``; ``(hi, up)``: for
+    ``z >= hi`` ``u`` must be ``>= up``; ``(z_e, edge)``: at ``z = z_e`` ``u`` must be ``edge``.
+    Rounding is monotone in ``z``, so checking ``u`` at ``lo``, ``hi`` and ``z_e`` with the very
+    ops of :func:`_affine` tells whether any float input needs the fix.
+    """
+    lo, hi, z_e = _neighbours(edge, a, b, dtype)
+
+    def u(x: float) -> float:
+        return _affine(torch.tensor(x, dtype=dtype), a, b).item()
+
+    def beside(direction: float) -> float:
+        return torch.nextafter(torch.tensor(edge, dtype=dtype), torch.tensor(direction, dtype=dtype)).item()
+
+    return (
+        (lo, beside(-math.inf)) if u(lo) >= edge else None,
+        (hi, beside(math.inf)) if u(hi) <= edge else None,
+        (z_e, edge) if z_e is not None and u(z_e) != edge else None,
+    )
+
+
+def edge_exact_affine(z: Tensor, a: int, b: Union[int, Fraction], edges: Sequence[float]) -> Tensor:
+    """``u = a*z + b`` (``a > 0``) in ``z``'s dtype, corrected so that ``u`` compares with every edge
+    exactly as the real number ``a*z + b`` does.
+
+    Rounding ``a*z + b`` can land on an edge (``2*(-1e-8) - 1`` is ``-1.0`` in float32) and put a
+    unit on the wrong side of a rule's mask. Where it does, ``u`` becomes the float next to the
+    edge on the true side (or the edge itself where ``a*z + b`` equals it), so a mask such as
+    ``1[|u| <= 1]`` equals its closed form in ``z``'s own coordinate for every float input.
+    Elsewhere ``u`` is the plain rounded value. Edges that rounding cannot get wrong for this
+    ``(a, b, dtype)`` (qrelu's ``u = 2z - 1`` at ``+1``) cost nothing.
+    """
+    b = Fraction(b)
+    u = _affine(z, a, b)
+    for edge in edges:
+        below, above, exact = _edge_fix(float(edge), a, b, z.dtype)
+        if below is not None and above is not None:
+            u = torch.where(z <= below[0], u.clamp(max=below[1]), torch.where(z >= above[0], u.clamp(min=above[1]), u))
+        elif below is not None:
+            u = torch.where(z <= below[0], u.clamp(max=below[1]), u)
+        elif above is not None:
+            u = torch.where(z >= above[0], u.clamp(min=above[1]), u)
+        if exact is not None:
+            u = torch.where(z == exact[0], exact[1], u)
+    return u
+
+
+def _affine_maps(steps: int, mode: str) -> List[Tuple[int, Fraction, float]]:
+    """``(a, b, scale)``: the rule sees ``u = a*z + b`` and the backward sums ``scale * grad``."""
+    if steps == 0:
+        return [(1, Fraction(0), 1.0)]
+    if mode == "single":
+        return [(2, Fraction(-1), 1.0)]
+    return [(1, -Fraction(k, steps - 1), 1.0 / steps) for k in range(steps)]
+
+
+def _coordinates(z: Tensor, steps: int, mode: str, edges: Sequence[float] = ()) -> Coordinates:
+    """Where the rule looks at the unit: ``u = z`` (sign, step; ``steps = 0``) or the qrelu modes.
+
+    The shifted qrelu coordinates are edge-exact for ``edges`` (see :func:`edge_exact_affine`).
+    """
     if steps == 0:
         return [(z, 1.0)]
-    if mode == "single":
-        return [(torch.mul(z, 2).sub_(1), 1.0)]
-    return [(z - k / (steps - 1), 1.0 / steps) for k in range(steps)]
+    return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in _affine_maps(steps, mode)]
+
+
+def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], steps: int, mode: str) -> Tensor:
+    """``sum scale * g * 1[w0 <= a*z + b <= w1]``, the window tested on ``z`` itself: exact, one pass each.
+
+    ``hardtanh_backward`` keeps ``g`` where ``lo < z < hi``; with ``lo`` the float below the real
+    ``(w0 - b) / a`` and ``hi`` the float above ``(w1 - b) / a`` that is the closed window.
+    """
+    grads = []
+    for a, b, scale in _affine_maps(steps, mode):
+        lo, hi = _neighbours(window[0], a, b, z.dtype)[0], _neighbours(window[1], a, b, z.dtype)[1]
+        grad = torch.ops.aten.hardtanh_backward(g, z, lo, hi)
+        grads.append(grad if scale == 1.0 else grad.mul_(scale))
+    return grads[0] if len(grads) == 1 else sum(grads)
 
 
 def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0, mode: str = "single") -> None:
@@ -114,7 +237,7 @@ def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0
     if symmetric and not rule.uses_input:
         ctx.save_for_backward()
     elif ctx.compact:
-        s = sum(scale * rule.surrogate(u) for u, scale in _coordinates(z, steps, mode))
+        s = sum(scale * rule.surrogate(u) for u, scale in _coordinates(z, steps, mode, rule.edges))
         if saved == "bf16":
             ctx.save_for_backward(s.to(torch.bfloat16))
         else:
@@ -128,10 +251,15 @@ def _backward(ctx, g: Tensor) -> Tensor:
     if not ctx.saved_tensors:  # a constant surrogate (ste)
         return rule.fused(g, g) if rule.fused is not None else g * rule.surrogate(g)
     (kept,) = ctx.saved_tensors
+    if ctx.weighted and ctx.steps and rule.window is not None and not ctx.compact:
+        return _window_backward(g, kept, rule.window, ctx.steps, ctx.mode)
     if ctx.compact:
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
-    grads = [scale * target_prop_grad(g, u, rule, ctx.weighted) for u, scale in _coordinates(kept, ctx.steps, ctx.mode)]
+    grads = [
+        scale * target_prop_grad(g, u, rule, ctx.weighted)
+        for u, scale in _coordinates(kept, ctx.steps, ctx.mode, rule.edges)
+    ]
     return grads[0] if len(grads) == 1 else sum(grads)
 
 
@@ -140,6 +268,8 @@ def _backward(ctx, g: Tensor) -> Tensor:
 
 class _BinaryFunction(torch.autograd.Function):
     """What sign and step share: inputs ``(z, rule, weighted, saved)`` and the rule seen at ``u = z``."""
+
+    generate_vmap_rule = True  # torch.func.vmap/jacrev: forward, setup_context and backward are torch ops
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -168,6 +298,8 @@ class StepFunction(_BinaryFunction):
 
 class QReLUFunction(torch.autograd.Function):
     """``h = clip(ceil((n-1) z), 0, n) / n``; backward per ``mode`` (see the module docstring)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(z, rule, weighted, saved, steps, mode):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from lightning_ftprop import functional as F
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
-__all__ = ["ThresholdUnit", "Sign", "Step", "QReLU", "UNIT_CLASSES", "make_unit"]
+__all__ = ["ThresholdUnit", "Sign", "Step", "QReLU", "UNIT_CLASSES", "make_unit", "check_activation_name"]
 
 
 class ThresholdUnit(nn.Module):
@@ -45,8 +45,10 @@ class ThresholdUnit(nn.Module):
         self, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, inplace: bool = False, saved: str = "exact"
     ):
         super().__init__()
+        if not isinstance(weighted, bool):
+            raise TypeError(f"weighted must be True or False, got {weighted!r}")
         self.rule = get_rule(rule)
-        self.weighted = bool(weighted)
+        self.weighted = weighted
         self.saved = F.check_saved(saved)
 
     @property
@@ -122,18 +124,19 @@ class QReLU(ThresholdUnit):
 
 #: Threshold unit name -> its class: the ``activation`` names :func:`make_unit` and ``convert`` accept.
 UNIT_CLASSES: Dict[str, Type[ThresholdUnit]] = {"sign": Sign, "step": Step, "qrelu": QReLU}
-ACTIVATIONS = UNIT_CLASSES  # the former name, still imported by convert and spec; use UNIT_CLASSES
 
 
 def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, **kwargs) -> ThresholdUnit:
     """Build a threshold unit by name: ``make_unit("qrelu", "sste", steps=5)``.
 
+    This is where unit arguments are checked, for every caller (convert, the spec, the callback).
+
     Raises:
-        ValueError: for an unknown activation or rule; the message lists the valid names.
+        ValueError: an unknown activation or rule (the message lists the valid names), or a bad
+            unit argument value.
+        TypeError: a keyword argument the unit does not take, or an argument of the wrong type.
     """
-    if activation not in UNIT_CLASSES:
-        raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(UNIT_CLASSES)}")
-    cls = UNIT_CLASSES[activation]
+    cls = UNIT_CLASSES[check_activation_name(activation)]
     allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
@@ -141,3 +144,17 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
             f"{cls.__name__} does not take {', '.join(unknown)}; its arguments are: rule, {', '.join(allowed)}"
         )
     return cls(rule=rule, **kwargs)
+
+
+def check_activation_name(activation: str) -> str:
+    """Validate a threshold unit name (a key of :data:`UNIT_CLASSES`) and return it.
+
+    Raises:
+        TypeError: ``activation`` is not a string.
+        ValueError: an unknown name; the message lists the valid ones.
+    """
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be a name, one of {', '.join(UNIT_CLASSES)}; got {activation!r}")
+    if activation not in UNIT_CLASSES:
+        raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(UNIT_CLASSES)}")
+    return activation

@@ -34,7 +34,7 @@ Use :func:`get_rule` to resolve a name, :func:`available_rules` to list them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -59,6 +59,11 @@ class Rule:
             Only symmetric rules have one; the backward then uses ``g * s(z)``.
         fused: optional ``fused(g, z) == g * surrogate(z)`` computed in fewer passes over memory.
         uses_input: ``False`` when ``surrogate`` is constant, so the backward saves nothing.
+        edges: the values of ``u`` where ``loss``, ``grad`` or ``surrogate`` jump or kink (sste and
+            hinge: -1 and 1). A shifted coordinate (qrelu's ``u = 2z - 1``) is corrected so that it
+            compares with each edge exactly as the real number does, and masks stay exact.
+        window: ``(w0, w1)`` when ``surrogate(u) == 1[w0 <= u <= w1]`` (sste: ``(-1, 1)``); the
+            backward then tests the window on ``z`` itself, exact and in one pass.
         doc: the rule's formula in words, shown by ``help`` and the docs.
     """
 
@@ -68,6 +73,8 @@ class Rule:
     surrogate: Optional[Callable[[Tensor], Tensor]] = field(default=None, compare=False)
     fused: Optional[TensorFn] = field(default=None, compare=False)
     uses_input: bool = True
+    edges: Tuple[float, ...] = ()
+    window: Optional[Tuple[float, float]] = None
     doc: str = ""
 
     def __repr__(self) -> str:
@@ -99,9 +106,12 @@ def get_rule(rule: Union[str, Rule]) -> Rule:
 
     Raises:
         ValueError: for an unknown name; the message lists the registered ones.
+        TypeError: ``rule`` is neither a name nor a :class:`Rule`.
     """
     if isinstance(rule, Rule):
         return rule
+    if not isinstance(rule, str):
+        raise TypeError(f"rule must be a name or a Rule, got {rule!r}; valid rules are: {', '.join(available_rules())}")
     if isinstance(rule, str) and rule in _REGISTRY:
         return _REGISTRY[rule]
     raise ValueError(f"unknown rule {rule!r}; valid rules are: {', '.join(available_rules())}")
@@ -190,6 +200,8 @@ register_rule(
         _sste_grad,
         surrogate=_sste_surrogate,
         fused=_sste_fused,
+        edges=(-1.0, 1.0),
+        window=(-1.0, 1.0),
         doc="Saturated hinge L = clip(1 - t*z, 0, 2). Weighted backward: g*1[|z|<=1] (the saturated STE).",
     )
 )
@@ -208,6 +220,7 @@ register_rule(
         "hinge",
         _hinge_loss,
         _hinge_grad,
+        edges=(-1.0, 1.0),
         doc="Hinge L = max(0, 1 - t*z). dL/dz = -t*1[t*z < 1]; depends on the target.",
     )
 )

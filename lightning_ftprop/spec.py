@@ -10,20 +10,21 @@ threshold units before its weights load::
 
 A spec has exactly the keys of :data:`SPEC_KEYS`. Its values are plain Python (str, bool, list,
 dict, None), so it survives YAML, ``save_hyperparameters`` and ``torch.load(weights_only=True)``.
-``mapping`` keys are ``torch.nn`` activation class names (``"ReLU"``) or, for other activation
-classes, dotted import paths (``"mypkg.layers.MyAct"``); ``nn.Module`` types are accepted and
-stored by name.
+``mapping`` keys are ``torch.nn`` activation class names (``"ReLU"``), dotted class paths
+(``"mypkg.layers.MyAct"``, matched by name, never imported) or names of registered predicates;
+``nn.Module`` types are accepted and stored by name. Every argument is validated by the checks of
+:mod:`lightning_ftprop.convert` and :func:`~lightning_ftprop.nn.make_unit`, so a bad value raises
+the same exception here, in ``convert``, in the callback and in the mixin.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
-from lightning_ftprop.convert import activation_type_names, check_convert_args, convert
-from lightning_ftprop.nn import ACTIVATIONS
+from lightning_ftprop.convert import check_convert_args, check_mapping, check_patterns, convert, mapping_key_name
+from lightning_ftprop.nn import check_activation_name
 from lightning_ftprop.rules import DEFAULT_RULE, Rule
 
 __all__ = ["SPEC_KEYS", "make_spec", "spec_from_dict", "apply_spec", "spec_differences"]
@@ -32,67 +33,19 @@ __all__ = ["SPEC_KEYS", "make_spec", "spec_from_dict", "apply_spec", "spec_diffe
 SPEC_KEYS = ("activation", "rule", "weighted", "include", "exclude", "mapping", "unit_kwargs")
 
 
-def _patterns(value: Union[str, Sequence[str], None], name: str) -> Optional[List[str]]:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Sequence) and all(isinstance(p, str) for p in value):
-        return list(value)
-    raise TypeError(f"{name} must be None, a glob pattern or a list of them, got {value!r}")
-
-
-def _type_name(key: Any) -> str:
-    if isinstance(key, str):
-        return key
-    if isinstance(key, type) and issubclass(key, nn.Module):
-        if getattr(nn, key.__name__, None) is key:
-            return key.__name__
-        return f"{key.__module__}.{key.__qualname__}"
-    raise TypeError(f"mapping keys must be activation class names or nn.Module types, got {key!r}")
-
-
-def _resolve_type(name: str) -> Union[str, type]:
-    """A torch.nn class name stays a string (convert resolves it); a dotted path is imported."""
-    if "." not in name:
-        return name
-    module_name, _, attr = name.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(
-            f"mapping key {name!r} cannot be imported ({err}); use a torch.nn activation name "
-            f"({', '.join(activation_type_names())}) or an importable dotted path"
-        ) from None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"mapping key {name!r} is not an nn.Module class")
-    return cls
-
-
 def _mapping(value: Optional[Mapping]) -> Optional[Dict[str, Optional[str]]]:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise TypeError(f"mapping must be a dict of activation class -> activation name or None, got {value!r}")
-    out: Dict[str, Optional[str]] = {}
-    for key, target in value.items():
-        if target is not None and not isinstance(target, str):
-            raise ValueError(f"mapping[{key!r}] must be one of {', '.join(ACTIVATIONS)} or None, got {target!r}")
-        out[_type_name(key)] = target
-    return out
+    mapping = check_mapping(value, allow_factory=False)
+    return None if mapping is None else {mapping_key_name(key): target for key, target in mapping.items()}
 
 
 def _convert_kwargs(spec: Mapping[str, Any]) -> Dict[str, Any]:
     """The keyword arguments of :func:`convert` (after ``model``) that a normalised spec stands for."""
-    mapping = spec["mapping"]
-    if mapping is not None:
-        mapping = {_resolve_type(k): v for k, v in mapping.items()}
     return dict(
         activation=spec["activation"],
         rule=spec["rule"],
         include=spec["include"],
         exclude=spec["exclude"],
-        mapping=mapping,
+        mapping=spec["mapping"],
         weighted=spec["weighted"],
         **spec["unit_kwargs"],
     )
@@ -118,13 +71,7 @@ def make_spec(
             message lists what is allowed.
         TypeError: wrong argument types, or a unit argument the activation does not take.
     """
-    if not isinstance(activation, str):
-        raise TypeError(
-            f"activation must be a name, one of {', '.join(ACTIVATIONS)}; got {activation!r} "
-            "(use lightning_ftprop.convert directly for custom unit factories)"
-        )
-    if not isinstance(weighted, bool):
-        raise TypeError(f"weighted must be True or False, got {weighted!r}")
+    check_activation_name(activation)  # a name: a spec must be storable (convert takes unit factories)
     if unit_kwargs is None:
         unit_kwargs = {}
     if not isinstance(unit_kwargs, Mapping) or not all(isinstance(k, str) for k in unit_kwargs):
@@ -135,8 +82,8 @@ def make_spec(
         "activation": activation,
         "rule": rule.name if isinstance(rule, Rule) else rule,
         "weighted": weighted,
-        "include": _patterns(include, "include"),
-        "exclude": _patterns(exclude, "exclude"),
+        "include": check_patterns(include, "include"),
+        "exclude": check_patterns(exclude, "exclude"),
         "mapping": _mapping(mapping),
         "unit_kwargs": dict(unit_kwargs),
     }

@@ -5,17 +5,18 @@ name    activation  levels (bits)  rule        elements/sample  inference bits/s
 act1    sign        2 (1)          soft_hinge  9,248            9,248 (295,936)
 ...
 total: 3 threshold layers, 14,368 elements/sample = 1.8 KB at their bit widths (56.1 KB as float32)
+left in float: 1 activation: head.act (torch.nn.modules.activation.GELU)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, List
+from dataclasses import dataclass, field
+from typing import Any, List, Tuple
 
 import torch
 from torch import nn
 
-from lightning_ftprop.convert import threshold_units
+from lightning_ftprop.convert import float_activations, threshold_units
 
 __all__ = ["LayerSummary", "ModelSummary", "summary"]
 
@@ -43,6 +44,8 @@ class LayerSummary:
 @dataclass
 class ModelSummary:
     layers: List[LayerSummary]
+    #: ``(name, class path or function)`` of every activation still in float (excluded or unmatched).
+    left_in_float: List[Tuple[str, str]] = field(default_factory=list)
 
     @property
     def total_elements(self) -> int:
@@ -79,6 +82,10 @@ class ModelSummary:
             f"total: {len(self.layers)} threshold layers, {self.total_elements:,} elements/sample = "
             f"{_kb(self.total_bits / 8)} at their bit widths ({_kb(self.total_elements * 4)} as float32)"
         )
+        if self.left_in_float:
+            n = len(self.left_in_float)
+            names = ", ".join(f"{name} ({what})" for name, what in self.left_in_float)
+            lines.append(f"left in float: {n} activation{'s' if n > 1 else ''}: {names}")
         return "\n".join(lines)
 
 
@@ -89,7 +96,8 @@ def _kb(nbytes: float) -> str:
 def summary(model: nn.Module, example_input: Any) -> ModelSummary:
     """Run ``model(example_input)`` once (no grad, eval mode) and describe every threshold layer.
 
-    A unit called several times (a shared ``relu``) counts the elements of every call.
+    A unit called several times (a shared ``relu``) counts the elements of every call. Activations
+    still in float (excluded, or matched by nothing) are listed in ``left_in_float``.
     ``example_input`` may be a tensor or a tuple of positional arguments; dim 0 is the batch.
     """
     units = threshold_units(model)
@@ -118,5 +126,6 @@ def summary(model: nn.Module, example_input: Any) -> ModelSummary:
         [
             LayerSummary(name, unit.activation, unit.levels, unit.bits, unit.rule.name, counts[name])
             for name, unit in units
-        ]
+        ],
+        float_activations(model),
     )

@@ -239,13 +239,9 @@ def _token_loader():
 def test_lightning_transformer_demo_trains_with_threshold_units():
     torch.manual_seed(0)
     demo = TinyTransformer(vocab_size=32)
-    # the demo's layers call F.relu as a function: there is nothing to swap, and the callback says so
-    with pytest.raises(ValueError, match="found no activation to swap in TinyTransformer"):
-        make_trainer(callbacks=[ftp.FTPropCallback()], max_steps=1).fit(demo, _token_loader())
-    # nn.Transformer layers accept activation modules; with those, every layer trains as sign units
+    # the demo's layers hold F.relu as a function: the callback swaps a unit into each of them
     layers = [*demo.model.transformer.encoder.layers, *demo.model.transformer.decoder.layers]
-    for layer in layers:
-        layer.activation = nn.ReLU()
+    assert all(layer.activation is torch.nn.functional.relu for layer in layers)
     callback = ftp.FTPropCallback("sign", "soft_hinge", log_every_n_steps=1)
     before = demo.model.decoder.weight.detach().clone()
     make_trainer(callbacks=[callback], max_steps=2).fit(demo, _token_loader())
@@ -259,3 +255,6 @@ def test_lightning_transformer_demo_trains_with_threshold_units():
         fast = demo(inputs, target)
     slow = demo(inputs, target)
     torch.testing.assert_close(fast, slow.detach())
+    ftp.revert(demo)
+    assert all(layer.activation is torch.nn.functional.relu for layer in layers)
+    assert demo.model.transformer.encoder.layers[0].activation_relu_or_gelu == 1
