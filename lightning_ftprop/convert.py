@@ -226,16 +226,11 @@ class _Table:
         )
 
 
-def check_convert_args(
-    activation: ActivationSpec = "sign",
-    rule: Union[str, Rule] = DEFAULT_RULE,
-    *,
-    include: Patterns = None,
-    exclude: Patterns = None,
-    mapping: Optional[Mapping] = None,
-    **unit_kwargs,
-) -> None:
+def check_convert_args(activation: ActivationSpec, rule: Union[str, Rule], **options) -> None:
     """Raise what :func:`convert` would raise for these arguments, without touching a model.
+
+    ``options`` are :func:`convert`'s keyword arguments: ``include``, ``exclude``, ``mapping`` and the
+    unit arguments.
 
     Every string activation named (``activation`` and the values of ``mapping``) is built once with
     ``unit_kwargs``, so bad unit arguments (``steps=1`` for qrelu, a misspelt keyword) fail here too.
@@ -244,6 +239,8 @@ def check_convert_args(
         ValueError: a bad value: unknown activation, rule or mapping key; bad unit argument values.
         TypeError: a bad type: patterns, mapping keys or values, or a keyword the unit does not take.
     """
+    include, exclude, mapping = (options.pop(key, None) for key in ("include", "exclude", "mapping"))
+    unit_kwargs = options
     _check_target(activation, "activation")
     get_rule(rule)
     check_patterns(include, "include")
