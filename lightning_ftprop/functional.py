@@ -97,6 +97,11 @@ def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
 
 Coordinates = List[Tuple[Tensor, float]]  # (u, scale): dz = sum of scale * backward(g, u)
 
+#: Set by :func:`lightning_ftprop.memory.packed` (None otherwise): ``_save_hook(ctx, z, rule, weighted,
+#: saved, steps, mode)`` may keep a compact form itself (a bool mask of a 0/1 surrogate, with
+#: ``ctx.compact = True``) and then returns True.
+_save_hook = None
+
 
 def _coordinates(z: Tensor, steps: int, mode: str) -> Coordinates:
     """Where the rule looks at the unit: ``u = z`` (sign, step; ``steps = 0``) or the qrelu modes."""
@@ -109,6 +114,8 @@ def _coordinates(z: Tensor, steps: int, mode: str) -> Coordinates:
 
 def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0, mode: str = "single") -> None:
     ctx.rule, ctx.weighted, ctx.steps, ctx.mode = rule, weighted, steps, mode
+    if _save_hook is not None and _save_hook(ctx, z, rule, weighted, saved, steps, mode):
+        return
     symmetric = weighted and rule.surrogate is not None
     ctx.compact = symmetric and rule.uses_input and saved != "exact"  # keeps S(z), not z
     if symmetric and not rule.uses_input:
@@ -125,10 +132,13 @@ def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0
 
 def _backward(ctx, g: Tensor) -> Tensor:
     rule = ctx.rule
-    if not ctx.saved_tensors:  # a constant surrogate (ste)
+    saved = ctx.saved_tensors  # read once: torch.utils.checkpoint allows a single unpack
+    if not saved:  # a constant surrogate (ste)
         return rule.fused(g, g) if rule.fused is not None else g * rule.surrogate(g)
-    (kept,) = ctx.saved_tensors
+    (kept,) = saved
     if ctx.compact:
+        if kept.dtype == torch.bool:  # a 0/1 surrogate kept as a mask (lightning_ftprop.memory)
+            return torch.where(kept, g, 0.0)
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
     grads = [scale * target_prop_grad(g, u, rule, ctx.weighted) for u, scale in _coordinates(kept, ctx.steps, ctx.mode)]
