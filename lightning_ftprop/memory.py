@@ -59,10 +59,16 @@ __all__ = [
     "packed",
     "recompute",
     "MemoryMode",
+    "DEFAULT_MEMORY",
+    "recomputing",
 ]
 
 #: The valid ``memory=`` values, from most to least held memory.
 MEMORY_MODES: Tuple[str, ...] = ("exact", "packed", "recompute")
+
+
+#: The default of ``FTPropCallback(memory=...)`` and of the spec's ``memory`` key. PROVISIONAL
+DEFAULT_MEMORY = "packed"
 
 
 def check_memory(memory: str) -> str:
@@ -307,6 +313,14 @@ def _chain(modules: Sequence[nn.Module], x):
     return x
 
 
+_recomputing = [0]  # depth of segment recomputations running now
+
+
+def recomputing() -> bool:
+    """True while a :func:`recompute` segment re-runs its forward inside the backward."""
+    return _recomputing[0] > 0
+
+
 @contextlib.contextmanager
 def _keep_running_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Restore BatchNorm running statistics after a recomputation: the forward already updated them."""
@@ -317,10 +331,12 @@ def _keep_running_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
         if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats
     ]
     kept = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None] for m in norms]
+    _recomputing[0] += 1
     try:
         with _unit_hook(None):
             yield
     finally:
+        _recomputing[0] -= 1
         with torch.no_grad():
             for m, buffers in zip(norms, kept):
                 live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
