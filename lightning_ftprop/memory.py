@@ -28,6 +28,8 @@ is a unit output (torchvision's ``BasicBlock``) is one segment. Units called fro
 own ``forward`` (torchvision ResNet's stem ``relu``) stay un-recomputed (still packed), and
 :func:`recompute` names them in one warning.
 
+A threshold output that holds a NaN is kept as it is (no code stores NaN).
+
 Lossless caveat: packing stores values, not the sign of a zero. A qrelu output can hold ``-0.0``
 (``ceil`` of a small negative number); it comes back as ``+0.0``, which changes no non-zero number
 in any gradient (adding ``+-0`` to a non-zero sum is exact).
@@ -79,30 +81,67 @@ def check_memory(memory: str) -> str:
 
 
 # --- bit packing -----------------------------------------------------------------------------------
+#
+# Eight 0/1 values b_0..b_7 become one byte sum_k b_k 2^k, computed as a matrix-vector product with
+# (1, 2, ..., 128): the sums are integers below 256, exact in every float type. Unpacking looks each
+# byte up in a 256 x 8 table. Both are single vectorised passes (and plain torch ops under compile).
+
+_TABLES: dict = {}
+
+
+def _weights(dtype: torch.dtype, device: torch.device) -> Tensor:
+    key = ("w", dtype, device)
+    if key not in _TABLES:
+        _TABLES[key] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=dtype, device=device)
+    return _TABLES[key]
+
+
+def _table(values: Tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """256 x 8: row ``b`` holds ``values[bit k of b]`` for k = 0..7."""
+    key = (values, dtype, device)
+    if key not in _TABLES:
+        bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
+        _TABLES[key] = torch.tensor(values, dtype=torch.float64)[bits].to(dtype=dtype, device=device)
+    return _TABLES[key]
+
+
+def _bytes(flat: Tensor, low: float, nan_check: bool = False) -> Optional[Tensor]:
+    """Pack a flat tensor whose values are ``low`` or ``low + 1`` (``low`` is 0 or -1), 8 per byte.
+
+    With ``nan_check``, None when ``flat`` holds a NaN (which no byte can store).
+    """
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_full((pad,), low)])
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.to(torch.float32)
+    sums = torch.mv(flat.view(-1, 8), _weights(flat.dtype, flat.device))
+    if nan_check and bool(torch.isnan(sums).any()):
+        return None
+    if low:  # values -1/+1: sum of (2 b_k - 1) 2^k = 2 byte - 255
+        sums = sums.add_(255).div_(2)
+    return sums.to(torch.uint8)
 
 
 def pack_bits(codes: Tensor, bits: int) -> Tensor:
     """Pack integer codes in ``[0, 2**bits)`` into bit planes: a uint8 tensor ``(bits, ceil(N / 8))``.
 
-    Bit ``j`` of code ``i`` is bit ``i % 8`` of byte ``planes[j, i // 8]``. Vectorised torch ops only.
+    Bit ``j`` of code ``i`` is bit ``i % 8`` of byte ``planes[j, i // 8]``.
     """
-    flat = codes.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    groups = flat.view(-1, 8)
-    shifts = torch.arange(8, dtype=torch.uint8, device=flat.device)
-    planes = [(((groups >> j) & 1) << shifts).sum(1, dtype=torch.uint8) for j in range(bits)]
-    return torch.stack(planes)
+    flat = codes.reshape(-1)
+    if bits == 1:
+        return _bytes(flat, 0).unsqueeze(0)
+    flat = flat.to(torch.uint8)
+    return torch.stack([_bytes((flat >> j) & 1, 0) for j in range(bits)])
 
 
 def unpack_bits(planes: Tensor, numel: int) -> Tensor:
     """The inverse of :func:`pack_bits`: the first ``numel`` codes as a flat uint8 tensor."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=planes.device)
-    expanded = ((planes.unsqueeze(-1) >> shifts) & 1).reshape(planes.shape[0], -1)[:, :numel]
-    codes = expanded[0]
-    for j in range(1, planes.shape[0]):
-        codes = codes | (expanded[j] << j)
+    table = _table((0, 1), torch.uint8, planes.device)
+    codes = None
+    for j in range(planes.shape[0]):
+        plane = table.index_select(0, planes[j].long()).view(-1)[:numel]
+        codes = plane if codes is None else codes.bitwise_or_(plane << j)
     return codes
 
 
@@ -154,12 +193,13 @@ def _levels(x: Tensor) -> Optional[int]:
     return None
 
 
-def _encode(x: Tensor, n: int) -> Tuple[Tensor, int]:
-    """``(codes, bits)`` of a threshold output with alphabet ``n`` (see the module docstring)."""
-    if n <= 1:
-        return torch.gt(x, 0), 1
+def _encode(x: Tensor, n: int) -> Tuple[Optional[Tensor], int]:
+    """``(codes, bits)`` of a qrelu output with ``n`` steps; codes None if ``x`` holds a NaN."""
     wide = x.float() if x.element_size() < 4 else x  # round(n h) must be exact
-    return torch.mul(wide, n).round_().to(torch.uint8), max(1, math.ceil(math.log2(n + 1)))
+    scaled = torch.mul(wide, n).round_()
+    if bool(torch.isnan(scaled).any()):
+        return None, 0
+    return scaled.to(torch.uint8), max(1, math.ceil(math.log2(n + 1)))
 
 
 def _decode(codes: Tensor, n: int, dtype: torch.dtype) -> Tensor:
@@ -200,7 +240,7 @@ def pack(x: Tensor):
     if x.layout != torch.strided or x.numel() == 0 or not _dense(x):
         return x
     if x.dtype == torch.bool:
-        return _Packed(pack_bits(x, 1), "bool", 1, x)
+        return _Packed(_bytes(x.reshape(-1).view(torch.uint8), 0), "bool", 1, x)
     if x.dtype == torch.int64:
         if x.numel() < 64:
             return x
@@ -215,8 +255,12 @@ def pack(x: Tensor):
         n = _levels(x)
         if n is None or n > _MAX_ALPHABET:
             return x
+        x = x.detach()
+        if n <= 1:  # sign: -1/+1, step: 0/1
+            data = _bytes(x.reshape(-1), -1 if n == 0 else 0, nan_check=True)
+            return x if data is None else _Packed(data, "unit", n, x)
         codes, bits = _encode(x, n)
-        return _Packed(pack_bits(codes, bits), "unit", n, x)
+        return x if codes is None else _Packed(pack_bits(codes, bits), "unit", n, x)
     return x
 
 
@@ -225,11 +269,15 @@ def unpack(saved) -> Tensor:
     if not isinstance(saved, _Packed):
         return saved
     numel = math.prod(saved.shape)
+    data = saved.data
     if saved.kind == "int":
-        flat = saved.data.to(saved.dtype)
+        flat = data.to(saved.dtype)
+    elif saved.kind == "bool" or saved.n <= 1:  # one bit per value: look the values up, 8 at a time
+        values = (False, True) if saved.kind == "bool" else (-1, 1) if saved.n == 0 else (0, 1)
+        dtype = torch.bool if saved.kind == "bool" else saved.dtype
+        flat = _table(values, dtype, data.device).index_select(0, data.reshape(-1).long()).view(-1)[:numel]
     else:
-        codes = unpack_bits(saved.data, numel)
-        flat = codes.bool() if saved.kind == "bool" else _decode(codes, saved.n, saved.dtype)
+        flat = _decode(unpack_bits(data, numel), saved.n, saved.dtype)
     if flat.dim() != 1 or flat.numel() != numel:
         flat = flat.reshape(-1)
     values = flat.view(saved.shape)
