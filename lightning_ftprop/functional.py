@@ -138,7 +138,7 @@ def _backward(ctx, g: Tensor) -> Tensor:
     (kept,) = saved
     if ctx.compact:
         if kept.dtype == torch.bool:  # a 0/1 surrogate kept as a mask (lightning_ftprop.memory)
-            return torch.where(kept, g, 0.0)
+            return torch.ops.aten.threshold_backward(g, kept.to(g.dtype), 0)  # g * mask, zeros +0.0
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
     grads = [scale * target_prop_grad(g, u, rule, ctx.weighted) for u, scale in _coordinates(kept, ctx.steps, ctx.mode)]

@@ -275,7 +275,9 @@ def unpack(saved) -> Tensor:
     elif saved.kind == "bool" or saved.n <= 1:  # one bit per value: look the values up, 8 at a time
         values = (False, True) if saved.kind == "bool" else (-1, 1) if saved.n == 0 else (0, 1)
         dtype = torch.bool if saved.kind == "bool" else saved.dtype
-        flat = _table(values, dtype, data.device).index_select(0, data.reshape(-1).long()).view(-1)[:numel]
+        table = _table(values, torch.uint8 if dtype == torch.bool else dtype, data.device)
+        flat = table.index_select(0, data.reshape(-1).long()).view(-1)[:numel]
+        flat = flat.view(torch.bool) if dtype == torch.bool else flat
     else:
         flat = _decode(unpack_bits(data, numel), saved.n, saved.dtype)
     if flat.dim() != 1 or flat.numel() != numel:
@@ -297,6 +299,7 @@ def _save_mask(ctx, z: Tensor, rule, weighted: bool, saved: str, steps: int, mod
 
     For ``sste`` (weighted, one coordinate ``u``) the backward is ``g * 1[|u| <= 1]``, so the unit
     keeps the mask ``1[|u| <= 1]`` (bool; :func:`pack` stores it in 1 bit). Other rules: no change.
+    (A NaN ``u`` gets mask 0, so its gradient is 0 where the exact backward passes ``g`` on.)
     """
     if rule is not _SSTE or not weighted:
         return False
@@ -304,7 +307,7 @@ def _save_mask(ctx, z: Tensor, rule, weighted: bool, saved: str, steps: int, mod
     if len(coordinates) != 1:
         return False
     ctx.compact = True
-    ctx.save_for_backward(rule.surrogate(coordinates[0][0]) != 0)
+    ctx.save_for_backward(torch.abs(coordinates[0][0]) <= 1)  # sste's surrogate, as a bool
     return True
 
 
