@@ -12,9 +12,17 @@ Three measurements, side by side in one run:
    alternating rounds; per variant the fastest round's mean process CPU time (steady on a shared machine).
 3. **Largest batch under a budget**: the biggest batch (bisection over held memory, fresh process per
    probe) whose held memory stays within ``--budget-mb``, for ReLU and for ``recompute``.
+4. **Accuracy** (``--accuracy``): the demo's convnet4 on the embedded Fashion-MNIST subset, one epoch,
+   seed 0, sign/sste through ``FTPropCallback``, once with ``memory="exact"`` and once with
+   ``memory="recompute"``; the test accuracies must agree to the last digit.
+
+``resnet18+stem`` is resnet18 with its stem (conv1, bn1, relu, maxpool) regrouped as one
+``nn.Sequential`` so that :func:`~lightning_ftprop.memory.recompute` can segment it too (torchvision's
+``ResNet.forward`` calls the stem modules itself): how low held memory goes when every unit is covered.
 
     MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/memory.py            # everything (about 10 min, 1 core)
     python benchmarks/memory.py --nets convnet4 --skip-time --skip-budget
+    python benchmarks/memory.py --accuracy                                # only the accuracy check
 """
 
 from __future__ import annotations
@@ -40,16 +48,30 @@ NETS = {  # name -> (input shape without batch, batch, classes)
     "convnet8": ((3, 32, 32), 128, 10),
     "resnet18": ((3, 64, 64), 32, 100),
     "alexnet_dorefa": ((3, 224, 224), 8, 100),
+    "resnet18+stem": ((3, 64, 64), 32, 100),
 }
 #: variant -> (activation, memory mode); the threshold variants use ``--activation``/``--rule``.
 VARIANTS = ("relu", "exact", "packed", "recompute")
 
 
+def _sequential_stem(model: torch.nn.Module) -> torch.nn.Module:
+    """resnet18 with conv1-bn1-relu-maxpool as one nn.Sequential (same computation, new state_dict keys)."""
+    model.conv1 = torch.nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    model.bn1, model.maxpool = torch.nn.Identity(), torch.nn.Identity()
+    model.relu = torch.nn.Identity()  # the stem's unit now lives in conv1; the blocks have their own
+    return model
+
+
 def build(net: str, variant: str, activation: str, rule: str, steps: int) -> torch.nn.Module:
     kwargs = {"steps": steps} if activation == "qrelu" else {}
+    stem = net.endswith("+stem")
+    net = net.removesuffix("+stem")
     if variant == "relu":
-        return get_model(net, activation="relu", num_classes=NETS[net][2])
+        model = get_model(net, activation="relu", num_classes=NETS[net][2])
+        return _sequential_stem(model) if stem else model
     model = get_model(net, activation=activation, rule=rule, num_classes=NETS[net][2], **kwargs)
+    if stem:
+        model = _sequential_stem(model)
     if variant == "recompute":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # resnet18's stem unit: reported in RESULTS.md
@@ -173,9 +195,37 @@ def largest_batch(net: str, variant: str, budget_mb: float, args: argparse.Names
     return lo
 
 
+def accuracy(mode: str, seed: int = 0) -> float:
+    """One epoch of the demo's convnet4 (embedded Fashion-MNIST, Adam 1e-3, batch 128), test accuracy."""
+    import lightning.pytorch as pl
+
+    from lightning_ftprop import FTPropCallback
+    from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
+    from lightning_ftprop.module import ImageClassifier
+
+    torch.set_num_threads(1)
+    pl.seed_everything(seed, verbose=False)
+    model = ImageClassifier("convnet4", activation="relu", num_classes=10, in_channels=1, optimizer="adam", lr=1e-3)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[FTPropCallback("sign", "sste", memory=mode, log_every_n_steps=0, histogram_every_n_steps=0)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    data = EmbeddedFashionMNISTDataModule(batch_size=128)
+    trainer.fit(model, datamodule=data)
+    return float(trainer.callback_metrics["val/acc"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    parser.add_argument("--time-nets", nargs="+", default=["convnet4", "convnet8", "resnet18", "alexnet_dorefa"])
     parser.add_argument("--activation", default="sign", choices=["sign", "step", "qrelu"])
     parser.add_argument("--rule", default="sste")
     parser.add_argument("--steps", type=int, default=3, help="qrelu steps")
@@ -187,11 +237,20 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=4096)
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-budget", action="store_true")
+    parser.add_argument("--accuracy", action="store_true", help="only the one-epoch accuracy check")
     parser.add_argument("--worker", nargs=2, metavar=("NET", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
+        return
+
+    if args.accuracy:
+        found = {mode: accuracy(mode) for mode in ("exact", "recompute")}
+        print("| memory | test accuracy (convnet4, sign/sste, 1 epoch, seed 0) |\n|---|---|")
+        for mode, acc in found.items():
+            print(f"| {mode} | {acc!r} |")
+        print("identical" if found["exact"] == found["recompute"] else "DIFFERENT")
         return
 
     torch.set_num_threads(1)
@@ -216,7 +275,7 @@ def main() -> None:
         print("\n## Step time (CPU s per step, fastest round; ratios)")
         print("| network | batch | relu | exact | packed | recompute | packed/exact | recompute/relu |")
         print("|---|---|---|---|---|---|---|---|")
-        for net in args.nets:
+        for net in [n for n in args.time_nets if n in args.nets]:
             t = step_times(net, args)
             cells = " | ".join(f"{t[v]:.3f}" for v in VARIANTS)
             batch = args.time_batch or NETS[net][1]
