@@ -181,7 +181,7 @@ def step_times(net: str, args: argparse.Namespace) -> Dict[str, float]:
 
 def largest_batch(net: str, variant: str, budget_mb: float, args: argparse.Namespace) -> int:
     """The largest batch whose held memory is within ``budget_mb`` (bisection, fresh process per probe)."""
-    lo, hi = 0, 1
+    lo, hi = 0, 8
     while held(net, variant, hi, args)["held_mb"] <= budget_mb:
         lo, hi = hi, hi * 2
         if hi > args.max_batch:

@@ -7,7 +7,7 @@
 Data flows one way: rules -> functional -> nn -> convert -> (callback, mixin).
 """
 
-from lightning_ftprop import functional, models, rules  # noqa: F401
+from lightning_ftprop import functional, memory, models, rules  # noqa: F401
 from lightning_ftprop.callback import FTPropCallback
 from lightning_ftprop.convert import DEFAULT_ACTIVATIONS, convert, revert, threshold_units
 from lightning_ftprop.diagnostics import FTPropDiagnostics
@@ -32,6 +32,7 @@ __all__ = [
     "functional",
     "get_rule",
     "make_unit",
+    "memory",
     "register_rule",
     "revert",
     "rules",
