@@ -98,8 +98,8 @@ def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
 Coordinates = List[Tuple[Tensor, float]]  # (u, scale): dz = sum of scale * backward(g, u)
 
 #: Set by :func:`lightning_ftprop.memory.packed` (None otherwise): ``_save_hook(ctx, z, rule, weighted,
-#: saved, steps, mode)`` may keep a compact form itself (a bool mask of a 0/1 surrogate, with
-#: ``ctx.compact = True``) and then returns True.
+#: saved, steps, mode)`` may keep a compact form itself (a bit-packed 0/1 surrogate, with
+#: ``ctx.compact = True`` and ``ctx.mask_backward(kept, g)`` computing the backward) and returns True.
 _save_hook = None
 
 
@@ -137,8 +137,8 @@ def _backward(ctx, g: Tensor) -> Tensor:
         return rule.fused(g, g) if rule.fused is not None else g * rule.surrogate(g)
     (kept,) = saved
     if ctx.compact:
-        if kept.dtype == torch.bool:  # a 0/1 surrogate kept as a mask (lightning_ftprop.memory)
-            return torch.ops.aten.threshold_backward(g, kept.to(g.dtype), 0)  # g * mask, zeros +0.0
+        if getattr(ctx, "mask_backward", None) is not None:  # set by _save_hook (lightning_ftprop.memory)
+            return ctx.mask_backward(kept, g)
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
     grads = [scale * target_prop_grad(g, u, rule, ctx.weighted) for u, scale in _coordinates(kept, ctx.steps, ctx.mode)]

@@ -259,11 +259,11 @@ def pack(x: Tensor):
         n = _levels(x)
         if n is None or n > _MAX_ALPHABET:
             return x
-        x = x.detach()
+        values = x.detach()
         if n <= 1:  # sign: -1/+1, step: 0/1
-            data = _bytes(x.reshape(-1), -1 if n == 0 else 0, nan_check=True)
+            data = _bytes(values.reshape(-1), -1 if n == 0 else 0, nan_check=True)
             return x if data is None else _Packed(data, "unit", n, x)
-        codes, bits = _encode(x, n)
+        codes, bits = _encode(values, n)
         return x if codes is None else _Packed(pack_bits(codes, bits), "unit", n, x)
     return x
 
@@ -301,18 +301,29 @@ _SSTE = get_rule("sste")
 def _save_mask(ctx, z: Tensor, rule, weighted: bool, saved: str, steps: int, mode: str) -> bool:
     """The hook of :func:`lightning_ftprop.functional._save` under :func:`packed`.
 
-    For ``sste`` (weighted, one coordinate ``u``) the backward is ``g * 1[|u| <= 1]``, so the unit
-    keeps the mask ``1[|u| <= 1]`` (bool; :func:`pack` stores it in 1 bit). Other rules: no change.
-    (A NaN ``u`` gets mask 0, so its gradient is 0 where the exact backward passes ``g`` on.)
+    For ``sste`` (weighted, one coordinate ``u``) the backward is ``g * s(u)`` with the 0/1 surrogate
+    ``s(u) = 1[|u| <= 1]``, so the unit keeps ``s(u)`` packed to 1 bit, computed by the rule's own
+    ``fused(1, u)``, and its backward is ``threshold_backward(g, s, 0)`` (bitwise the exact one, NaN
+    included). Other rules: no change.
     """
     if rule is not _SSTE or not weighted:
         return False
     coordinates = F._coordinates(z, steps, mode)
     if len(coordinates) != 1:
         return False
+    u = coordinates[0][0]
+    surrogate = rule.fused(torch.ones((), dtype=u.dtype, device=u.device).expand_as(u), u)
     ctx.compact = True
-    ctx.save_for_backward(torch.abs(coordinates[0][0]) <= 1)  # sste's surrogate, as a bool
+    ctx.mask_backward = functools.partial(_mask_backward, u.shape, u.dtype)
+    ctx.save_for_backward(_bytes(surrogate.reshape(-1), 0))
     return True
+
+
+def _mask_backward(shape: torch.Size, dtype: torch.dtype, data: Tensor, g: Tensor) -> Tensor:
+    """``g * s`` for a 0/1 surrogate ``s`` kept by :func:`_save_mask`; zeros are +0.0 as in the exact backward."""
+    table = _table((0, 1), dtype, data.device)
+    mask = table.index_select(0, data.long()).view(-1)[: math.prod(shape)].view(shape)
+    return torch.ops.aten.threshold_backward(g, mask, 0)
 
 
 @contextlib.contextmanager

@@ -178,7 +178,7 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
 
 
 def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> List[str]:
-    """``"key: expected != found"`` for every key on which two specs disagree."""
+    """``"key: expected != found"`` for every key on which two specs disagree (``memory`` aside)."""
     return [
         f"{key}: {expected.get(key)!r} != {found.get(key)!r}"
         for key in SPEC_KEYS
