@@ -70,10 +70,10 @@ MEMORY_MODES: Tuple[str, ...] = ("exact", "packed", "recompute")
 
 
 #: The default of ``FTPropCallback(memory=...)`` and of the spec's ``memory`` key. ``"packed"``
-#: because it changes no bit of any gradient, costs 1.04-1.09x the exact step time, and holds
+#: because it changes no bit of any gradient, costs 1.05-1.12x the exact step time (CPU), and holds
 #: 0.50x (resnet18) to 0.65x (convnet4) of the ReLU network's memory where ``"exact"`` holds
 #: 1.15-1.42x (benchmarks/RESULTS.md, section 3). ``"recompute"`` holds far less but re-runs every
-#: segment's forward (about 1.4-1.5x the ReLU step time on the CPU), a cost users should opt into.
+#: segment's forward (1.41-1.61x the ReLU step time on the CPU), a cost users should opt into.
 DEFAULT_MEMORY = "packed"
 
 
