@@ -71,7 +71,7 @@ MEMORY_MODES: Tuple[str, ...] = ("exact", "packed", "recompute")
 
 #: The default of ``FTPropCallback(memory=...)`` and of the spec's ``memory`` key. ``"packed"``
 #: because it changes no bit of any gradient, costs 1.05-1.12x the exact step time (CPU), and holds
-#: 0.50x (resnet18) to 0.65x (convnet4) of the ReLU network's memory where ``"exact"`` holds
+#: 0.50x (resnet18) to 0.71x (alexnet_dorefa) of the ReLU network's memory where ``"exact"`` holds
 #: 1.15-1.42x (benchmarks/RESULTS.md, section 3). ``"recompute"`` holds far less but re-runs every
 #: segment's forward (1.41-1.61x the ReLU step time on the CPU), a cost users should opt into.
 DEFAULT_MEMORY = "packed"
