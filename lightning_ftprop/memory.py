@@ -519,8 +519,8 @@ def recompute(model: nn.Module, enable: bool = True) -> List[str]:
     if uncovered:
         warnings.warn(
             f"recompute(): {len(uncovered)} threshold unit(s) are called from a forward other than "
-            f"nn.Sequential's, so no segment covers them; they train un-recomputed (still packed): "
-            f"{', '.join(uncovered)}",
+            f"nn.Sequential's, so no segment covers them; they train un-recomputed (still packed). Group "
+            f"each with the layers before it in an nn.Sequential to cover it. Not covered: {', '.join(uncovered)}",
             UserWarning,
             stacklevel=2,
         )
