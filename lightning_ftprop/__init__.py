@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lightning_ftprop import functional, rules  # noqa: F401
+from lightning_ftprop import functional, memory, rules  # noqa: F401
 from lightning_ftprop.convert import UnswappedActivationWarning, convert, float_activations, revert, threshold_units
 from lightning_ftprop.nn import UNIT_CLASSES, QReLU, Sign, Step, ThresholdUnit, make_unit
 from lightning_ftprop.recognise import match_activation, register_activation, registered_activations
@@ -68,6 +68,7 @@ __all__ = [
     "functional",
     "get_rule",
     "make_unit",
+    "memory",
     "register_rule",
     "revert",
     "rules",

@@ -24,6 +24,11 @@ What it does, and when (see Lightning's hook order):
   in float: one info line, and the hyperparameters ``ftprop/swapped``, ``ftprop/excluded`` and
   ``ftprop/left`` of every logger;
   :func:`lightning_ftprop.convert` warns, naming them, when any is left.
+* ``memory`` sets how much a training step holds between forward and backward (see
+  :mod:`lightning_ftprop.memory`): ``"recompute"`` segments the model in ``setup``; ``"packed"`` and
+  ``"recompute"`` enter :func:`~lightning_ftprop.memory.packed` in ``on_train_batch_start`` and leave
+  it in ``on_train_batch_end``, so the forward (where tensors are packed) and the backward of every
+  training step run inside it. Validation and test run as usual. The mode is stored in the spec.
 * The per-layer target statistics of :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` are
   logged every ``log_every_n_steps`` steps.
 
@@ -40,6 +45,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
+from lightning_ftprop.memory import DEFAULT_MEMORY, MemoryMode
 from lightning_ftprop.rules import DEFAULT_RULE
 from lightning_ftprop.spec import apply_spec, make_spec, spec_differences
 
@@ -61,6 +67,8 @@ class FTPropCallback(FTPropDiagnostics):
         log_every_n_steps: log the target statistics every this many optimizer steps; 0: never.
         histogram_every_n_steps: with a ``WandbLogger``, log pre-activation histograms every this
             many steps; 0: never.
+        memory: ``"exact"``, ``"packed"`` or ``"recompute"`` (see :mod:`lightning_ftprop.memory`;
+            the default and why it is the default are documented there as ``DEFAULT_MEMORY``).
 
     Raises:
         ValueError, TypeError: for invalid arguments, naming the bad value and the allowed ones.
@@ -77,10 +85,14 @@ class FTPropCallback(FTPropDiagnostics):
         unit_kwargs: Optional[Dict[str, Any]] = None,
         log_every_n_steps: int = LOG_DEFAULTS["log_every_n_steps"],
         histogram_every_n_steps: int = LOG_DEFAULTS["histogram_every_n_steps"],
+        memory: str = DEFAULT_MEMORY,
     ) -> None:
         super().__init__(log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps)
         #: The validated swap spec (see :mod:`lightning_ftprop.spec`), stored in checkpoints.
-        self.spec: Dict[str, Any] = make_spec(activation, rule, weighted, include, exclude, mapping, unit_kwargs)
+        self.spec: Dict[str, Any] = make_spec(
+            activation, rule, weighted, include, exclude, mapping, unit_kwargs, memory=memory
+        )
+        self._memory = MemoryMode(memory)
         #: The names of the swapped modules, set in ``setup``.
         self.layers: List[str] = []
         #: ``{"swapped", "excluded", "left"}`` counts of the last swap, logged once as hyperparameters.
@@ -108,6 +120,24 @@ class FTPropCallback(FTPropDiagnostics):
             )
             for logger in trainer.loggers:  # hyperparameters: the run's config, not a time series
                 logger.log_hyperparams({f"ftprop/{key}": value for key, value in counts.items()})
+        self._memory.prepare(pl_module)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self._memory.begin_step()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._memory.end_step()
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._memory.end_step()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._memory.end_step()
+        super().teardown(trainer, pl_module, stage)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"spec": dict(self.spec), "layers": list(self.layers)}

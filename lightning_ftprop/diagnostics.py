@@ -46,6 +46,7 @@ from torchmetrics import Metric
 from lightning_ftprop._namespace import check_trainer
 from lightning_ftprop.convert import threshold_units
 from lightning_ftprop.functional import edge_exact_affine
+from lightning_ftprop.memory import recomputing
 from lightning_ftprop.nn import QReLU, ThresholdUnit
 from lightning_ftprop.rules import Rule
 
@@ -176,8 +177,8 @@ class FTPropDiagnostics(Callback):
     # --- hooks on the model ------------------------------------------------------------------
 
     def _forward_hook(self, index: int, unit: ThresholdUnit, inputs: Tuple[Any, ...], output: Tensor) -> None:
-        if not (self._gather_stats or self._gather_histograms) or not unit.training:
-            return
+        if not (self._gather_stats or self._gather_histograms) or not unit.training or recomputing():
+            return  # a recomputation (memory="recompute") repeats a call that was already seen
         z = inputs[0].detach()
         if self._gather_histograms:
             stride = max(1, z.numel() // _HISTOGRAM_SAMPLES)

@@ -110,6 +110,11 @@ def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
 
 Coordinates = List[Tuple[Tensor, float]]  # (u, scale): dz = sum of scale * backward(g, u)
 
+#: Set by :func:`lightning_ftprop.memory.packed` (None otherwise): ``_save_hook(ctx, z, rule, weighted,
+#: saved, steps, mode)`` may keep a compact form itself (a bit-packed 0/1 surrogate, with
+#: ``ctx.compact = True`` and ``ctx.mask_backward(kept, g)`` computing the backward) and returns True.
+_save_hook = None
+
 
 def _affine(z: Tensor, a: int, b: Fraction) -> Tensor:
     return torch.mul(z, a).add_(float(b)) if a != 1 else z + float(b)
@@ -232,6 +237,8 @@ def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], steps: i
 
 def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0, mode: str = "single") -> None:
     ctx.rule, ctx.weighted, ctx.steps, ctx.mode = rule, weighted, steps, mode
+    if _save_hook is not None and _save_hook(ctx, z, rule, weighted, saved, steps, mode):
+        return
     symmetric = weighted and rule.surrogate is not None
     ctx.compact = symmetric and rule.uses_input and saved != "exact"  # keeps S(z), not z
     if symmetric and not rule.uses_input:
@@ -248,12 +255,15 @@ def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0
 
 def _backward(ctx, g: Tensor) -> Tensor:
     rule = ctx.rule
-    if not ctx.saved_tensors:  # a constant surrogate (ste)
+    saved = ctx.saved_tensors  # read once: torch.utils.checkpoint allows a single unpack
+    if not saved:  # a constant surrogate (ste)
         return rule.fused(g, g) if rule.fused is not None else g * rule.surrogate(g)
-    (kept,) = ctx.saved_tensors
+    (kept,) = saved
     if ctx.weighted and ctx.steps and rule.window is not None and not ctx.compact:
         return _window_backward(g, kept, rule.window, ctx.steps, ctx.mode)
     if ctx.compact:
+        if getattr(ctx, "mask_backward", None) is not None:  # set by _save_hook (lightning_ftprop.memory)
+            return ctx.mask_backward(kept, g)
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
     grads = [

@@ -12,7 +12,7 @@
 
 ``self.hparams["ftprop"]`` is a dict with the keys of :class:`~lightning_ftprop.FTPropCallback`
 (``activation``, ``rule``, ``weighted``, ``include``, ``exclude``, ``mapping``, ``unit_kwargs``,
-``log_every_n_steps``, ``histogram_every_n_steps``); missing keys take the callback's defaults and
+``memory``, ``log_every_n_steps``, ``histogram_every_n_steps``); missing keys take the callback's defaults and
 ``ftprop=None`` means no conversion (the float baseline). A missing ``ftprop`` entry is an error,
 because it would silently train the float model.
 
@@ -25,6 +25,10 @@ When the swap happens:
   ``load_state_dict``, and the mixin converts in both. Threshold units have no parameters, so
   without this a checkpoint would load, silently, into the ReLU model.
 
+``memory`` (:mod:`lightning_ftprop.memory`): ``"recompute"`` segments the model together with the
+swap; ``"packed"`` and ``"recompute"`` add a callback (``configure_callbacks``) that runs every
+training step inside :func:`~lightning_ftprop.memory.packed`.
+
 The spec and the swapped layer names are also saved as ``checkpoint["ftprop"]``; loading a
 checkpoint whose spec differs from the module's is an error. Diagnostics: unless
 ``log_every_n_steps`` and ``histogram_every_n_steps`` are both 0, ``configure_callbacks`` adds an
@@ -36,8 +40,11 @@ from __future__ import annotations
 import functools
 from typing import Any, Dict, List, Optional
 
+from lightning.pytorch import Callback
+
 from lightning_ftprop._namespace import check_class
 from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
+from lightning_ftprop.memory import MemoryMode
 from lightning_ftprop.spec import apply_spec, spec_differences, spec_from_dict
 
 __all__ = ["FTPropMixin", "HPARAMS_KEY", "CHECKPOINT_KEY"]
@@ -55,6 +62,25 @@ def _convert_after(configure_model):
         return result
 
     return wrapper
+
+
+class _StepMemory(Callback):
+    """Runs each training step (forward and backward) under the spec's memory mode."""
+
+    def __init__(self, memory: str) -> None:
+        self.mode = MemoryMode(memory)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.mode.begin_step()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.mode.end_step()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.mode.end_step()
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self.mode.end_step()
 
 
 class FTPropMixin:
@@ -99,6 +125,8 @@ class FTPropMixin:
         """Convert the module as ``hparams["ftprop"]`` says (idempotent); returns the swapped names."""
         spec = self.ftprop_spec
         self._ftprop_layers = [] if spec is None else apply_spec(self, spec)
+        if spec is not None:
+            MemoryMode(spec["memory"]).prepare(self)
         return self._ftprop_layers
 
     # --- Lightning hooks ---------------------------------------------------------------------
@@ -114,6 +142,9 @@ class FTPropMixin:
             log = {k: options.get(k, LOG_DEFAULTS[k]) for k in _LOG_KEYS}
             if any(log.values()):
                 callbacks.append(FTPropDiagnostics(**log))
+            memory = self.ftprop_spec["memory"]
+            if memory != "exact":
+                callbacks.append(_StepMemory(memory))
         return callbacks
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:

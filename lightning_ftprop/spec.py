@@ -8,6 +8,9 @@ threshold units before its weights load::
     names = apply_spec(model, spec)              # lightning_ftprop.convert(model, ...) underneath
     spec_differences(saved, spec)                # [] when they agree
 
+``memory`` is the training-memory mode (:mod:`lightning_ftprop.memory`); it changes no number, so
+:func:`spec_differences` ignores it and a run may resume under another mode.
+
 A spec has exactly the keys of :data:`SPEC_KEYS`. Its values are plain Python (str, bool, list,
 dict, None), so it survives YAML, ``save_hyperparameters`` and ``torch.load(weights_only=True)``.
 ``mapping`` keys are ``torch.nn`` activation class names (``"ReLU"``), dotted class paths
@@ -24,13 +27,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from torch import nn
 
 from lightning_ftprop.convert import check_convert_args, check_mapping, check_patterns, convert, mapping_key_name
+from lightning_ftprop.memory import DEFAULT_MEMORY, check_memory
 from lightning_ftprop.nn import check_activation_name
 from lightning_ftprop.rules import DEFAULT_RULE, Rule
 
 __all__ = ["SPEC_KEYS", "make_spec", "spec_from_dict", "apply_spec", "spec_differences"]
 
 #: The keys of a spec, in order; ``make_spec`` takes them as arguments.
-SPEC_KEYS = ("activation", "rule", "weighted", "include", "exclude", "mapping", "unit_kwargs")
+SPEC_KEYS = ("activation", "rule", "weighted", "include", "exclude", "mapping", "unit_kwargs", "memory")
+_RUNTIME_KEYS = ("memory",)  # keys that change how a step runs, not what it computes
 
 
 def _mapping(value: Optional[Mapping]) -> Optional[Dict[str, Optional[str]]]:
@@ -59,12 +64,13 @@ def make_spec(
     exclude: Union[str, Sequence[str], None] = None,
     mapping: Optional[Mapping] = None,
     unit_kwargs: Optional[Mapping[str, Any]] = None,
+    memory: str = DEFAULT_MEMORY,
 ) -> Dict[str, Any]:
     """Validate the arguments of a swap and return them as a normalised spec.
 
     Args: as :func:`lightning_ftprop.convert`, except that ``activation`` must be a name (a spec must
     be storable), ``weighted`` is its own key and other unit arguments (qrelu's ``steps``, ``mode``)
-    go in ``unit_kwargs``.
+    go in ``unit_kwargs``. ``memory`` is one of :data:`lightning_ftprop.memory.MEMORY_MODES`.
 
     Raises:
         ValueError: unknown activation, rule or mapping key, or bad unit argument values; the
@@ -86,6 +92,7 @@ def make_spec(
         "exclude": check_patterns(exclude, "exclude"),
         "mapping": _mapping(mapping),
         "unit_kwargs": dict(unit_kwargs),
+        "memory": check_memory(memory),
     }
     check_convert_args(**_convert_kwargs(spec))
     return spec
@@ -118,9 +125,9 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
 
 
 def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> List[str]:
-    """``"key: expected != found"`` for every key on which two specs disagree."""
+    """``"key: expected != found"`` for every key on which two specs disagree (``memory`` aside)."""
     return [
         f"{key}: {expected.get(key)!r} != {found.get(key)!r}"
         for key in SPEC_KEYS
-        if expected.get(key) != found.get(key)
+        if key not in _RUNTIME_KEYS and expected.get(key) != found.get(key)
     ]

@@ -1,0 +1,300 @@
+"""Training memory and step time of the memory modes (``exact``, ``packed``, ``recompute``) against ReLU.
+
+Three measurements, side by side in one run:
+
+1. **Held memory**: what one training step holds between the end of the forward and the backward.
+   Each variant runs in a fresh process with ``MALLOC_MMAP_THRESHOLD_=65536`` (large tensors go back
+   to the OS when freed); after one warm-up step (weights, gradients and allocator settle), the process
+   RSS is read from ``/proc/self/statm`` before the forward and after it, before the backward. The
+   figure is the difference. On a GPU the same workers report ``torch.cuda.memory_allocated`` held
+   across the forward and ``torch.cuda.max_memory_allocated`` over the step.
+2. **Step time** (forward + backward + SGD step) against ReLU, all variants of a network in one process,
+   alternating rounds; per variant the fastest round's mean process CPU time (steady on a shared machine).
+3. **Largest batch under a budget**: the biggest batch (bisection over held memory, fresh process per
+   probe) whose held memory stays within ``--budget-mb``, for ReLU and for ``recompute``.
+4. **Accuracy** (``--accuracy``): the demo's convnet4 on the embedded Fashion-MNIST subset, one epoch,
+   seed 0, sign/sste through ``FTPropCallback``, once with ``memory="exact"`` and once with
+   ``memory="recompute"``; the test accuracies must agree to the last digit.
+
+``resnet18+stem`` is resnet18 with its stem (conv1, bn1, relu, maxpool) regrouped as one
+``nn.Sequential`` so that :func:`~lightning_ftprop.memory.recompute` can segment it too (torchvision's
+``ResNet.forward`` calls the stem modules itself): how low held memory goes when every unit is covered.
+
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/memory.py            # everything (about 10 min, 1 core)
+    python benchmarks/memory.py --nets convnet4 --skip-time --skip-budget
+    python benchmarks/memory.py --accuracy                                # only the accuracy check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from lightning_ftprop import memory
+from lightning_ftprop.models import get_model
+
+NETS = {  # name -> (input shape without batch, batch, classes)
+    "convnet4": ((3, 32, 32), 128, 10),
+    "convnet8": ((3, 32, 32), 128, 10),
+    "resnet18": ((3, 64, 64), 32, 100),
+    "alexnet_dorefa": ((3, 224, 224), 8, 100),
+    "resnet18+stem": ((3, 64, 64), 32, 100),
+}
+#: variant -> (activation, memory mode); the threshold variants use ``--activation``/``--rule``.
+VARIANTS = ("relu", "exact", "packed", "recompute")
+
+
+def _sequential_stem(model: torch.nn.Module) -> torch.nn.Module:
+    """resnet18 with conv1-bn1-relu-maxpool as one nn.Sequential (same computation, new state_dict keys)."""
+    model.conv1 = torch.nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    model.bn1, model.maxpool = torch.nn.Identity(), torch.nn.Identity()
+    model.relu = torch.nn.Identity()  # the stem's unit now lives in conv1; the blocks have their own
+    return model
+
+
+def build(net: str, variant: str, activation: str, rule: str, steps: int) -> torch.nn.Module:
+    kwargs = {"steps": steps} if activation == "qrelu" else {}
+    stem = net.endswith("+stem")
+    net = net.removesuffix("+stem")
+    if variant == "relu":
+        model = get_model(net, activation="relu", num_classes=NETS[net][2])
+        return _sequential_stem(model) if stem else model
+    model = get_model(net, activation=activation, rule=rule, num_classes=NETS[net][2], **kwargs)
+    if stem:
+        model = _sequential_stem(model)
+    if variant == "recompute":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # resnet18's stem unit: reported in RESULTS.md
+            memory.recompute(model)
+    return model
+
+
+def step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str, probe=None) -> None:
+    ctx = memory.packed() if mode in ("packed", "recompute") else _null()
+    with ctx:
+        loss = F.cross_entropy(model(x), y)
+    if probe is not None:
+        probe()
+    loss.backward()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def worker(args: argparse.Namespace) -> Dict[str, float]:
+    """One variant in this (fresh) process: held memory of one step."""
+    import gc
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net, variant = args.worker
+    shape = NETS[net][0]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build(net, variant, args.activation, args.rule, args.steps).to(device).train()
+    x = torch.randn(args.batch, *shape, device=device)
+    y = torch.randint(0, NETS[net][2], (args.batch,), device=device)
+    mode = "exact" if variant == "relu" else variant
+    for _ in range(2):  # warm-up: gradients allocated, allocator settled
+        model.zero_grad(set_to_none=False)
+        step(model, x, y, mode)
+    model.zero_grad(set_to_none=False)
+    gc.collect()
+    out: Dict[str, float] = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+
+        def probe():
+            torch.cuda.synchronize()
+            out["held_mb"] = (torch.cuda.memory_allocated() - before) / 2**20
+
+        step(model, x, y, mode, probe)
+        torch.cuda.synchronize()
+        out["peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+    else:
+        before = _rss()
+
+        def probe():
+            out["held_mb"] = (_rss() - before) / 2**20
+
+        step(model, x, y, mode, probe)
+    return out
+
+
+def held(net: str, variant: str, batch: int, args: argparse.Namespace) -> Dict[str, float]:
+    """Run :func:`worker` in a fresh process."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--worker", net, variant, "--batch", str(batch)]
+    cmd += ["--activation", args.activation, "--rule", args.rule, "--steps", str(args.steps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {net} {variant} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def step_times(net: str, args: argparse.Namespace) -> Dict[str, float]:
+    """Mean CPU seconds per training step of each variant; the fastest of ``--rounds`` alternating rounds."""
+    torch.set_num_threads(1)
+    shape, batch, classes = NETS[net]
+    batch = args.time_batch or batch
+    models, optims = {}, {}
+    for variant in VARIANTS:
+        torch.manual_seed(0)
+        models[variant] = build(net, variant, args.activation, args.rule, args.steps).train()
+        optims[variant] = torch.optim.SGD(models[variant].parameters(), lr=1e-3)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, classes, (batch,))
+    best = {v: float("inf") for v in VARIANTS}
+    for round_ in range(args.rounds + 1):
+        for variant in VARIANTS:
+            mode = "exact" if variant == "relu" else variant
+            start = time.process_time()
+            for _ in range(args.iters):
+                optims[variant].zero_grad()
+                step(models[variant], x, y, mode)
+                optims[variant].step()
+            if round_:  # round 0 warms up
+                best[variant] = min(best[variant], (time.process_time() - start) / args.iters)
+    return best
+
+
+def largest_batch(net: str, variant: str, budget_mb: float, args: argparse.Namespace) -> int:
+    """The largest batch whose held memory is within ``budget_mb`` (bisection, fresh process per probe)."""
+    lo, hi = 0, 8
+    while held(net, variant, hi, args)["held_mb"] <= budget_mb:
+        lo, hi = hi, hi * 2
+        if hi > args.max_batch:
+            return -lo  # at least lo: the search stops at --max-batch
+    while hi - lo > max(1, lo // 32):  # within about 3%
+        mid = (lo + hi) // 2
+        if held(net, variant, mid, args)["held_mb"] <= budget_mb:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def accuracy(mode: str, seed: int = 0) -> float:
+    """One epoch of the demo's convnet4 (embedded Fashion-MNIST, Adam 1e-3, batch 128), test accuracy."""
+    import lightning.pytorch as pl
+
+    from lightning_ftprop import FTPropCallback
+    from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
+    from lightning_ftprop.module import ImageClassifier
+
+    torch.set_num_threads(1)
+    pl.seed_everything(seed, verbose=False)
+    model = ImageClassifier("convnet4", activation="relu", num_classes=10, in_channels=1, optimizer="adam", lr=1e-3)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[FTPropCallback("sign", "sste", memory=mode, log_every_n_steps=0, histogram_every_n_steps=0)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    data = EmbeddedFashionMNISTDataModule(batch_size=128)
+    trainer.fit(model, datamodule=data)
+    return float(trainer.callback_metrics["val/acc"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    parser.add_argument("--time-nets", nargs="+", default=["convnet4", "convnet8", "resnet18", "alexnet_dorefa"])
+    parser.add_argument("--activation", default="sign", choices=["sign", "step", "qrelu"])
+    parser.add_argument("--rule", default="sste")
+    parser.add_argument("--steps", type=int, default=3, help="qrelu steps")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--time-batch", type=int, default=0, help="batch for step time (default: the net's)")
+    parser.add_argument("--budget-mb", type=float, default=64.0)
+    parser.add_argument("--budget-nets", nargs="+", default=["convnet4", "resnet18"], choices=list(NETS))
+    parser.add_argument("--max-batch", type=int, default=4096)
+    parser.add_argument("--skip-held", action="store_true")
+    parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--skip-budget", action="store_true")
+    parser.add_argument("--accuracy", action="store_true", help="only the one-epoch accuracy check")
+    parser.add_argument("--worker", nargs=2, metavar=("NET", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    if args.accuracy:
+        found = {mode: accuracy(mode) for mode in ("exact", "recompute")}
+        print("| memory | test accuracy (convnet4, sign/sste, 1 epoch, seed 0) |\n|---|---|")
+        for mode, acc in found.items():
+            print(f"| {mode} | {acc!r} |")
+        print("identical" if found["exact"] == found["recompute"] else "DIFFERENT")
+        return
+
+    torch.set_num_threads(1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    unit = f"{args.activation}/{args.rule}" + (f" steps={args.steps}" if args.activation == "qrelu" else "")
+    print(f"# benchmarks/memory.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, device {device}")
+    print(f"# torch {torch.__version__}; threshold unit {unit}; 1 thread\n")
+
+    print("## Held memory between forward and backward (MB; ratio to ReLU)")
+    print("| network | batch | input | relu | exact | packed | recompute |")
+    print("|---|---|---|---|---|---|---|")
+    results: Dict[str, Dict[str, float]] = {}
+    for net in [] if args.skip_held else args.nets:
+        shape, batch, _ = NETS[net]
+        results[net] = {v: held(net, v, batch, args)["held_mb"] for v in VARIANTS}
+        relu = results[net]["relu"]
+        cells = [f"{relu:.1f}"] + [f"{results[net][v]:.1f} ({results[net][v] / relu:.2f}x)" for v in VARIANTS[1:]]
+        print(f"| {net} | {batch} | {'x'.join(map(str, shape[1:]))} | " + " | ".join(cells) + " |", flush=True)
+
+    if not args.skip_time:
+        print("\n## Step time (CPU s per step, fastest round; ratios)")
+        print("| network | batch | relu | exact | packed | recompute | packed/exact | recompute/relu |")
+        print("|---|---|---|---|---|---|---|---|")
+        for net in [n for n in args.time_nets if n in args.nets]:
+            t = step_times(net, args)
+            cells = " | ".join(f"{t[v]:.3f}" for v in VARIANTS)
+            batch = args.time_batch or NETS[net][1]
+            print(
+                f"| {net} | {batch} | {cells} | {t['packed'] / t['exact']:.2f}x | {t['recompute'] / t['relu']:.2f}x |",
+                flush=True,
+            )
+
+    if not args.skip_budget:
+        print(f"\n## Largest batch whose held memory fits {args.budget_mb:.0f} MB")
+        print("| network | relu | recompute | gain |")
+        print("|---|---|---|---|")
+        for net in args.budget_nets:
+            found: List[int] = [largest_batch(net, v, args.budget_mb, args) for v in ("relu", "recompute")]
+            cells = [f">= {-b}" if b < 0 else str(b) for b in found]
+            gain = abs(found[1]) / max(abs(found[0]), 1)
+            print(f"| {net} | {cells[0]} | {cells[1]} | {'>= ' if found[1] < 0 else ''}{gain:.1f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
