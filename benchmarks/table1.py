@@ -250,8 +250,9 @@ def run_grid(args) -> int:
 def mean_std(values: List[float]) -> str:
     if not values:
         return "-"
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (one seed)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def t_interval(diffs: List[float]) -> Tuple[float, float, float]:
@@ -291,7 +292,7 @@ def report(records: List[Dict[str, object]], plot: Optional[Path]) -> str:
         cols = []
         for pick in (max, lambda acc: acc[-1]):
             mean, low, high = t_interval([pick(sh[s]) - pick(sste[s]) for s in seeds])
-            cols.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+            cols.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" if len(seeds) > 1 else f"{mean:+.2f} (one pair)")
         lines.append(f"| {net} | {data} | {epochs} | {act} | {len(seeds)} | {cols[0]} | {cols[1]} |")
     if plot is not None:
         _plot(cells, plot)
