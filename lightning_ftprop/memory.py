@@ -78,8 +78,10 @@ DEFAULT_MEMORY = "packed"
 
 
 def check_memory(memory: str) -> str:
-    """Validate a memory mode (one of :data:`MEMORY_MODES`)."""
-    if not isinstance(memory, str) or memory not in MEMORY_MODES:
+    """Validate a memory mode (one of :data:`MEMORY_MODES`): TypeError for a non-string, ValueError otherwise."""
+    if not isinstance(memory, str):
+        raise TypeError(f"memory must be a string, one of {', '.join(MEMORY_MODES)}; got {memory!r}")
+    if memory not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode {memory!r}; valid modes are: {', '.join(MEMORY_MODES)}")
     return memory
 

@@ -303,10 +303,12 @@ def test_recompute_refuses_a_model_without_threshold_units():
         memory.recompute("model")
 
 
-@pytest.mark.parametrize("bad", ["fast", "Packed", "", None, 1])
-def test_bad_memory_values_raise_listing_the_valid_ones(bad):
+@pytest.mark.parametrize(
+    "bad, error", [("fast", ValueError), ("Packed", ValueError), ("", ValueError), (None, TypeError), (1, TypeError)]
+)
+def test_bad_memory_values_raise_listing_the_valid_ones(bad, error):
     from lightning_ftprop.spec import make_spec
 
     for build in (memory.check_memory, memory.MemoryMode, lambda m: make_spec(memory=m)):
-        with pytest.raises(ValueError, match="valid modes are: exact, packed, recompute"):
+        with pytest.raises(error, match="exact, packed, recompute"):
             build(bad)
