@@ -10,7 +10,20 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEAVY = ("lightning", "pytorch_lightning", "torchmetrics", "torchvision", "scipy", "matplotlib", "wandb", "sklearn")
+HEAVY = (
+    "lightning",
+    "pytorch_lightning",
+    "torchmetrics",
+    "torchvision",
+    "scipy",
+    "matplotlib",
+    "wandb",
+    "sklearn",
+    "transformers",
+    "timm",
+    "onnx",
+    "onnxruntime",
+)
 
 
 def _loaded_after(code: str) -> set:
