@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import glob
+import os
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import lightning.pytorch as pl
@@ -218,3 +222,22 @@ def count_module_types(module: nn.Module, cls: type) -> int:
 
 def first_param_snapshot(module: nn.Module) -> Optional[Tensor]:
     return next(module.parameters()).detach().clone()
+
+
+def run_ddp_script(script: str, out: Path) -> None:
+    """Run ``tests/<script> <out>`` as its own process: a 2-rank CPU DDP launch outside pytest.
+
+    Inside pytest, ``strategy="ddp"`` would relaunch the pytest command line as rank 1, so DDP tests
+    run a script. The distributed variables of the environment are dropped so Lightning picks a free port.
+    """
+    tests = Path(__file__).resolve().parent
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(tests.parent), str(tests), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(tests / script), str(out)], env=env, cwd=out, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

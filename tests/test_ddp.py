@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from lightning_helpers import reference_stats
+from lightning_helpers import reference_stats, run_ddp_script
 
 TESTS = Path(__file__).resolve().parent
 
@@ -18,21 +15,7 @@ TESTS = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
-    }
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), str(TESTS), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, str(TESTS / "ddp_script.py"), str(out)],
-        env=env,
-        cwd=out,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_ddp_script("ddp_script.py", out)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
 import pytest
 import torch
 from lightning.pytorch import LightningModule
-from lightning_helpers import TinyNet, make_loader, make_trainer
+from lightning_helpers import TinyNet, make_loader, make_trainer, run_ddp_script
 from torch import nn
 
 import lightning_ftprop as ftp
@@ -131,22 +128,8 @@ def test_mixin_applies_the_memory_key_of_its_spec(tmp_path):
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
-    }
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), str(TESTS), env.get("PYTHONPATH", "")])
     out = tmp_path_factory.mktemp("ddp_memory")
-    proc = subprocess.run(
-        [sys.executable, str(TESTS / "ddp_memory_script.py"), str(out)],
-        env=env,
-        cwd=out,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_ddp_script("ddp_memory_script.py", out)
     return {
         mode: [json.loads((out / f"{mode}-rank{r}.json").read_text()) for r in (0, 1)]
         for mode in ("exact", "recompute")
