@@ -223,16 +223,18 @@ def run_grid(args) -> int:
         )
     shard, shards = args.shard
     done = {run_key(r) for r in read_records(args.jsonl)}
-    todo = []
-    for index, (net, act, rule, seed) in enumerate(grid(args.nets, args.methods, args.seeds)):
+    remaining = []
+    for net, act, rule, seed in grid(args.nets, args.methods, args.seeds):
         probe = {"net": net, "activation": act, "rule": rule, "seed": seed, "epochs": args.epochs}
         probe.update(
             recipe=recipe(net, args.epochs), data="fashion_mnist_embedded" if args.embedded else "fashion_mnist"
         )
         if run_key(probe) in done:
             print(f"skip {net} {method_name(act, rule)} seed {seed}: already in {args.jsonl}", flush=True)
-        elif index % shards == shard:
-            todo.append((net, act, rule, seed))
+        else:
+            remaining.append((net, act, rule, seed))
+    # Deal the remaining runs (not the whole grid) round-robin, so the shards stay balanced after a resume.
+    todo = remaining[shard::shards]
     for net, act, rule, seed in todo:
         record = train_run(net, act, rule, seed, args.epochs, args)
         append_record(args.jsonl, record)
