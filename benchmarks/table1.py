@@ -36,22 +36,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from lightning_ftprop.paper import METHODS as PAPER_METHODS
+from lightning_ftprop.paper import RECIPES
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSONL = HERE / "table1.jsonl"
 DEFAULT_PLOT = HERE / "table1.png"
 
-#: (activation, rule); the rule is None for the float baselines.
-METHODS: Tuple[Tuple[str, Optional[str]], ...] = (
-    ("relu", None),
-    ("saturated_relu", None),
-    ("sign", "sste"),
-    ("sign", "soft_hinge"),
-    ("qrelu", "sste"),
-    ("qrelu", "soft_hinge"),
-)
-#: The paper's CIFAR-10 learning rates (README of the reference code; digest 3.2 and 3.3).
-PAPER_LR = {"convnet4": 2.5e-4, "convnet8": 1e-3}
-PAPER_EPOCHS, PAPER_DECAYS = 300, (200, 250)
+#: (activation, rule) of the paper's six methods (lightning_ftprop.paper); the rule is None for the baselines.
+METHODS: Tuple[Tuple[str, Optional[str]], ...] = tuple((m.activation, m.rule) for m in PAPER_METHODS)
+#: The nets this grid trains (their recipes: lightning_ftprop.paper.RECIPES).
+NETS = ("convnet4", "convnet8")
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (standard table values).
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -69,15 +64,17 @@ def parse_method(text: str) -> Tuple[str, Optional[str]]:
     return known[text]
 
 
-def scaled_milestones(epochs: int) -> List[int]:
-    """The paper's decays (start of epochs 200 and 250 of 300) scaled to ``epochs``: 1-based, >= 2, distinct.
+def scaled_milestones(net: str, epochs: int) -> List[int]:
+    """The paper's decays for ``net`` (convnets: start of epochs 200 and 250 of 300) scaled to ``epochs``.
 
-    The paper trains ``d - 1`` epochs before the decay at epoch ``d``; the scaled decay comes after
-    ``round((d - 1) * epochs / 300)`` epochs. For 10 epochs that is the start of epochs 8 and 9.
+    The result is 1-based, >= 2 and distinct. The paper trains ``d - 1`` epochs before the decay at epoch
+    ``d``; the scaled decay comes after ``round((d - 1) * epochs / paper_epochs)`` epochs. For 10 epochs of a
+    convnet that is the start of epochs 8 and 9.
     """
+    paper = RECIPES[net]
     milestones: List[int] = []
-    for decay in PAPER_DECAYS:
-        epoch = max(2, 1 + round((decay - 1) * epochs / PAPER_EPOCHS))
+    for decay in paper.milestones:
+        epoch = max(2, 1 + round((decay - 1) * epochs / paper.epochs))
         if milestones and epoch <= milestones[-1]:
             epoch = milestones[-1] + 1
         if epoch <= epochs:
@@ -85,15 +82,17 @@ def scaled_milestones(epochs: int) -> List[int]:
     return milestones
 
 
-def recipe(net: str, epochs: int) -> Dict[str, object]:
+def recipe(net: str, epochs: int, activation: str) -> Dict[str, object]:
+    """The paper's recipe for ``net`` (lightning_ftprop.paper.RECIPES) with its decays scaled to ``epochs``."""
+    paper = RECIPES[net]
     return {
-        "optimizer": "adam",
-        "lr": PAPER_LR[net],
-        "weight_decay": 5e-4,
-        "batch_size": 64,
-        "milestones": scaled_milestones(epochs),
-        "gamma": 0.1,
-        "qrelu_steps": 3,
+        "optimizer": paper.optimizer,
+        "lr": paper.lr,
+        "weight_decay": paper.weight_decay_for(activation),
+        "batch_size": paper.batch_size,
+        "milestones": scaled_milestones(net, epochs),
+        "gamma": paper.gamma,
+        "qrelu_steps": paper.qrelu_steps,
     }
 
 
@@ -138,7 +137,7 @@ def train_run(net: str, activation: str, rule: Optional[str], seed: int, epochs:
     from lightning_ftprop import ImageClassifier
     from lightning_ftprop.data import EmbeddedFashionMNISTDataModule, FashionMNISTDataModule
 
-    cfg = recipe(net, epochs)
+    cfg = recipe(net, epochs, activation)
     pl.seed_everything(seed, workers=True, verbose=False)
     if args.embedded:
         data = EmbeddedFashionMNISTDataModule(batch_size=cfg["batch_size"])
@@ -227,7 +226,7 @@ def run_grid(args) -> int:
     for net, act, rule, seed in grid(args.nets, args.methods, args.seeds):
         probe = {"net": net, "activation": act, "rule": rule, "seed": seed, "epochs": args.epochs}
         probe.update(
-            recipe=recipe(net, args.epochs), data="fashion_mnist_embedded" if args.embedded else "fashion_mnist"
+            recipe=recipe(net, args.epochs, act), data="fashion_mnist_embedded" if args.embedded else "fashion_mnist"
         )
         if run_key(probe) in done:
             print(f"skip {net} {method_name(act, rule)} seed {seed}: already in {args.jsonl}", flush=True)
@@ -357,7 +356,7 @@ def parse_shard(text: str) -> Tuple[int, int]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nets", nargs="+", default=["convnet4", "convnet8"], choices=sorted(PAPER_LR))
+    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS)
     parser.add_argument("--methods", nargs="+", type=parse_method, default=list(METHODS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)

@@ -80,6 +80,6 @@ def test_table1_rejects_unknown_methods_and_bad_shards(table1):
 
 
 def test_scaled_milestones_follow_the_paper_at_300_epochs(table1):
-    assert table1.scaled_milestones(300) == [200, 250]
-    assert table1.scaled_milestones(10) == [8, 9]
-    assert table1.scaled_milestones(1) == []
+    assert table1.scaled_milestones("convnet4", 300) == [200, 250]
+    assert table1.scaled_milestones("convnet4", 10) == [8, 9]
+    assert table1.scaled_milestones("convnet4", 1) == []
