@@ -108,7 +108,7 @@ class Recipe:
     milestones: Tuple[int, ...]
     batch_size: int
     weight_decay: Tuple[float, float, float]
-    qrelu_steps: int
+    qrelu_thresholds: int
     gamma: float = 0.1
 
     def weight_decay_for(self, activation: str) -> float:

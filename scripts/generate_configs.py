@@ -37,7 +37,7 @@ def _paper_network(recipe: Recipe) -> Dict:
         milestones=list(recipe.milestones),
         batch=recipe.batch_size,
         wd={"full": full, "sign": sign, "qrelu": qrelu},
-        steps=recipe.qrelu_steps,
+        steps=recipe.qrelu_thresholds,
     )
 
 

@@ -63,7 +63,7 @@ def test_every_shipped_config_parses_with_the_reference_hyperparameters(capsys, 
     )
     assert model["weight_decay"] == decays[{"sign": 1, "qrelu": 2}.get(activation, 0)]
     if activation == "qrelu":
-        assert ftprop["unit_kwargs"] == {"steps": RECIPES[arch].qrelu_steps, "mode": "single"}
+        assert ftprop["unit_kwargs"] == {"steps": RECIPES[arch].qrelu_thresholds, "mode": "single"}
     if DATASET[arch] == "imagenet":
         assert data["class_path"] == "lightning_ftprop.data.ImageNetDataModule"
         assert data["init_args"]["global_batch_size"] == batch and model["num_classes"] == 1000

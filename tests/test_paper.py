@@ -34,7 +34,7 @@ def test_recipes_are_the_reference_readmes_hyperparameters():
         "resnet18": ("sgd", 0.1, 90, (30, 60), 256, (1e-4, 5e-7, 1e-5), 5),
     }
     got = {
-        net: (r.optimizer, r.lr, r.epochs, r.milestones, r.batch_size, r.weight_decay, r.qrelu_steps)
+        net: (r.optimizer, r.lr, r.epochs, r.milestones, r.batch_size, r.weight_decay, r.qrelu_thresholds)
         for net, r in RECIPES.items()
     }
     assert got == expected
