@@ -20,9 +20,10 @@ from typing import Dict, Type, Union
 from torch import Tensor, nn
 
 from lightning_ftprop import functional as F
+from lightning_ftprop._deprecated import renamed
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
-__all__ = ["ThresholdUnit", "Sign", "Step", "QReLU", "UNIT_CLASSES", "make_unit", "check_activation_name"]
+__all__ = ["ThresholdUnit", "Sign", "Step", "QReLU", "UNIT_CLASSES", "make_unit", "check_unit_name"]
 
 
 class ThresholdUnit(nn.Module):
@@ -136,7 +137,7 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
             unit argument value.
         TypeError: a keyword argument the unit does not take, or an argument of the wrong type.
     """
-    cls = UNIT_CLASSES[check_activation_name(activation)]
+    cls = UNIT_CLASSES[check_unit_name(activation)]
     allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
@@ -146,15 +147,28 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
     return cls(rule=rule, **kwargs)
 
 
-def check_activation_name(activation: str) -> str:
+def check_unit_name(activation: str) -> str:
     """Validate a threshold unit name (a key of :data:`UNIT_CLASSES`) and return it.
+
+    (Network activation names, which add the float baselines, are checked by
+    :func:`lightning_ftprop.models.activation.check_network_activation`.)
 
     Raises:
         TypeError: ``activation`` is not a string.
         ValueError: an unknown name; the message lists the valid ones.
+
+    >>> check_unit_name("qrelu")
+    'qrelu'
+    >>> check_unit_name("relu")
+    Traceback (most recent call last):
+    ValueError: unknown activation 'relu'; valid activations are: sign, step, qrelu
     """
     if not isinstance(activation, str):
         raise TypeError(f"activation must be a name, one of {', '.join(UNIT_CLASSES)}; got {activation!r}")
     if activation not in UNIT_CLASSES:
         raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(UNIT_CLASSES)}")
     return activation
+
+
+#: Deprecated name of :func:`check_unit_name` (warns; removed in the next release).
+check_activation_name = renamed(check_unit_name, "lightning_ftprop.nn.check_activation_name")

@@ -8,6 +8,20 @@ threshold units before its weights load::
     names = apply_spec(model, spec)              # lightning_ftprop.convert(model, ...) underneath
     spec_differences(saved, spec)                # [] when they agree
 
+For example, sign units everywhere except the ``Tanh`` modules, which get 5-threshold qrelu units:
+
+>>> from torch import nn
+>>> spec = make_spec("sign", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"steps": 5})})
+>>> spec["mapping"]
+{'ReLU': 'sign', 'Tanh': ['qrelu', {'steps': 5}]}
+>>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh())
+>>> apply_spec(model, spec)
+['1', '3']
+>>> model[3]
+QReLU(steps=5, mode='single', rule='soft_hinge', weighted=True)
+>>> spec_differences(spec, spec_from_dict(dict(spec)))
+[]
+
 ``memory`` is the training-memory mode (:mod:`lightning_ftprop.memory`); it changes no number, so
 :func:`spec_differences` ignores it and a run may resume under another mode.
 
@@ -15,7 +29,9 @@ A spec has exactly the keys of :data:`SPEC_KEYS`. Its values are plain Python (s
 dict, None), so it survives YAML, ``save_hyperparameters`` and ``torch.load(weights_only=True)``.
 ``mapping`` keys are ``torch.nn`` activation class names (``"ReLU"``), dotted class paths
 (``"mypkg.layers.MyAct"``, matched by name, never imported) or names of registered predicates;
-``nn.Module`` types are accepted and stored by name. Every argument is validated by the checks of
+``nn.Module`` types are accepted and stored by name. A mapping value is a unit name, ``None``, or
+a unit name with that target's own arguments, given as a pair ``("qrelu", {"steps": 5})`` and
+stored as the list ``["qrelu", {"steps": 5}]`` (YAML and JSON have no tuples). Every argument is validated by the checks of
 :mod:`lightning_ftprop.convert` and :func:`~lightning_ftprop.nn.make_unit`, so a bad value raises
 the same exception here, in ``convert``, in the callback and in the mixin.
 """
@@ -28,7 +44,7 @@ from torch import nn
 
 from lightning_ftprop.convert import check_convert_args, check_mapping, check_patterns, convert, mapping_key_name
 from lightning_ftprop.memory import DEFAULT_MEMORY, check_memory
-from lightning_ftprop.nn import check_activation_name
+from lightning_ftprop.nn import check_unit_name
 from lightning_ftprop.rules import DEFAULT_RULE, Rule
 
 __all__ = ["SPEC_KEYS", "make_spec", "spec_from_dict", "apply_spec", "spec_differences"]
@@ -38,9 +54,16 @@ SPEC_KEYS = ("activation", "rule", "weighted", "include", "exclude", "mapping", 
 _RUNTIME_KEYS = ("memory",)  # keys that change how a step runs, not what it computes
 
 
-def _mapping(value: Optional[Mapping]) -> Optional[Dict[str, Optional[str]]]:
+def _storable_target(target: Any) -> Any:
+    """A normalised mapping value as plain data: a ``(name, kwargs)`` pair becomes ``[name, kwargs]``."""
+    return [target[0], dict(target[1])] if isinstance(target, tuple) else target
+
+
+def _mapping(value: Optional[Mapping]) -> Optional[Dict[str, Any]]:
     mapping = check_mapping(value, allow_factory=False)
-    return None if mapping is None else {mapping_key_name(key): target for key, target in mapping.items()}
+    if mapping is None:
+        return None
+    return {mapping_key_name(key): _storable_target(target) for key, target in mapping.items()}
 
 
 def _convert_kwargs(spec: Mapping[str, Any]) -> Dict[str, Any]:
@@ -77,7 +100,7 @@ def make_spec(
             message lists what is allowed.
         TypeError: wrong argument types, or a unit argument the activation does not take.
     """
-    check_activation_name(activation)  # a name: a spec must be storable (convert takes unit factories)
+    check_unit_name(activation)  # a name: a spec must be storable (convert takes unit factories)
     if unit_kwargs is None:
         unit_kwargs = {}
     if not isinstance(unit_kwargs, Mapping) or not all(isinstance(k, str) for k in unit_kwargs):
