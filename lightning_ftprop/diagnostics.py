@@ -28,8 +28,22 @@ states are summed across DDP ranks. Values are logged to every logger as ``ftpro
 :attr:`FTPropDiagnostics.latest`. With a ``WandbLogger``, rank zero also logs ``ftprop/<layer>/preact``
 histograms of the pre-activations every ``histogram_every_n_steps`` steps.
 
-:class:`~lightning_ftprop.FTPropCallback` includes these diagnostics; add ``FTPropDiagnostics``
-yourself only for models converted some other way.
+:class:`~lightning_ftprop.FTPropCallback` holds one as its ``diagnostics`` part and
+:class:`~lightning_ftprop.FTPropMixin` adds one (see :mod:`lightning_ftprop.parts`); add
+``FTPropDiagnostics`` yourself only for models converted some other way. Its ``logged_steps`` and
+``last_logged_step`` are saved in checkpoints (``state_key`` ``"FTPropDiagnostics"``, the same for
+subclasses) and continue after a resume.
+
+>>> diagnostics = FTPropDiagnostics(log_every_n_steps=10, histogram_every_n_steps=0)
+>>> diagnostics.state_dict()
+{'logged_steps': 0, 'last_logged_step': None, 'latest': {}}
+>>> u, g = torch.tensor([0.5, -2.0, 0.1]), torch.tensor([0.3, -1.0, 0.0])
+>>> from lightning_ftprop.rules import get_rule
+>>> counts, loss = target_counts(u, g, get_rule("sste"))
+>>> counts.tolist()  # N; ignored (g = 0); mismatch (t = -s for u = 0.5 and -2.0); saturated (|u| > 1)
+[3, 1, 2, 1]
+>>> stats_from_counts(counts.tolist(), float(loss))["ignored"]
+0.3333333333333333
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torchmetrics import Metric
+from typing_extensions import override
 
 from lightning_ftprop._namespace import check_trainer
 from lightning_ftprop.convert import threshold_units
@@ -173,6 +188,31 @@ class FTPropDiagnostics(Callback):
         self._gather_stats = False
         self._gather_histograms = False
         self._step = 0
+        #: How many optimizer steps have had their statistics logged; saved in checkpoints, so a
+        #: resumed run continues counting where it stopped.
+        self.logged_steps = 0
+        #: The global step of the last logged statistics (None before the first); saved in checkpoints.
+        self.last_logged_step: Optional[int] = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """``"FTPropDiagnostics"`` for this class and every subclass, so a subclass resumes its state."""
+        return "FTPropDiagnostics"
+
+    @override
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "logged_steps": self.logged_steps,
+            "last_logged_step": self.last_logged_step,
+            "latest": dict(self.latest),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.logged_steps = int(state_dict.get("logged_steps", 0))
+        self.last_logged_step = state_dict.get("last_logged_step")
+        self.latest = dict(state_dict.get("latest", {}))
 
     # --- hooks on the model ------------------------------------------------------------------
 
@@ -227,19 +267,26 @@ class FTPropDiagnostics(Callback):
 
     # --- Lightning hooks ---------------------------------------------------------------------
 
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_trainer(trainer, pl_module, type(self).__name__)
-        mine = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, FTPropDiagnostics)]
+        mine = [
+            type(cb).__name__
+            for cb in trainer.callbacks
+            if isinstance(cb, FTPropDiagnostics) or getattr(type(cb), "_holds_ftprop_diagnostics", False)
+        ]
         if len(mine) > 1:
             raise ValueError(
                 f"the Trainer has {len(mine)} ftprop callbacks ({', '.join(mine)}); use exactly one "
                 "(FTPropCallback already includes FTPropDiagnostics, and FTPropMixin adds its own)"
             )
 
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.log_every_n_steps or self.histogram_every_n_steps:
             self._attach(pl_module)
 
+    @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if not self._handles:
             return
@@ -252,6 +299,7 @@ class FTPropDiagnostics(Callback):
             and bool(self._wandb_loggers(trainer))
         )
 
+    @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -275,6 +323,8 @@ class FTPropDiagnostics(Callback):
             for stat, value in stats_from_counts(layer_counts, layer_loss).items():
                 metrics[f"ftprop/{key}/{stat}"] = value
         self.latest = metrics
+        self.logged_steps += 1
+        self.last_logged_step = self._step
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self._step)
 
@@ -289,8 +339,10 @@ class FTPropDiagnostics(Callback):
         for logger in self._wandb_loggers(trainer):
             logger.log_metrics(histograms, step=self._step)
 
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._detach()
 
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._detach()

@@ -79,7 +79,7 @@ def test_logged_statistics_equal_an_independent_recomputation(tmp_path):
     torch.manual_seed(0)
     probe = GradProbe()
     diagnostics = ftp.FTPropCallback("sign", "soft_hinge", log_every_n_steps=3)
-    state = StateProbe(diagnostics)
+    state = StateProbe(diagnostics.diagnostics)
     logger = CSVLogger(tmp_path)
     make_trainer(callbacks=[probe, state, diagnostics], logger=logger, max_steps=7).fit(TinyNet(), make_loader())
 
