@@ -27,8 +27,10 @@ def warn_renamed(old: str, new: str, stacklevel: int = 3) -> None:
     )
 
 
-def renamed(new: F, old: str) -> F:
+def renamed(new: F, old: str, new_module: str = "") -> F:
     """A callable named ``old`` (a dotted path, for the message) that warns, then calls ``new``.
+
+    The message names ``new`` in ``old``'s module, or in ``new_module`` where it moved.
 
     >>> import warnings
     >>> def double(x):
@@ -41,7 +43,8 @@ def renamed(new: F, old: str) -> F:
     >>> print(caught[0].message)
     mypkg.twice is deprecated and will be removed in the next release; use mypkg.double instead
     """
-    new_path = f"{old.rpartition('.')[0]}.{new.__name__}" if "." in old else new.__name__
+    module = new_module or old.rpartition(".")[0]
+    new_path = f"{module}.{new.__name__}" if module else new.__name__
 
     @functools.wraps(new)
     def alias(*args, **kwargs):

@@ -424,7 +424,7 @@ def test_cli_export_of_an_unknown_checkpoint_is_a_clear_error(tmp_path, capsys):
 
     missing = tmp_path / "nope.ckpt"
     assert main(["export", "--ckpt_path", str(missing), "--output", str(tmp_path / "m.onnx")]) == 2
-    assert f"--ckpt_path '{missing}' does not exist" in capsys.readouterr().err
+    assert f"checkpoint '{missing}' does not exist" in capsys.readouterr().err
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
     assert main(["export", "--ckpt_path", str(junk), "--output", str(tmp_path / "m.onnx")]) == 2
