@@ -1,11 +1,14 @@
 """Per-layer target statistics of FTPROP-MB, gathered in the backward pass.
 
 In the backward pass a threshold unit with pre-activation ``z`` receives ``g = dL/dh`` and sets its
-target ``t = sign(-g)`` (see :mod:`lightning_ftprop.functional`). Let ``u`` be the coordinate in
-which the unit's rule sees it (``u = z`` for sign and step; for qrelu ``u = 2z - 1`` in ``"single"``
-mode and ``u = z`` in ``"per_threshold"`` mode) and ``s = +1 if u > 0 else -1`` the side of the
-threshold the unit is on. Over the ``N`` unit activations of one optimizer step of a layer (all
-micro-batches, all calls of a shared unit, all DDP ranks)::
+target ``t = sign(-g)`` (see :mod:`lightning_ftprop.functional`). The statistics count in the
+coordinates in which the unit's backward applies its rule (:func:`rule_coordinates`, the very
+coordinates of :func:`lightning_ftprop.functional.unit_coordinates`): ``u = z`` for sign and step;
+for qrelu ``u = 2z - 1`` in ``"single"`` mode, and in ``"per_threshold"`` mode one coordinate per
+threshold, ``u_k = z - theta_k``, so each element counts ``steps`` times (once per threshold). Let
+``s = +1 if u > 0 else -1`` be the side of the threshold the unit is on. Over the ``N`` coordinates
+of one optimizer step of a layer (elements times coordinates per element; all micro-batches, all
+calls of a shared unit, all DDP ranks)::
 
     mismatch  = #{t != 0 and t != s} / N          the target asks the unit to flip
     ignored   = #{t == 0} / N                     g == 0: the unit gets no target
@@ -58,9 +61,10 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from typing_extensions import override
 
+from lightning_ftprop._deprecated import warn_renamed
 from lightning_ftprop._namespace import check_trainer
 from lightning_ftprop.convert import threshold_units
-from lightning_ftprop.functional import edge_exact_affine
+from lightning_ftprop.functional import unit_coordinates
 from lightning_ftprop.memory import recomputing
 from lightning_ftprop.nn import QReLU, ThresholdUnit
 from lightning_ftprop.rules import Rule
@@ -71,7 +75,7 @@ __all__ = [
     "FTPropDiagnostics",
     "TargetCounts",
     "layer_key",
-    "rule_coordinate",
+    "rule_coordinates",
     "stats_from_counts",
     "target_counts",
 ]
@@ -85,11 +89,33 @@ LOG_DEFAULTS = {"log_every_n_steps": 50, "histogram_every_n_steps": 500}
 _HISTOGRAM_SAMPLES = 1 << 16  # at most this many pre-activations per unit call go into a histogram
 
 
+def rule_coordinates(unit: nn.Module, z: Tensor) -> List[Tensor]:
+    """The coordinates ``u`` in which ``unit``'s backward applies its rule to a pre-activation ``z``.
+
+    One tensor for sign, step and qrelu ``"single"``; one per threshold for qrelu ``"per_threshold"``.
+    The sides (``u > 0``) and the rule's masks are exact, as in the backward.
+
+    >>> from lightning_ftprop.nn import QReLU
+    >>> [u.tolist() for u in rule_coordinates(QReLU(steps=3, mode="per_threshold"), torch.tensor([0.75]))]
+    [[0.75], [0.25], [-0.25]]
+    >>> [u.tolist() for u in rule_coordinates(QReLU(steps=3), torch.tensor([0.75]))]
+    [[0.5]]
+    """
+    if not isinstance(unit, QReLU):
+        return [z]
+    edges = (*unit.rule.edges, 0.0)  # 0: the side s is exact too
+    return [u for u, _ in unit_coordinates(z, unit.steps, unit.mode, edges)]
+
+
 def rule_coordinate(unit: nn.Module, z: Tensor) -> Tensor:
-    """The coordinate ``u`` in which ``unit``'s rule sees a pre-activation ``z``."""
-    if isinstance(unit, QReLU) and unit.mode == "single":
-        return edge_exact_affine(z, 2, -1, (*unit.rule.edges, 0.0))  # exact sides and masks, as in the backward
-    return z
+    """Deprecated: use :func:`rule_coordinates` (a qrelu ``"per_threshold"`` unit has one coordinate per threshold)."""
+    warn_renamed("lightning_ftprop.diagnostics.rule_coordinate", "lightning_ftprop.diagnostics.rule_coordinates")
+    coordinates = rule_coordinates(unit, z)
+    if len(coordinates) != 1:
+        raise ValueError(
+            f"{unit!r} has {len(coordinates)} coordinates (one per threshold); use rule_coordinates(unit, z)"
+        )
+    return coordinates[0]
 
 
 def target_counts(u: Tensor, g: Tensor, rule: Rule) -> Tuple[Tensor, Tensor]:
@@ -224,13 +250,14 @@ class FTPropDiagnostics(Callback):
             stride = max(1, z.numel() // _HISTOGRAM_SAMPLES)
             self._preacts.setdefault(index, []).append(z.flatten()[::stride].float())
         if self._gather_stats and isinstance(output, Tensor) and output.requires_grad:
-            u = rule_coordinate(unit, z)
-            output.register_hook(functools.partial(self._grad_hook, index, u, unit.rule))
+            coordinates = rule_coordinates(unit, z)
+            output.register_hook(functools.partial(self._grad_hook, index, coordinates, unit.rule))
 
-    def _grad_hook(self, index: int, u: Tensor, rule: Rule, g: Tensor) -> None:
+    def _grad_hook(self, index: int, coordinates: List[Tensor], rule: Rule, g: Tensor) -> None:
         with torch.no_grad():
-            counts, loss = target_counts(u, g, rule)
-            self.metric.update(index, counts, loss)
+            for u in coordinates:
+                counts, loss = target_counts(u, g, rule)
+                self.metric.update(index, counts, loss)
 
     def _attach(self, pl_module: LightningModule) -> None:
         self._detach()

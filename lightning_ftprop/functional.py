@@ -67,6 +67,7 @@ __all__ = [
     "QReLUFunction",
     "QRELU_MODES",
     "edge_exact_affine",
+    "unit_coordinates",
     "SAVED_FORMS",
 ]
 
@@ -219,6 +220,20 @@ def _coordinates(z: Tensor, steps: int, mode: str, edges: Sequence[float] = ()) 
     if steps == 0:
         return [(z, 1.0)]
     return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in _affine_maps(steps, mode)]
+
+
+def unit_coordinates(z: Tensor, steps: int = 0, mode: str = "single", edges: Sequence[float] = ()) -> Coordinates:
+    """The coordinates ``[(u, scale), ...]`` in which a unit's backward applies its rule.
+
+    The backward returns ``sum scale * target_prop_grad(g, u, rule, weighted)`` over them: one
+    ``(z, 1.0)`` for sign and step (``steps = 0``), one ``(2z - 1, 1.0)`` for qrelu ``"single"``, and
+    ``(z - theta_k, 1/steps)`` per threshold ``theta_k = k / (steps - 1)`` for ``"per_threshold"``.
+    Shifted coordinates are edge-exact for ``edges`` (:func:`edge_exact_affine`).
+
+    >>> [(u.tolist(), scale) for u, scale in unit_coordinates(torch.tensor([0.25]), 3, "per_threshold")]
+    [([0.25], 0.3333333333333333), ([-0.25], 0.3333333333333333), ([-0.75], 0.3333333333333333)]
+    """
+    return _coordinates(z, steps, mode, edges)
 
 
 def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], steps: int, mode: str) -> Tensor:
