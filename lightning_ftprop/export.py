@@ -14,15 +14,17 @@ module that computes the very same forward as :mod:`lightning_ftprop.functional`
 
 **Folding.** In eval mode BatchNorm is the per-channel affine map ``z = a x + b`` with
 ``a = gamma / sqrt(var + eps)`` and ``b = beta - a * mean``. A hard threshold only asks whether ``z``
-lies above a level ``theta``, so ``unit(BN(x))`` is a per-channel compare of ``x`` itself:
+lies above a threshold ``theta``, so ``unit(BN(x))`` is a per-channel compare of ``x`` itself:
 
     a > 0:   z > theta  <=>  x > t        t = (theta - b) / a
     a < 0:   z > theta  <=>  x < t        (the direction flips)
     a = 0:   z = b is constant             the unit outputs the constant unit(b)
 
-Sign and step have one level (``theta = 0``); qrelu with ``n`` steps has ``n`` levels
-``theta_k = k / (n - 1)`` and outputs ``(1/n) * #{k : z > theta_k}``, which equals
-``clip(ceil((n - 1) z), 0, n) / n``. :class:`FoldedThreshold` computes, per level and channel,
+Sign and step have one threshold (``theta = 0``) and two output levels; qrelu with ``n`` steps has
+``n`` thresholds ``theta_k = k / (n - 1)`` (and ``n + 1`` levels) and outputs
+``(1/n) * #{k : z > theta_k}``, which equals ``clip(ceil((n - 1) z), 0, n) / n``. (``levels`` means
+the number of output values everywhere in this package, as in :mod:`lightning_ftprop.nn`.)
+:class:`FoldedThreshold` computes, per threshold and channel,
 
     d = s * (x - t)              s = -1 where a < 0, else +1 (the multiply is left out when no s is -1)
     on = 1 if d > 0 else 0       (as clip(ceil(d), 0, 1), so NaN stays NaN)
@@ -41,7 +43,7 @@ unit gives what the real-valued ``unit(a x + b)`` gives (up to the float64 round
 Edge cases:
 
 * **Ties.** ``x == t`` exactly means ``z == theta`` exactly: the unit is off (sign -1, step 0, qrelu
-  does not count that level), as the forward conventions say.
+  does not count that threshold), as the forward conventions say.
 * **gamma = 0.** The channel is constant: ``unit(beta)``; ``x`` is ignored, except that a NaN or
   infinite ``x`` gives NaN (``x - t`` is NaN), as ``0 * x`` does in BatchNorm.
 * **Rounding.** The *unfolded* model computes ``z`` in float32 (``x * a32 + b32``: ``a32`` and ``b32``
@@ -177,7 +179,8 @@ def freeze(model: nn.Module) -> nn.Module:
 # --- folding ----------------------------------------------------------------------------------------
 
 
-def _levels(unit: FrozenUnit) -> List[float]:
+def _thresholds(unit: FrozenUnit) -> List[float]:
+    """The threshold positions ``theta_k`` of a unit: ``[0.0]`` for sign and step, ``k / (n - 1)`` for qrelu."""
     if isinstance(unit, FrozenQReLU):
         return [k / (unit.steps - 1) for k in range(unit.steps)]
     return [0.0]
@@ -186,8 +189,9 @@ def _levels(unit: FrozenUnit) -> List[float]:
 class FoldedThreshold(nn.Module):
     """``BatchNorm -> unit`` as per-channel threshold compares on the BatchNorm's input ``x``.
 
-    Buffers ``threshold`` and ``direction`` have shape ``(levels, channels)``; channels are dim 1 of
-    ``x``. Forward, per level ``k`` and channel ``c`` (see the module docstring)::
+    Buffers ``threshold`` and ``direction`` have shape ``(thresholds, channels)``; channels are dim 1
+    of ``x``. ``levels`` is the number of output values, as for every unit. Forward, per threshold
+    ``k`` and channel ``c`` (see the module docstring)::
 
         on_k = clip(ceil(direction * (x - threshold)), 0, 1)      direction in {-1, +1}
         sign: 2 * on_0 - 1      step: on_0      qrelu: (1/n) * sum_k on_k
@@ -206,20 +210,20 @@ class FoldedThreshold(nn.Module):
         self.flip = bool((direction < 0).any())  # a plain bool: traced away by fx, torch.export and jit
 
     def extra_repr(self) -> str:
-        levels, channels = self.threshold.shape
-        return f"activation={self.activation!r}, channels={channels}, thresholds per channel={levels}"
+        thresholds, channels = self.threshold.shape
+        return f"activation={self.activation!r}, channels={channels}, thresholds per channel={thresholds}"
 
     def forward(self, x: Tensor) -> Tensor:
-        levels = self.threshold.shape[0]
+        thresholds = self.threshold.shape[0]
         trailing = [1] * (x.dim() - 2)
-        if levels == 1:
+        if thresholds == 1:
             shape = [1, -1] + trailing
             d = x - self.threshold.view(shape)
             if self.flip:
                 d = d * self.direction.view(shape)
             on = torch.clamp(d, 0, 1).ceil()
             return on * 2 - 1 if self.sign_output else on
-        shape = [1, levels, -1] + trailing
+        shape = [1, thresholds, -1] + trailing
         xs = x.unsqueeze(1)
         d = xs - self.threshold.view(shape)
         if self.flip:
@@ -249,7 +253,7 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[Tensor, Tensor]:
 def folded_unit(bn: nn.modules.batchnorm._BatchNorm, unit: FrozenUnit) -> FoldedThreshold:
     """The :class:`FoldedThreshold` equal to ``unit(bn(x))`` for ``bn`` in eval mode."""
     a, b = _bn_affine(bn)
-    thetas = torch.tensor(_levels(unit), dtype=torch.float64)[:, None]  # (levels, 1)
+    thetas = torch.tensor(_thresholds(unit), dtype=torch.float64)[:, None]  # (thresholds, 1)
     s = torch.where(a < 0, -1.0, 1.0).to(torch.float64).expand(len(thetas), -1)
     safe_a = torch.where(a == 0, torch.ones_like(a), a)
     t64 = torch.where(a == 0, torch.where(b > thetas, -torch.inf, torch.inf).to(torch.float64), (thetas - b) / safe_a)

@@ -38,7 +38,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ftprop.mixin import FTPropMixin
 from lightning_ftprop.models import FLOAT_ACTIVATION_NAMES, MODELS, get_model
-from lightning_ftprop.models.activation import check_activation
+from lightning_ftprop.models.activation import check_network_activation
 from lightning_ftprop.rules import DEFAULT_RULE
 
 __all__ = ["ImageClassifier", "resolve_ftprop"]
@@ -65,7 +65,7 @@ def resolve_ftprop(
     """
     if ftprop is not None and not isinstance(ftprop, Mapping):
         raise TypeError(f"ftprop must be a dict with the keys of FTPropCallback or None, got {ftprop!r}")
-    if activation is not None and check_activation(activation) in FLOAT_ACTIVATION_NAMES:
+    if activation is not None and check_network_activation(activation) in FLOAT_ACTIVATION_NAMES:
         given = {k: v for k, v in (("steps", steps), ("mode", mode), ("ftprop", ftprop)) if v is not None}
         if given:
             raise ValueError(
@@ -164,8 +164,8 @@ class ImageClassifier(FTPropMixin, LightningModule):
         activation, ftprop = resolve_ftprop(activation, rule, steps, mode, ftprop)
         self.save_hyperparameters(ignore=["rule", "steps", "mode"])  # the shorthands live on in ftprop
         self.save_hyperparameters({**self.hparams, "activation": activation, "ftprop": ftprop})  # the resolved values
-        float_activation = activation if ftprop is None else "relu"
-        self.net = get_model(arch, activation=float_activation, num_classes=num_classes, in_channels=in_channels)
+        network_activation = activation if ftprop is None else "relu"
+        self.net = get_model(arch, activation=network_activation, num_classes=num_classes, in_channels=in_channels)
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

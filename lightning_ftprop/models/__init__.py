@@ -18,7 +18,8 @@ from torch import nn
 from lightning_ftprop.models.activation import (
     FLOAT_ACTIVATION_NAMES,
     NETWORK_ACTIVATION_NAMES,
-    float_activation,
+    float_activation,  # noqa: F401 (deprecated alias of make_float_activation)
+    make_float_activation,
     paper_network,
     unit_spec,
 )
@@ -45,7 +46,7 @@ __all__ = [
     "MODELS",
     "FLOAT_ACTIVATION_NAMES",
     "NETWORK_ACTIVATION_NAMES",
-    "float_activation",
+    "make_float_activation",
     "paper_network",
     "unit_spec",
     "alexnet_dorefa",
