@@ -8,7 +8,7 @@ or in a LightningCLI config::
     trainer:
       callbacks:
         - class_path: lightning_ftprop.FTPropCallback
-          init_args: {activation: qrelu, rule: sste, unit_kwargs: {steps: 5}}
+          init_args: {activation: qrelu, rule: sste, unit_kwargs: {thresholds: 5}}
 
 What it does, and when (see Lightning's hook order):
 
@@ -44,9 +44,9 @@ saved under the :attr:`~FTPropCallback.state_key` ``"FTPropCallback"``, the same
 a subclass resumes its own state and :func:`lightning_ftprop.checkpoint.load_checkpoint_model` finds
 it. Every hook carries ``@override``.
 
->>> callback = FTPropCallback("qrelu", "sste", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"steps": 5})})
+>>> callback = FTPropCallback("qrelu", "sste", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"thresholds": 5})})
 >>> callback.spec["mapping"]
-{'ReLU': 'sign', 'Tanh': ['qrelu', {'steps': 5}]}
+{'ReLU': 'sign', 'Tanh': ['qrelu', {'thresholds': 5}]}
 >>> class MyCallback(FTPropCallback):
 ...     pass
 >>> MyCallback().state_key
@@ -90,7 +90,7 @@ class FTPropCallback(Callback):
             ``torch.nn`` activation -> ``activation``). A target is a unit name, a pair
             ``(unit name, {argument: value})`` (a two-element list in YAML) with that target's own
             unit arguments, or ``None`` to keep the class in float.
-        unit_kwargs: unit arguments for every target, e.g. ``{"steps": 5, "mode": "per_threshold"}``
+        unit_kwargs: unit arguments for every target, e.g. ``{"thresholds": 5, "mode": "per_threshold"}``
             for qrelu (a target's own arguments in ``mapping`` win).
         log_every_n_steps: log the target statistics every this many optimizer steps; 0: never.
         histogram_every_n_steps: with a ``WandbLogger``, log pre-activation histograms every this

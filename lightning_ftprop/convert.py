@@ -166,7 +166,7 @@ def _check_target(activation: Any, where: str, allow_factory: bool = True, allow
     """Validate one activation to swap in and return it normalised.
 
     Allowed: a unit name (``"sign"``); a unit name with that target's own arguments, as a pair
-    ``("qrelu", {"steps": 5})`` or a two-element list (YAML has no tuples), returned as a tuple (a pair
+    ``("qrelu", {"thresholds": 5})`` or a two-element list (YAML has no tuples), returned as a tuple (a pair
     with no arguments becomes the plain name); a callable returning a module (if ``allow_factory``);
     ``None`` (if ``allow_none``). Only names are checked here; the arguments are checked when
     :func:`check_convert_args` builds each target once.
@@ -186,7 +186,7 @@ def _check_target(activation: Any, where: str, allow_factory: bool = True, allow
             return (name, kwargs) if kwargs else name
         raise TypeError(
             f"{where} must be a unit name or a pair (unit name, {{argument: value}}), such as "
-            f"('qrelu', {{'steps': 5}}); got {activation!r}"
+            f"('qrelu', {{'thresholds': 5}}); got {activation!r}"
         )
     if allow_factory and callable(activation):
         return activation
@@ -206,8 +206,8 @@ def check_mapping(mapping: Optional[Mapping], allow_factory: bool = True) -> Opt
         TypeError: not a dict, a key or value of the wrong type.
         ValueError: an unknown key or activation name.
 
-    >>> check_mapping({"ReLU": "sign", "Tanh": ["qrelu", {"steps": 5}], "GELU": None})
-    {'ReLU': 'sign', 'Tanh': ('qrelu', {'steps': 5}), 'GELU': None}
+    >>> check_mapping({"ReLU": "sign", "Tanh": ["qrelu", {"thresholds": 5}], "GELU": None})
+    {'ReLU': 'sign', 'Tanh': ('qrelu', {'thresholds': 5}), 'GELU': None}
     """
     if mapping is None:
         return None
@@ -276,7 +276,7 @@ def _make_target(target: Target, rule: Union[str, Rule], unit_kwargs: Mapping[st
         shared = sorted(set(unit_kwargs) - set(own))
         hint = (
             f" (unit arguments given outside mapping, {', '.join(shared)}, go to every target; give one target "
-            f"its own with a pair in mapping, e.g. {{'Tanh': ('qrelu', {{'steps': 5}})}})"
+            f"its own with a pair in mapping, e.g. {{'Tanh': ('qrelu', {{'thresholds': 5}})}})"
             if shared
             else ""
         )
@@ -286,9 +286,9 @@ def _make_target(target: Target, rule: Union[str, Rule], unit_kwargs: Mapping[st
 def _check_unit_kwargs(unit_kwargs: Mapping[str, Any]) -> None:
     if "unit_kwargs" in unit_kwargs:
         raise TypeError(
-            "convert() takes unit arguments as keywords (convert(model, 'qrelu', steps=5)), not as "
+            "convert() takes unit arguments as keywords (convert(model, 'qrelu', thresholds=5)), not as "
             f"unit_kwargs={unit_kwargs['unit_kwargs']!r}; for one target's own arguments use a pair in "
-            "mapping: mapping={'Tanh': ('qrelu', {'steps': 5})}"
+            "mapping: mapping={'Tanh': ('qrelu', {'thresholds': 5})}"
         )
 
 
@@ -299,16 +299,16 @@ def check_convert_args(activation: ActivationSpec, rule: Union[str, Rule], **opt
     unit arguments.
 
     Every unit named (``activation`` and the values of ``mapping``, with their own arguments) is built
-    once, so bad unit arguments (``steps=1`` for qrelu, a misspelt keyword) fail here too.
+    once, so bad unit arguments (``thresholds=1`` for qrelu, a misspelt keyword) fail here too.
 
     Raises:
         ValueError: a bad value: unknown activation, rule or mapping key; bad unit argument values.
         TypeError: a bad type: patterns, mapping keys or values, or a keyword the unit does not take.
 
-    >>> check_convert_args("sign", "soft_hinge", mapping={"Tanh": ("qrelu", {"steps": 5})})
-    >>> check_convert_args("sign", "soft_hinge", steps=5)  # doctest: +ELLIPSIS
+    >>> check_convert_args("sign", "soft_hinge", mapping={"Tanh": ("qrelu", {"thresholds": 5})})
+    >>> check_convert_args("sign", "soft_hinge", thresholds=5)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    TypeError: activation -> 'sign': Sign does not take steps; its arguments are: rule, weighted, inplace, saved ...
+    TypeError: activation -> 'sign': Sign does not take thresholds; its arguments are: rule, weighted, inplace, saved ...
     """
     include, exclude, mapping = (options.pop(key, None) for key in ("include", "exclude", "mapping"))
     unit_kwargs = options

@@ -104,7 +104,7 @@ def rule_coordinates(unit: nn.Module, z: Tensor) -> List[Tensor]:
     if not isinstance(unit, QReLU):
         return [z]
     edges = (*unit.rule.edges, 0.0)  # 0: the side s is exact too
-    return [u for u, _ in unit_coordinates(z, unit.steps, unit.mode, edges)]
+    return [u for u, _ in unit_coordinates(z, unit.thresholds, unit.mode, edges)]
 
 
 def rule_coordinate(unit: nn.Module, z: Tensor) -> Tensor:

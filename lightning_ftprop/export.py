@@ -9,7 +9,7 @@ module that computes the very same forward as :mod:`lightning_ftprop.functional`
 
     FrozenSign:   h = +1 if z > 0 else -1             (sign(0) = -1)
     FrozenStep:   h =  1 if z > 0 else 0              (step(0) = 0)
-    FrozenQReLU:  h = clip(ceil((n - 1) z), 0, n) / n
+    FrozenQReLU:  h = clip(ceil((n - 1) z), 0, n) / n          n = thresholds
     NaN in gives NaN out. There is no backward (inference only).
 
 **Folding.** In eval mode BatchNorm is the per-channel affine map ``z = a x + b`` with
@@ -20,8 +20,8 @@ lies above a threshold ``theta``, so ``unit(BN(x))`` is a per-channel compare of
     a < 0:   z > theta  <=>  x < t        (the direction flips)
     a = 0:   z = b is constant             the unit outputs the constant unit(b)
 
-Sign and step have one threshold (``theta = 0``) and two output levels; qrelu with ``n`` steps has
-``n`` thresholds ``theta_k = k / (n - 1)`` (and ``n + 1`` levels) and outputs
+Sign and step have one threshold (``theta = 0``) and two output levels; qrelu with ``n`` thresholds
+``theta_k = k / (n - 1)`` has ``n + 1`` levels and outputs
 ``(1/n) * #{k : z > theta_k}``, which equals ``clip(ceil((n - 1) z), 0, n) / n``. (``levels`` means
 the number of output values everywhere in this package, as in :mod:`lightning_ftprop.nn`.)
 :class:`FoldedThreshold` computes, per threshold and channel,
@@ -78,6 +78,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from lightning_ftprop._deprecated import warn_renamed
 from lightning_ftprop.functional import _qrelu_forward, _sign_forward, _step_forward
 from lightning_ftprop.nn import QReLU, Sign, Step, ThresholdUnit
 
@@ -125,25 +126,29 @@ class FrozenStep(FrozenUnit):
 
 
 class FrozenQReLU(FrozenUnit):
-    """``h = clip(ceil((steps - 1) z), 0, steps) / steps``; forward only."""
+    """``h = clip(ceil((n - 1) z), 0, n) / n`` with ``n = thresholds``; forward only.
+
+    >>> FrozenQReLU(thresholds=3)(torch.tensor([-1.0, 0.2, 0.6, 2.0]))
+    tensor([0.0000, 0.3333, 0.6667, 1.0000])
+    """
 
     activation = "qrelu"
 
-    def __init__(self, steps: int = 3):
+    def __init__(self, thresholds: int = 3):
         super().__init__()
-        self.steps = int(steps)
-        self.levels = self.steps + 1
+        self.thresholds = int(thresholds)
+        self.levels = self.thresholds + 1
 
     def extra_repr(self) -> str:
-        return f"steps={self.steps}"
+        return f"thresholds={self.thresholds}"
 
     def forward(self, z: Tensor) -> Tensor:
-        return _qrelu_forward(z, self.steps)
+        return _qrelu_forward(z, self.thresholds)
 
 
 def _frozen(unit: ThresholdUnit) -> FrozenUnit:
     if isinstance(unit, QReLU):
-        return FrozenQReLU(unit.steps)
+        return FrozenQReLU(unit.thresholds)
     if isinstance(unit, Sign):
         return FrozenSign()
     if isinstance(unit, Step):
@@ -182,7 +187,7 @@ def freeze(model: nn.Module) -> nn.Module:
 def _thresholds(unit: FrozenUnit) -> List[float]:
     """The threshold positions ``theta_k`` of a unit: ``[0.0]`` for sign and step, ``k / (n - 1)`` for qrelu."""
     if isinstance(unit, FrozenQReLU):
-        return [k / (unit.steps - 1) for k in range(unit.steps)]
+        return [k / (unit.thresholds - 1) for k in range(unit.thresholds)]
     return [0.0]
 
 
@@ -197,14 +202,21 @@ class FoldedThreshold(nn.Module):
         sign: 2 * on_0 - 1      step: on_0      qrelu: (1/n) * sum_k on_k
     """
 
-    def __init__(self, activation: str, threshold: Tensor, direction: Tensor, steps: int = 0):
+    def __init__(self, activation: str, threshold: Tensor, direction: Tensor, steps: Optional[int] = None):
         super().__init__()
         if activation not in ("sign", "step", "qrelu"):
             raise ValueError(f"unknown activation {activation!r}; valid: sign, step, qrelu")
+        if steps is not None:  # the count is threshold.shape[0]; the argument is no longer needed
+            warn_renamed("FoldedThreshold(..., steps)", "FoldedThreshold(activation, threshold, direction)")
         self.activation = activation
-        self.steps = int(steps)
+        #: The number of thresholds per channel (``threshold.shape[0]``; 1 for sign and step).
+        self.thresholds = int(threshold.shape[0])
+        if activation != "qrelu" and self.thresholds != 1:
+            raise ValueError(
+                f"{activation} has one threshold per channel; got threshold of shape {tuple(threshold.shape)}"
+            )
         self.sign_output = activation == "sign"
-        self.levels = steps + 1 if activation == "qrelu" else 2
+        self.levels = self.thresholds + 1 if activation == "qrelu" else 2
         self.register_buffer("threshold", threshold.to(torch.float32))
         self.register_buffer("direction", direction.to(torch.float32))
         self.flip = bool((direction < 0).any())  # a plain bool: traced away by fx, torch.export and jit
@@ -228,7 +240,7 @@ class FoldedThreshold(nn.Module):
         d = xs - self.threshold.view(shape)
         if self.flip:
             d = d * self.direction.view(shape)
-        return torch.clamp(d, 0, 1).ceil().sum(1) / self.steps
+        return torch.clamp(d, 0, 1).ceil().sum(1) / self.thresholds
 
 
 def _round_towards(t64: Tensor, down: Tensor) -> Tensor:
@@ -258,8 +270,7 @@ def folded_unit(bn: nn.modules.batchnorm._BatchNorm, unit: FrozenUnit) -> Folded
     safe_a = torch.where(a == 0, torch.ones_like(a), a)
     t64 = torch.where(a == 0, torch.where(b > thetas, -torch.inf, torch.inf).to(torch.float64), (thetas - b) / safe_a)
     threshold = _round_towards(t64, s > 0)
-    steps = unit.steps if isinstance(unit, FrozenQReLU) else 0
-    return FoldedThreshold(unit.activation, threshold, s, steps)
+    return FoldedThreshold(unit.activation, threshold, s)
 
 
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)

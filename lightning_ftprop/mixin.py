@@ -37,7 +37,7 @@ checkpoint whose spec differs from the module's is an error. Diagnostics: unless
 ``log_every_n_steps`` and ``histogram_every_n_steps`` are both 0, ``configure_callbacks`` adds an
 :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` (its counters are saved in checkpoints).
 ``ftprop`` mapping values may carry per-target unit arguments, as for the callback:
-``{"mapping": {"ReLU": "sign", "Tanh": ["qrelu", {"steps": 5}]}}``.
+``{"mapping": {"ReLU": "sign", "Tanh": ["qrelu", {"thresholds": 5}]}}``.
 
 >>> import lightning.pytorch as pl
 >>> from torch import nn

@@ -4,21 +4,21 @@
 their swap with a spec and store it in checkpoints, so a resumed or reloaded model gets the same
 threshold units before its weights load::
 
-    spec = make_spec(activation="qrelu", rule="sste", unit_kwargs={"steps": 5})
+    spec = make_spec(activation="qrelu", rule="sste", unit_kwargs={"thresholds": 5})
     names = apply_spec(model, spec)              # lightning_ftprop.convert(model, ...) underneath
     spec_differences(saved, spec)                # [] when they agree
 
 For example, sign units everywhere except the ``Tanh`` modules, which get 5-threshold qrelu units:
 
 >>> from torch import nn
->>> spec = make_spec("sign", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"steps": 5})})
+>>> spec = make_spec("sign", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"thresholds": 5})})
 >>> spec["mapping"]
-{'ReLU': 'sign', 'Tanh': ['qrelu', {'steps': 5}]}
+{'ReLU': 'sign', 'Tanh': ['qrelu', {'thresholds': 5}]}
 >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh())
 >>> apply_spec(model, spec)
 ['1', '3']
 >>> model[3]
-QReLU(steps=5, mode='single', rule='soft_hinge', weighted=True)
+QReLU(thresholds=5, mode='single', rule='soft_hinge', weighted=True)
 >>> spec_differences(spec, spec_from_dict(dict(spec)))
 []
 
@@ -30,8 +30,11 @@ dict, None), so it survives YAML, ``save_hyperparameters`` and ``torch.load(weig
 ``mapping`` keys are ``torch.nn`` activation class names (``"ReLU"``), dotted class paths
 (``"mypkg.layers.MyAct"``, matched by name, never imported) or names of registered predicates;
 ``nn.Module`` types are accepted and stored by name. A mapping value is a unit name, ``None``, or
-a unit name with that target's own arguments, given as a pair ``("qrelu", {"steps": 5})`` and
-stored as the list ``["qrelu", {"steps": 5}]`` (YAML and JSON have no tuples). Every argument is validated by the checks of
+a unit name with that target's own arguments, given as a pair ``("qrelu", {"thresholds": 5})`` and
+stored as the list ``["qrelu", {"thresholds": 5}]`` (YAML and JSON have no tuples). Unit arguments
+renamed since an older release (qrelu's ``steps``, now ``thresholds``; ``saved="exact"``, now
+``"input"``) are accepted with a DeprecationWarning and stored under the new names, and a spec
+stored by an older release compares equal to its renamed form. Every argument is validated by the checks of
 :mod:`lightning_ftprop.convert` and :func:`~lightning_ftprop.nn.make_unit`, so a bad value raises
 the same exception here, in ``convert``, in the callback and in the mixin.
 """
@@ -44,7 +47,7 @@ from torch import nn
 
 from lightning_ftprop.convert import check_convert_args, check_mapping, check_patterns, convert, mapping_key_name
 from lightning_ftprop.memory import DEFAULT_MEMORY, check_memory
-from lightning_ftprop.nn import check_unit_name
+from lightning_ftprop.nn import check_unit_name, normalise_unit_kwargs
 from lightning_ftprop.rules import DEFAULT_RULE, Rule
 
 __all__ = ["SPEC_KEYS", "make_spec", "spec_from_dict", "apply_spec", "spec_differences"]
@@ -54,9 +57,11 @@ SPEC_KEYS = ("activation", "rule", "weighted", "include", "exclude", "mapping", 
 _RUNTIME_KEYS = ("memory",)  # keys that change how a step runs, not what it computes
 
 
-def _storable_target(target: Any) -> Any:
+def _storable_target(target: Any, warn: bool = True) -> Any:
     """A normalised mapping value as plain data: a ``(name, kwargs)`` pair becomes ``[name, kwargs]``."""
-    return [target[0], dict(target[1])] if isinstance(target, tuple) else target
+    if isinstance(target, (tuple, list)) and len(target) == 2 and isinstance(target[1], Mapping):
+        return [target[0], normalise_unit_kwargs(target[1], warn=warn)]
+    return target
 
 
 def _mapping(value: Optional[Mapping]) -> Optional[Dict[str, Any]]:
@@ -92,7 +97,7 @@ def make_spec(
     """Validate the arguments of a swap and return them as a normalised spec.
 
     Args: as :func:`lightning_ftprop.convert`, except that ``activation`` must be a name (a spec must
-    be storable), ``weighted`` is its own key and other unit arguments (qrelu's ``steps``, ``mode``)
+    be storable), ``weighted`` is its own key and other unit arguments (qrelu's ``thresholds``, ``mode``)
     go in ``unit_kwargs``. ``memory`` is one of :data:`lightning_ftprop.memory.MEMORY_MODES`.
 
     Raises:
@@ -114,7 +119,7 @@ def make_spec(
         "include": check_patterns(include, "include"),
         "exclude": check_patterns(exclude, "exclude"),
         "mapping": _mapping(mapping),
-        "unit_kwargs": dict(unit_kwargs),
+        "unit_kwargs": normalise_unit_kwargs(unit_kwargs),
         "memory": check_memory(memory),
     }
     check_convert_args(**_convert_kwargs(spec))
@@ -147,8 +152,25 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
     return convert(model, **_convert_kwargs(spec))
 
 
+def _current_names(spec: Mapping[str, Any]) -> Dict[str, Any]:
+    """``spec`` with renamed unit arguments under their current names (a spec stored by an older release)."""
+    out = dict(spec)
+    if isinstance(out.get("unit_kwargs"), Mapping):
+        out["unit_kwargs"] = normalise_unit_kwargs(out["unit_kwargs"], warn=False)
+    if isinstance(out.get("mapping"), Mapping):
+        out["mapping"] = {key: _storable_target(target, warn=False) for key, target in out["mapping"].items()}
+    return out
+
+
 def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> List[str]:
-    """``"key: expected != found"`` for every key on which two specs disagree (``memory`` aside)."""
+    """``"key: expected != found"`` for every key on which two specs disagree (``memory`` aside).
+
+    Unit arguments renamed since a spec was stored (``steps`` -> ``thresholds``) compare equal.
+
+    >>> spec_differences({"unit_kwargs": {"steps": 5}}, {"unit_kwargs": {"thresholds": 5}})
+    []
+    """
+    expected, found = _current_names(expected), _current_names(found)
     return [
         f"{key}: {expected.get(key)!r} != {found.get(key)!r}"
         for key in SPEC_KEYS

@@ -31,7 +31,7 @@ METHODS = [  # (activation, rule or None)
     ("qrelu", "soft_hinge"),
 ]
 
-# name -> dataset, optimizer, lr, epochs, milestones, batch, weight decay by activation kind, qrelu steps, title
+# name -> dataset, optimizer, lr, epochs, milestones, batch, weight decay by activation kind, qrelu thresholds, title
 NETWORKS = {
     "convnet4": dict(
         dataset="cifar10",
@@ -42,7 +42,7 @@ NETWORKS = {
         milestones=[200, 250],
         batch=64,
         wd={"full": 5e-4, "sign": 5e-4, "qrelu": 5e-4},
-        steps=3,
+        thresholds=3,
     ),
     "convnet8": dict(
         dataset="cifar10",
@@ -53,7 +53,7 @@ NETWORKS = {
         milestones=[200, 250],
         batch=64,
         wd={"full": 5e-4, "sign": 5e-4, "qrelu": 5e-4},
-        steps=3,
+        thresholds=3,
     ),
     "convnet4_fashion_mnist": dict(
         arch="convnet4",
@@ -65,7 +65,7 @@ NETWORKS = {
         milestones=[],
         batch=128,
         wd={"full": 0.0, "sign": 0.0, "qrelu": 0.0},
-        steps=3,
+        thresholds=3,
     ),
     "alexnet_dorefa": dict(
         dataset="imagenet",
@@ -76,7 +76,7 @@ NETWORKS = {
         milestones=[56, 64],
         batch=128,
         wd={"full": 5e-4, "sign": 5e-6, "qrelu": 5e-5},
-        steps=3,
+        thresholds=3,
     ),
     "resnet18": dict(
         dataset="imagenet",
@@ -87,7 +87,7 @@ NETWORKS = {
         milestones=[30, 60],
         batch=256,
         wd={"full": 1e-4, "sign": 5e-7, "qrelu": 1e-5},
-        steps=5,
+        thresholds=5,
     ),
 }
 
@@ -150,7 +150,7 @@ def data_lines(dataset: str, batch: int) -> list:
     ]
 
 
-def model_lines(net: Dict, arch: str, activation: str, rule, steps: int, wd: float) -> list:
+def model_lines(net: Dict, arch: str, activation: str, rule, thresholds: int, wd: float) -> list:
     lines = ["model:", f"  arch: {arch}"]
     if rule is None:
         lines += [f"  activation: {activation}  # full precision: no threshold units"]
@@ -161,7 +161,7 @@ def model_lines(net: Dict, arch: str, activation: str, rule, steps: int, wd: flo
             f"    rule: {rule}",
         ]
         if activation == "qrelu":
-            lines += [f"    unit_kwargs: {{steps: {steps}, mode: single}}"]
+            lines += [f"    unit_kwargs: {{thresholds: {thresholds}, mode: single}}"]
     lines += [
         f"  num_classes: {1000 if net['dataset'] == 'imagenet' else 10}",
         f"  in_channels: {1 if net['dataset'] == 'fashion_mnist' else 3}",
@@ -180,14 +180,18 @@ def render(key: str, activation: str, rule) -> str:
     arch = net.get("arch", key)
     kind = activation if activation in ("sign", "qrelu") else "full"
     wd = net["wd"][kind]
-    steps = net["steps"]
+    thresholds = net["thresholds"]
     imagenet = net["dataset"] == "imagenet"
     name = config_name(key, activation, rule)
     qrelu_note = ""
     if activation == "qrelu":
         qrelu_note = (
-            f"# qReLU: {steps} thresholds, {steps + 1} levels"
-            + (" (the README's --nonlin=staircase for ResNet-18)" if steps == 5 else " (2 bits; --nonlin=staircase3)")
+            f"# qReLU: {thresholds} thresholds, {thresholds + 1} levels"
+            + (
+                " (the README's --nonlin=staircase for ResNet-18)"
+                if thresholds == 5
+                else " (2 bits; --nonlin=staircase3)"
+            )
             + "\n"
         )
     lines = [
@@ -235,7 +239,7 @@ def render(key: str, activation: str, rule) -> str:
             "      save_dir: lightning_logs",
             f"      name: {name}",
         ]
-    lines += model_lines(net, arch, activation, rule, steps, wd)
+    lines += model_lines(net, arch, activation, rule, thresholds, wd)
     lines += ["data:", *data_lines(net["dataset"], net["batch"])]
     return "\n".join(line for line in lines if line) + "\n"
 

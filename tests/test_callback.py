@@ -53,11 +53,11 @@ def test_callback_swaps_in_setup_before_optimizers_and_is_idempotent():
         (dict(rule="no_such_rule"), ValueError, "valid rules are:"),
         (dict(mapping={"ReLUU": "sign"}), ValueError, "unknown mapping key 'ReLUU'"),
         (dict(mapping={"ReLU": "tanh"}), ValueError, "unknown activation 'tanh'"),
-        (dict(activation="qrelu", unit_kwargs={"steps": 1}), ValueError, "steps must be an int >= 2"),
+        (dict(activation="qrelu", unit_kwargs={"thresholds": 1}), ValueError, "thresholds must be an int >= 2"),
         (
-            dict(activation="sign", unit_kwargs={"steps": 3}),
+            dict(activation="sign", unit_kwargs={"thresholds": 3}),
             TypeError,
-            "does not take steps; its arguments are: rule, weighted, inplace",
+            "does not take thresholds; its arguments are: rule, weighted, inplace",
         ),
         (dict(include=[1]), TypeError, "include must be"),
         (dict(weighted="yes"), TypeError, "weighted must be True or False"),
@@ -145,7 +145,7 @@ class NamedCallback(ftp.FTPropCallback):
     """A user's subclass: its own class name, the base's state key."""
 
     def __init__(self, **kwargs):
-        super().__init__("qrelu", "sste", mapping={"ReLU": ("qrelu", {"steps": 5})}, log_every_n_steps=2, **kwargs)
+        super().__init__("qrelu", "sste", mapping={"ReLU": ("qrelu", {"thresholds": 5})}, log_every_n_steps=2, **kwargs)
         self.fit_starts = 0
 
     def on_fit_start(self, trainer, pl_module):
@@ -163,7 +163,7 @@ def test_subclassed_callback_resumes_its_state_and_the_diagnostics_counters(tmp_
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert "FTPropCallback" in saved["callbacks"] and not any("Named" in str(k) for k in saved["callbacks"])
     state = saved["callbacks"]["FTPropCallback"]
-    assert state["spec"]["mapping"] == {"ReLU": ["qrelu", {"steps": 5}]}
+    assert state["spec"]["mapping"] == {"ReLU": ["qrelu", {"thresholds": 5}]}
     assert state["diagnostics"]["logged_steps"] == 2 and state["diagnostics"]["last_logged_step"] == 2
 
     resumed = StartProbe()
@@ -171,7 +171,7 @@ def test_subclassed_callback_resumes_its_state_and_the_diagnostics_counters(tmp_
     trainer = make_trainer(callbacks=[second], max_steps=7)
     trainer.fit(resumed, make_loader(), ckpt_path=str(tmp_path / "last.ckpt"))
     assert resumed.step_at_start == 3 and second.fit_starts == 1
-    assert second.layers == ["net.2", "net.4"] and [u.steps for _, u in ftp.threshold_units(resumed)] == [5, 5]
+    assert second.layers == ["net.2", "net.4"] and [u.thresholds for _, u in ftp.threshold_units(resumed)] == [5, 5]
     for start, before in zip(resumed.params_at_start, trained.parameters()):
         torch.testing.assert_close(start, before.detach())
     # the counter continued: 2 logged before the checkpoint, then steps 4 and 6

@@ -35,7 +35,7 @@ def test_callback_from_yaml_class_path_and_init_args(tmp_path):
                     "init_args": {
                         "activation": "qrelu",
                         "rule": "sste",
-                        "unit_kwargs": {"steps": 5},
+                        "unit_kwargs": {"thresholds": 5},
                         "exclude": ["net.4"],
                         "log_every_n_steps": 1,
                     },
@@ -47,9 +47,9 @@ def test_callback_from_yaml_class_path_and_init_args(tmp_path):
     path.write_text(yaml.safe_dump(config))
     cli = LightningCLI(TinyNet, TinyData, args=["fit", f"--config={path}", *TRAINER], save_config_callback=None)
     callback = _ftprop(cli)
-    assert callback.spec["unit_kwargs"] == {"steps": 5} and callback.layers == ["net.2"]
+    assert callback.spec["unit_kwargs"] == {"thresholds": 5} and callback.layers == ["net.2"]
     unit = cli.model.net[2]
-    assert isinstance(unit, ftp.QReLU) and unit.steps == 5 and unit.rule.name == "sste"
+    assert isinstance(unit, ftp.QReLU) and unit.thresholds == 5 and unit.rule.name == "sste"
     assert type(cli.model.net[4]).__name__ == "ReLU"
     assert "ftprop/net_2/saturated" in callback.latest and cli.trainer.global_step == 2
 

@@ -65,7 +65,7 @@ def test_every_shipped_config_parses_with_the_reference_hyperparameters(capsys, 
     )
     assert model["weight_decay"] == decays[{"sign": 1, "qrelu": 2}.get(activation, 0)]
     if activation == "qrelu":
-        assert ftprop["unit_kwargs"] == {"steps": 5 if arch == "resnet18" else 3, "mode": "single"}
+        assert ftprop["unit_kwargs"] == {"thresholds": 5 if arch == "resnet18" else 3, "mode": "single"}
     if DATASET[arch] == "imagenet":
         assert data["class_path"] == "lightning_ftprop.data.ImageNetDataModule"
         assert data["init_args"]["global_batch_size"] == batch and model["num_classes"] == 1000
@@ -132,7 +132,7 @@ def test_help_mentions_the_extra_subcommands(capsys):
         ("--model.arch=vgg16", "unknown arch 'vgg16'"),
         ("--model.activation=tanh", "unknown activation 'tanh'"),
         ("--model.ftprop.rule=magic", "unknown rule 'magic'"),
-        ("--model.ftprop.unit_kwargs.steps=5", "Sign does not take steps"),
+        ("--model.ftprop.unit_kwargs.thresholds=5", "Sign does not take thresholds"),
     ],
 )
 def test_unknown_model_or_activation_on_the_command_line_is_a_clear_error(tmp_path, override, match):
@@ -219,8 +219,8 @@ def test_imagenet_resnet18_config_trains_two_steps_with_ddp_on_two_cpu_processes
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2
     assert checkpoint["hyper_parameters"]["activation"] == "qrelu"
-    assert checkpoint["hyper_parameters"]["ftprop"]["unit_kwargs"] == {"steps": 5, "mode": "single"}
-    assert checkpoint["ftprop"]["spec"]["unit_kwargs"] == {"steps": 5, "mode": "single"}
+    assert checkpoint["hyper_parameters"]["ftprop"]["unit_kwargs"] == {"thresholds": 5, "mode": "single"}
+    assert checkpoint["ftprop"]["spec"]["unit_kwargs"] == {"thresholds": 5, "mode": "single"}
     (config,) = run_dir.rglob("config.yaml")
     saved = yaml.safe_load(config.read_text())
     assert saved["trainer"]["strategy"] == "ddp" and str(saved["trainer"]["devices"]) == "2"

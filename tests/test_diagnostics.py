@@ -50,7 +50,7 @@ def test_hinge_saturates_where_the_target_is_met_with_margin():
 def test_rule_coordinates_of_qrelu_follow_its_backward_mode():
     z = torch.tensor([0.0, 0.25, 1.0])
     assert [u.tolist() for u in rule_coordinates(ftp.QReLU(mode="single"), z)] == [[-1.0, -0.5, 1.0]]
-    per_threshold = rule_coordinates(ftp.QReLU(steps=3, mode="per_threshold"), z)
+    per_threshold = rule_coordinates(ftp.QReLU(thresholds=3, mode="per_threshold"), z)
     assert [u.tolist() for u in per_threshold] == [[0.0, 0.25, 1.0], [-0.5, -0.25, 0.5], [-1.0, -0.75, 0.0]]
     assert [u.tolist() for u in rule_coordinates(ftp.Sign(), z)] == [z.tolist()]
 
@@ -63,20 +63,20 @@ def test_rule_coordinate_is_deprecated_and_refuses_several_coordinates():
         rule_coordinate(ftp.QReLU(mode="per_threshold"), z)
 
 
-def _per_threshold_reference(records, steps, rule):
-    """Raw sums per layer over the backward's own coordinates ``u_k = z - k/(steps-1)``, in float64.
+def _per_threshold_reference(records, thresholds, rule):
+    """Raw sums per layer over the backward's own coordinates ``u_k = z - k/(thresholds-1)``, in float64.
 
     Each coordinate is first checked against the unit's actual backward: ``dz`` must equal
-    ``(1/steps) * sum_k |g| * dL/du(u_k, sign(-g))``, so these are the coordinates the backward uses.
+    ``(1/thresholds) * sum_k |g| * dL/du(u_k, sign(-g))``, so these are the coordinates the backward uses.
     """
     out = {}
     for name, z, g in records:
-        thetas = [k / (steps - 1) for k in range(steps)]
+        thetas = [k / (thresholds - 1) for k in range(thresholds)]
         us = [z.double() - theta for theta in thetas]
         t = -torch.sign(g.double())
         zz = z.clone().requires_grad_(True)
-        ftp.functional.qrelu(zz, rule, steps=steps, mode="per_threshold").backward(g)
-        expected = sum(g.double().abs() * rule.grad(u, t) for u in us) / steps
+        ftp.functional.qrelu(zz, rule, thresholds=thresholds, mode="per_threshold").backward(g)
+        expected = sum(g.double().abs() * rule.grad(u, t) for u in us) / thresholds
         torch.testing.assert_close(zz.grad.double(), expected, rtol=1e-5, atol=1e-7)
         c = out.setdefault(name, dict(n=0, ignored=0, mismatch=0, saturated=0, loss=0.0))
         active = t != 0
@@ -94,7 +94,7 @@ def test_qrelu_per_threshold_statistics_count_in_the_backward_coordinates(tmp_pa
     torch.manual_seed(0)
     probe = GradProbe()
     callback = ftp.FTPropCallback(
-        "qrelu", "sste", unit_kwargs={"steps": 3, "mode": "per_threshold"}, log_every_n_steps=1
+        "qrelu", "sste", unit_kwargs={"thresholds": 3, "mode": "per_threshold"}, log_every_n_steps=1
     )
     logger = CSVLogger(tmp_path)
     make_trainer(callbacks=[probe, callback], logger=logger, max_steps=3).fit(TinyNet(lr=0.5), make_loader())

@@ -5,7 +5,7 @@
 
 ``activation`` is one of :data:`NETWORK_ACTIVATION_NAMES`: ``relu``, ``saturated_relu``, ``sign``, ``step``,
 ``qrelu``. Every network is built as a float network and its threshold units come from a spec, through
-:func:`lightning_ftprop.convert` (see :mod:`.activation`); extra keywords (``steps=5``,
+:func:`lightning_ftprop.convert` (see :mod:`.activation`); extra keywords (``thresholds=5``,
 ``mode="per_threshold"``, ``weighted=False``) go to the threshold units.
 """
 

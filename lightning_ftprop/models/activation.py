@@ -8,7 +8,7 @@ saturated-ReLU baseline) after each hidden layer. A threshold activation (``sign
     make_float_activation("relu")            -> nn.ReLU()
     make_float_activation("saturated_relu")  -> nn.Hardtanh(0, 1)    min(max(z, 0), 1)
     make_float_activation("sign")            -> nn.ReLU()            (swapped afterwards)
-    unit_spec("qrelu", "sste", steps=5)    -> the spec that swaps every ReLU for QReLU(steps=5, rule="sste")
+    unit_spec("qrelu", "sste", thresholds=5)    -> the spec that swaps every ReLU for QReLU(thresholds=5, rule="sste")
 
 Threshold units have no parameters, so a network gets the same random weights for every activation.
 """
@@ -77,7 +77,7 @@ def unit_spec(
 ) -> Optional[Dict[str, Any]]:
     """The spec that swaps a float network's activations for ``activation`` units; None for a float baseline.
 
-    ``rule``, ``weighted`` and ``unit_kwargs`` (qrelu's ``steps``, ``mode``; ``saved``) matter only for
+    ``rule``, ``weighted`` and ``unit_kwargs`` (qrelu's ``thresholds``, ``mode``; ``saved``) matter only for
     threshold units; a float baseline ignores them.
     """
     check_network_activation(activation)
@@ -99,7 +99,7 @@ def paper_network(build_float: Callable[..., nn.Module]) -> Callable[..., nn.Mod
 
     ``build_float`` calls ``act()`` for every hidden activation. The network is built with
     :func:`make_float_activation`, then :func:`to_threshold` swaps in the units; keyword arguments that
-    ``build_float`` does not take (``steps``, ``mode``, ``weighted``, ``saved``) go to the units.
+    ``build_float`` does not take (``thresholds``, ``mode``, ``weighted``, ``saved``) go to the units.
     """
     own = [p for p in inspect.signature(build_float).parameters.values() if p.name != "act"]
     shape_names = {p.name for p in own}
