@@ -223,7 +223,12 @@ def test_bf16_accumulation_checkpoint_and_early_stopping(tmp_path):
     trainer.fit(model, datamodule=TinyData())
     assert stopper.stopped_epoch > 0 and trainer.current_epoch < 10
     assert trainer.global_step == 2 * trainer.current_epoch  # 4 batches / 2 accumulated per step
-    assert (tmp_path / "last.ckpt").exists() and checkpoint.best_model_path
+    last_saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert 0 < last_saved["global_step"] <= trainer.global_step and checkpoint.best_model_path
+    # logging every step: the statistics saved with the checkpoint are those of its last optimizer step
+    saved_diagnostics = last_saved["callbacks"]["FTPropCallback"]["diagnostics"]
+    assert saved_diagnostics["last_logged_step"] == last_saved["global_step"] - 1
+    assert saved_diagnostics["logged_steps"] == last_saved["global_step"]
     saved = torch.load(checkpoint.best_model_path, weights_only=False)
     assert saved["callbacks"]["FTPropCallback"]["layers"] == ["net.2", "net.4"]
     # the last logged step gathered both accumulated micro-batches of bf16 pre-activations
