@@ -57,7 +57,15 @@ Matcher = Union[str, Callable[[nn.Module], bool]]  # a class path, or a predicat
 
 
 class UnswappedActivationWarning(UserWarning):
-    """``convert`` left activation-like modules in float that no recogniser or mapping key matched."""
+    """``convert`` left activation-like modules in float that no recogniser or mapping key matched.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = convert(nn.Sequential(nn.ReLU(), nn.GELU()), mapping={"ReLU": "sign"})
+    >>> caught[0].category.__name__
+    'UnswappedActivationWarning'
+    """
 
 
 class SwappedNames(list):
@@ -66,6 +74,10 @@ class SwappedNames(list):
     Attributes:
         excluded: activations the user kept in float (``include``/``exclude``, or ``None`` in ``mapping``).
         left: activation-like modules or function slots that nothing matched; ``convert`` warned about them.
+
+    >>> names = convert(nn.Sequential(nn.ReLU(), nn.Tanh()), exclude="1")
+    >>> names, names.excluded, names.counts()
+    (['0'], ['1'], {'swapped': 1, 'excluded': 1, 'left': 0})
     """
 
     def __init__(self, swapped: Iterable[str] = (), excluded: Iterable[str] = (), left: Iterable[str] = ()):
@@ -86,6 +98,9 @@ def check_patterns(patterns: Patterns, name: str) -> Optional[List[str]]:
 
     Raises:
         TypeError: anything else.
+
+    >>> check_patterns("layer4.*", "exclude")
+    ['layer4.*']
     """
     if patterns is None:
         return None
@@ -145,6 +160,9 @@ def mapping_key_name(key: Any) -> str:
     Raises:
         TypeError: a key of the wrong type, or a predicate (give it a name with ``register_activation``).
         ValueError: an unknown or malformed name.
+
+    >>> mapping_key_name(nn.GELU), mapping_key_name("mypkg.layers.MyAct")
+    ('GELU', 'mypkg.layers.MyAct')
     """
     if isinstance(key, (type, str)):
         _matcher(key)
@@ -444,6 +462,12 @@ def convert(
         ValueError: a bad value (unknown activation, rule or mapping key; the message lists the
             valid ones), or a model with nothing to swap.
         TypeError: a bad type (model, patterns, mapping keys or values, unit keywords).
+
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh())
+    >>> convert(model, "sign", "sste", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"thresholds": 5})})
+    ['1', '3']
+    >>> model[1], model[3]
+    (Sign(rule='sste', weighted=True), QReLU(thresholds=5, mode='single', rule='sste', weighted=True))
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() expects an nn.Module, got {type(model).__name__}")
@@ -501,7 +525,15 @@ def convert(
 
 
 def revert(model: nn.Module) -> List[str]:
-    """Put back the exact modules and functions that :func:`convert` replaced; returns the restored names."""
+    """Put back the exact modules and functions that :func:`convert` replaced; returns the restored names.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    >>> relu = model[1]
+    >>> convert(model)
+    ['1']
+    >>> revert(model), model[1] is relu
+    (['1'], True)
+    """
     restored: List[str] = []
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
         for child_name, child in list(parent._modules.items()):  # named_children() hides repeats
@@ -512,7 +544,13 @@ def revert(model: nn.Module) -> List[str]:
 
 
 def threshold_units(model: nn.Module) -> List[Tuple[str, ThresholdUnit]]:
-    """``(qualified name, unit)`` for every :class:`ThresholdUnit` in ``model``, shared ones once."""
+    """``(qualified name, unit)`` for every :class:`ThresholdUnit` in ``model``, shared ones once.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    >>> _ = convert(model, "step")
+    >>> threshold_units(model)
+    [('1', Step(rule='soft_hinge', weighted=True))]
+    """
     return [(name, m) for name, m in model.named_modules() if isinstance(m, ThresholdUnit)]
 
 
@@ -521,6 +559,11 @@ def float_activations(model: nn.Module) -> List[Tuple[str, str]]:
 
     That is every recognised or activation-like module, and every function slot holding a
     function; threshold units are not float. Shared modules are listed once.
+
+    >>> model = nn.Sequential(nn.ReLU(), nn.Tanh())
+    >>> _ = convert(model, exclude="1")
+    >>> float_activations(model)
+    [('1', 'torch.nn.modules.activation.Tanh')]
     """
     found: List[Tuple[str, str]] = []
     for name, module in model.named_modules():

@@ -141,7 +141,11 @@ def target_counts(u: Tensor, g: Tensor, rule: Rule) -> Tuple[Tensor, Tensor]:
 
 
 def stats_from_counts(counts: List[int], loss: float) -> Dict[str, float]:
-    """The statistics of :data:`STATS` from one layer's summed ``counts`` and ``loss``."""
+    """The statistics of :data:`STATS` from one layer's summed ``counts`` and ``loss``.
+
+    >>> stats_from_counts([10, 2, 3, 4], loss=5.0)
+    {'mismatch': 0.3, 'ignored': 0.2, 'saturated': 0.5, 'loss': 0.5}
+    """
     total, ignored, mismatch, saturated = counts
     active = total - ignored
     return {
@@ -153,7 +157,11 @@ def stats_from_counts(counts: List[int], loss: float) -> Dict[str, float]:
 
 
 def layer_key(name: str) -> str:
-    """A module name as a W&B-safe key segment: ``"layer1.0.act"`` -> ``"layer1_0_act"``."""
+    """A module name as a W&B-safe key segment: ``"layer1.0.act"`` -> ``"layer1_0_act"``.
+
+    >>> layer_key("layer1.0.act")
+    'layer1_0_act'
+    """
     return re.sub(r"[^_a-zA-Z0-9]", "_", name) or "root"
 
 
@@ -162,6 +170,11 @@ class TargetCounts(Metric):
 
     States: ``counts`` (int64, ``[layers, 4]``: N, ignored, mismatch, saturated) and ``loss``
     (float32, ``[layers]``), both with ``dist_reduce_fx="sum"``.
+
+    >>> metric = TargetCounts(num_layers=2)
+    >>> metric.update(1, torch.tensor([4, 1, 2, 0]), torch.tensor(0.5))
+    >>> metric.counts.tolist()
+    [[0, 0, 0, 0], [4, 1, 2, 0]]
     """
 
     full_state_update = False
@@ -188,6 +201,13 @@ class FTPropDiagnostics(Callback):
             2n, ...); 0 turns the statistics off.
         histogram_every_n_steps: with a ``WandbLogger``, log pre-activation histograms every this
             many steps, on rank zero; 0 turns them off.
+
+    For a model converted without :class:`~lightning_ftprop.FTPropCallback`, pass it to the
+    Trainer (``Trainer(callbacks=[FTPropDiagnostics(log_every_n_steps=10)])``):
+
+    >>> diagnostics = FTPropDiagnostics(log_every_n_steps=10)
+    >>> diagnostics.log_every_n_steps, diagnostics.state_key
+    (10, 'FTPropDiagnostics')
     """
 
     def __init__(

@@ -108,7 +108,11 @@ class FrozenUnit(nn.Module):
 
 
 class FrozenSign(FrozenUnit):
-    """``h = +1 if z > 0 else -1``; forward only."""
+    """``h = +1 if z > 0 else -1``; forward only.
+
+    >>> FrozenSign()(torch.tensor([-1.0, 0.0, 0.5]))
+    tensor([-1., -1.,  1.])
+    """
 
     activation = "sign"
 
@@ -117,7 +121,11 @@ class FrozenSign(FrozenUnit):
 
 
 class FrozenStep(FrozenUnit):
-    """``h = 1 if z > 0 else 0``; forward only."""
+    """``h = 1 if z > 0 else 0``; forward only.
+
+    >>> FrozenStep()(torch.tensor([-1.0, 0.0, 0.5]))
+    tensor([0., 0., 1.])
+    """
 
     activation = "step"
 
@@ -166,6 +174,10 @@ def freeze(model: nn.Module) -> nn.Module:
     The copy works with ``torch.export.export`` and ``torch.jit.script`` (where the model itself does)
     and gives outputs identical to ``model.eval()``. A unit shared by several parents stays shared.
     The original model is not changed.
+
+    >>> from lightning_ftprop.nn import Sign
+    >>> freeze(nn.Sequential(nn.Linear(2, 2), Sign()))[1]
+    FrozenSign()
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"freeze() expects an nn.Module, got {type(model).__name__}")
@@ -263,7 +275,12 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[Tensor, Tensor]:
 
 
 def folded_unit(bn: nn.modules.batchnorm._BatchNorm, unit: FrozenUnit) -> FoldedThreshold:
-    """The :class:`FoldedThreshold` equal to ``unit(bn(x))`` for ``bn`` in eval mode."""
+    """The :class:`FoldedThreshold` equal to ``unit(bn(x))`` for ``bn`` in eval mode.
+
+    >>> bn = nn.BatchNorm1d(2).eval()
+    >>> folded_unit(bn, FrozenQReLU(thresholds=3)).threshold.shape  # (thresholds, channels)
+    torch.Size([3, 2])
+    """
     a, b = _bn_affine(bn)
     thetas = torch.tensor(_thresholds(unit), dtype=torch.float64)[:, None]  # (thresholds, 1)
     s = torch.where(a < 0, -1.0, 1.0).to(torch.float64).expand(len(thetas), -1)
@@ -300,6 +317,15 @@ def fold_thresholds(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: ``model`` cannot be traced with ``torch.fx`` (data-dependent control flow);
             use :func:`freeze` instead, or ``export_onnx(..., fold=False)``.
+
+    >>> from lightning_ftprop.nn import Sign
+    >>> model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2), Sign()).eval()
+    >>> folded = fold_thresholds(model)
+    >>> [type(m).__name__ for m in folded.children()]
+    ['Linear', 'FoldedThreshold']
+    >>> x = torch.randn(4, 3)
+    >>> torch.equal(folded(x), model(x))
+    True
     """
     frozen = freeze(model)
     try:
@@ -367,7 +393,14 @@ def fold_thresholds(model: nn.Module) -> nn.Module:
 
 
 def check_onnx_domains(model_proto: Any) -> List[str]:
-    """``"op_type (domain)"`` for every node of ``model_proto`` outside the standard ONNX domain."""
+    """``"op_type (domain)"`` for every node of ``model_proto`` outside the standard ONNX domain.
+
+    >>> import onnx
+    >>> node = onnx.helper.make_node("Relu", ["x"], ["y"])
+    >>> graph = onnx.helper.make_graph([node], "g", [], [])
+    >>> check_onnx_domains(onnx.helper.make_model(graph))
+    []
+    """
     bad: List[str] = []
 
     def visit(graph) -> None:
@@ -464,6 +497,14 @@ def export_onnx(
         ValueError: the model cannot be exported (the message names the module that fails), or the
             graph would need operators outside the standard ONNX domain; no file is written.
         ImportError: ``onnx``/``onnxscript`` is missing (``pip install lightning-ftprop[export]``).
+
+    >>> import os, tempfile
+    >>> from lightning_ftprop.nn import Step
+    >>> model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2), Step())
+    >>> with tempfile.TemporaryDirectory() as folder:  # doctest: +ELLIPSIS
+    ...     path = export_onnx(model, os.path.join(folder, "model.onnx"), torch.zeros(1, 3))
+    ...     os.path.basename(path), os.path.getsize(path) > 0
+    ('model.onnx', True)
     """
     try:
         import onnx

@@ -46,6 +46,10 @@ class ThresholdUnit(nn.Module):
         inplace: accepted for drop-in compatibility with ``nn.ReLU(inplace=True)``; ignored.
         saved: what the backward keeps: ``"input"`` (default: ``z`` itself), or the compact ``"bf16"`` / ``"uint8"``
             forms of the surrogate (see :mod:`lightning_ftprop.functional`).
+
+    >>> unit = Sign("sste", saved="uint8")
+    >>> unit.levels, unit.bits, unit.spec()
+    (2, 1, {'activation': 'sign', 'rule': 'sste', 'weighted': True, 'saved': 'uint8'})
     """
 
     activation: str = ""
@@ -77,7 +81,12 @@ class ThresholdUnit(nn.Module):
 
 
 class Sign(ThresholdUnit):
-    """``h = sign(z)`` in {-1, +1}; backward ``|g| * dL/dz(z, sign(-g))``."""
+    """``h = sign(z)`` in {-1, +1}; backward ``|g| * dL/dz(z, sign(-g))``.
+
+    >>> import torch
+    >>> Sign()(torch.tensor([-0.5, 0.0, 2.0]))
+    tensor([-1., -1.,  1.])
+    """
 
     activation = "sign"
 
@@ -86,7 +95,12 @@ class Sign(ThresholdUnit):
 
 
 class Step(ThresholdUnit):
-    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))``."""
+    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))``.
+
+    >>> import torch
+    >>> Step()(torch.tensor([-0.5, 0.0, 2.0]))
+    tensor([0., 0., 1.])
+    """
 
     activation = "step"
 
@@ -187,6 +201,9 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
         ValueError: an unknown activation or rule (the message lists the valid names), or a bad
             unit argument value.
         TypeError: a keyword argument the unit does not take, or an argument of the wrong type.
+
+    >>> make_unit("qrelu", "sste", thresholds=5, mode="per_threshold")
+    QReLU(thresholds=5, mode='per_threshold', rule='sste', weighted=True)
     """
     cls = UNIT_CLASSES[check_unit_name(activation)]
     allowed = [p for p in inspect.signature(cls).parameters if p != "rule" and p not in _DEPRECATED_ARGUMENTS]

@@ -104,6 +104,9 @@ def make_spec(
         ValueError: unknown activation, rule or mapping key, or bad unit argument values; the
             message lists what is allowed.
         TypeError: wrong argument types, or a unit argument the activation does not take.
+
+    >>> make_spec("qrelu", "sste", unit_kwargs={"thresholds": 5}, memory="exact")
+    {'activation': 'qrelu', 'rule': 'sste', 'weighted': True, 'include': None, 'exclude': None, 'mapping': None, 'unit_kwargs': {'thresholds': 5}, 'memory': 'exact'}
     """
     check_unit_name(activation)  # a name: a spec must be storable (convert takes unit factories)
     if unit_kwargs is None:
@@ -133,6 +136,12 @@ def spec_from_dict(values: Mapping[str, Any], extra_keys: Sequence[str] = ()) ->
 
     Raises:
         ValueError: an unknown key (the message lists the allowed ones), or what :func:`make_spec` raises.
+
+    >>> spec_from_dict({"activation": "step", "log_every_n_steps": 10}, extra_keys=["log_every_n_steps"])["activation"]
+    'step'
+    >>> spec_from_dict({"activaton": "step"})
+    Traceback (most recent call last):
+    ValueError: unknown ftprop spec key(s) 'activaton'; allowed keys: activation, rule, weighted, include, exclude, mapping, unit_kwargs, memory
     """
     if not isinstance(values, Mapping):
         raise TypeError(f"an ftprop spec must be a dict with keys from {', '.join(SPEC_KEYS)}, got {values!r}")
@@ -148,6 +157,10 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
 
     Raises:
         ValueError: the model has nothing to swap (from :func:`lightning_ftprop.convert`).
+
+    >>> from torch import nn
+    >>> apply_spec(nn.Sequential(nn.Linear(2, 2), nn.GELU()), make_spec("qrelu", unit_kwargs={"thresholds": 5}))
+    ['1']
     """
     return convert(model, **_convert_kwargs(spec))
 
