@@ -106,6 +106,9 @@ def test_mixin_resumes_fit_with_threshold_units(tmp_path):
     trainer = make_trainer(max_steps=3)
     trainer.fit(model, make_loader(), ckpt_path=path)
     assert model.types_at_start == ["Sign", "Sign"] and trainer.global_step == 3
+    # the diagnostics part the mixin added resumed its counters: steps 0 and 1 before, step 2 after
+    (diagnostics,) = [cb for cb in trainer.callbacks if isinstance(cb, ftp.FTPropDiagnostics)]
+    assert (diagnostics.logged_steps, diagnostics.last_logged_step) == (3, 2)
 
 
 def test_mixin_converts_after_an_overriding_configure_model_that_skips_super():
