@@ -26,18 +26,15 @@ import torch.nn.functional as F
 import torchvision
 
 from lightning_ftprop.models import convnet4
+from lightning_ftprop.paper import FLOAT_BASELINES, THRESHOLD_METHODS
+from lightning_ftprop.rules import available_rules
 
-METHODS = [
-    ("relu", None),
-    ("saturated_relu", None),
-    ("sign", "ste"),
-    ("sign", "sste"),
-    ("sign", "soft_hinge"),
-    ("sign", "hinge"),
-    ("sign", "log_loss"),
-    ("qrelu", "sste"),
-    ("qrelu", "soft_hinge"),
-]
+#: The paper's float baselines, sign with every rule (the ablation), and the paper's qReLU methods.
+METHODS = (
+    [(m.activation, m.rule) for m in FLOAT_BASELINES]
+    + [("sign", rule) for rule in available_rules()]
+    + [(m.activation, m.rule) for m in THRESHOLD_METHODS if m.activation == "qrelu"]
+)
 MEAN, STD = 0.2860, 0.3530
 
 

@@ -17,9 +17,13 @@ batch 64, lr 2.5e-4 (convnet4) or 1e-3 (convnet8), lr x0.1 at the start of the e
     python benchmarks/table1.py --threads 1 --epochs 10 --seeds 3 --nets convnet4    # the grid (hours)
     python benchmarks/table1.py --report                                            # tables + plot
 
-``--report`` prints, per cell, mean +- std of the best and the final test accuracy, and for each net and
-activation the paired per-seed difference FTP-SH - SSTE with its mean and a 95% t-interval; it also draws
-test accuracy against epoch (mean and +-1 std band) for FTP-SH against SSTE.
+``--report`` prints, per cell, mean +- std of the best and the final test accuracy; the same in the paper's
+Table 1 layout; for each net and activation the paired per-seed difference FTP-SH - SSTE with its mean and a
+95% t-interval; and each threshold method's paired difference to the two float baselines. It also draws test
+accuracy against epoch (mean and +-1 std band) for FTP-SH against SSTE over their matched seeds only, with the
+float baselines over the same seeds.
+
+Methods and recipes come from :mod:`lightning_ftprop.paper`.
 """
 
 from __future__ import annotations
@@ -36,22 +40,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from lightning_ftprop.paper import METHODS as PAPER_METHODS
+from lightning_ftprop.paper import RECIPES
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSONL = HERE / "table1.jsonl"
 DEFAULT_PLOT = HERE / "table1.png"
 
-#: (activation, rule); the rule is None for the float baselines.
-METHODS: Tuple[Tuple[str, Optional[str]], ...] = (
-    ("relu", None),
-    ("saturated_relu", None),
-    ("sign", "sste"),
-    ("sign", "soft_hinge"),
-    ("qrelu", "sste"),
-    ("qrelu", "soft_hinge"),
-)
-#: The paper's CIFAR-10 learning rates (README of the reference code; digest 3.2 and 3.3).
-PAPER_LR = {"convnet4": 2.5e-4, "convnet8": 1e-3}
-PAPER_EPOCHS, PAPER_DECAYS = 300, (200, 250)
+#: (activation, rule) of the paper's six methods (lightning_ftprop.paper); the rule is None for the baselines.
+METHODS: Tuple[Tuple[str, Optional[str]], ...] = tuple((m.activation, m.rule) for m in PAPER_METHODS)
+#: The nets this grid trains (their recipes: lightning_ftprop.paper.RECIPES).
+NETS = ("convnet4", "convnet8")
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (standard table values).
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -69,15 +68,17 @@ def parse_method(text: str) -> Tuple[str, Optional[str]]:
     return known[text]
 
 
-def scaled_milestones(epochs: int) -> List[int]:
-    """The paper's decays (start of epochs 200 and 250 of 300) scaled to ``epochs``: 1-based, >= 2, distinct.
+def scaled_milestones(net: str, epochs: int) -> List[int]:
+    """The paper's decays for ``net`` (convnets: start of epochs 200 and 250 of 300) scaled to ``epochs``.
 
-    The paper trains ``d - 1`` epochs before the decay at epoch ``d``; the scaled decay comes after
-    ``round((d - 1) * epochs / 300)`` epochs. For 10 epochs that is the start of epochs 8 and 9.
+    The result is 1-based, >= 2 and distinct. The paper trains ``d - 1`` epochs before the decay at epoch
+    ``d``; the scaled decay comes after ``round((d - 1) * epochs / paper_epochs)`` epochs. For 10 epochs of a
+    convnet that is the start of epochs 8 and 9.
     """
+    paper = RECIPES[net]
     milestones: List[int] = []
-    for decay in PAPER_DECAYS:
-        epoch = max(2, 1 + round((decay - 1) * epochs / PAPER_EPOCHS))
+    for decay in paper.milestones:
+        epoch = max(2, 1 + round((decay - 1) * epochs / paper.epochs))
         if milestones and epoch <= milestones[-1]:
             epoch = milestones[-1] + 1
         if epoch <= epochs:
@@ -85,15 +86,17 @@ def scaled_milestones(epochs: int) -> List[int]:
     return milestones
 
 
-def recipe(net: str, epochs: int) -> Dict[str, object]:
+def recipe(net: str, epochs: int, activation: str) -> Dict[str, object]:
+    """The paper's recipe for ``net`` (lightning_ftprop.paper.RECIPES) with its decays scaled to ``epochs``."""
+    paper = RECIPES[net]
     return {
-        "optimizer": "adam",
-        "lr": PAPER_LR[net],
-        "weight_decay": 5e-4,
-        "batch_size": 64,
-        "milestones": scaled_milestones(epochs),
-        "gamma": 0.1,
-        "qrelu_steps": 3,
+        "optimizer": paper.optimizer,
+        "lr": paper.lr,
+        "weight_decay": paper.weight_decay_for(activation),
+        "batch_size": paper.batch_size,
+        "milestones": scaled_milestones(net, epochs),
+        "gamma": paper.gamma,
+        "qrelu_steps": paper.qrelu_thresholds,
     }
 
 
@@ -138,7 +141,7 @@ def train_run(net: str, activation: str, rule: Optional[str], seed: int, epochs:
     from lightning_ftprop import ImageClassifier
     from lightning_ftprop.data import EmbeddedFashionMNISTDataModule, FashionMNISTDataModule
 
-    cfg = recipe(net, epochs)
+    cfg = recipe(net, epochs, activation)
     pl.seed_everything(seed, workers=True, verbose=False)
     if args.embedded:
         data = EmbeddedFashionMNISTDataModule(batch_size=cfg["batch_size"])
@@ -227,7 +230,7 @@ def run_grid(args) -> int:
     for net, act, rule, seed in grid(args.nets, args.methods, args.seeds):
         probe = {"net": net, "activation": act, "rule": rule, "seed": seed, "epochs": args.epochs}
         probe.update(
-            recipe=recipe(net, args.epochs), data="fashion_mnist_embedded" if args.embedded else "fashion_mnist"
+            recipe=recipe(net, args.epochs, act), data="fashion_mnist_embedded" if args.embedded else "fashion_mnist"
         )
         if run_key(probe) in done:
             print(f"skip {net} {method_name(act, rule)} seed {seed}: already in {args.jsonl}", flush=True)
@@ -267,35 +270,77 @@ def t_interval(diffs: List[float]) -> Tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def _paired(a: Dict[int, List[float]], b: Dict[int, List[float]]) -> Tuple[List[int], List[str]]:
+    """Seeds run in both cells, and ``mean [95% CI]`` of the per-seed differences a - b for best and final."""
+    seeds = sorted(set(a) & set(b))
+    cols = []
+    for pick in (max, lambda acc: acc[-1]):
+        if not seeds:
+            cols.append("-")
+            continue
+        mean, low, high = t_interval([pick(a[s]) - pick(b[s]) for s in seeds])
+        cols.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" if len(seeds) > 1 else f"{mean:+.2f} (one pair)")
+    return seeds, cols
+
+
 def report(records: List[Dict[str, object]], plot: Optional[Path]) -> str:
+    """Markdown tables of the records: per cell, Table 1's layout, FTP-SH - SSTE, and the gap to the baselines."""
     cells: Dict[Tuple, Dict[int, List[float]]] = defaultdict(dict)
     for r in records:
         cells[(r["net"], r["data"], r["epochs"], r["activation"], r["rule"])][r["seed"]] = r["test_acc"]
+    ordered = sorted(cells.items(), key=lambda kv: _order(kv[0]))
     lines = [
         "| net | data | epochs | method | seeds | best test acc (%) | final test acc (%) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (net, data, epochs, act, rule), runs in sorted(cells.items(), key=lambda kv: _order(kv[0])):
+    for (net, data, epochs, act, rule), runs in ordered:
         best = [max(acc) for acc in runs.values()]
         final = [acc[-1] for acc in runs.values()]
         lines.append(
             f"| {net} | {data} | {epochs} | {method_name(act, rule)} | {len(runs)} | {mean_std(best)} | {mean_std(final)} |"
         )
+
+    # Table 1's own layout: one row per net, the threshold methods then the float baselines, best accuracy.
+    columns = [m for m in METHODS if m[1] is not None] + [m for m in METHODS if m[1] is None]
+    groups = sorted({k[:3] for k in cells})
+    lines += ["", "As the paper's Table 1 (best test accuracy %, mean ± std over seeds, n = seeds):", ""]
+    lines += ["| net | data | epochs | " + " | ".join(method_name(*m) for m in columns) + " |"]
+    lines += ["|---|---|---|" + "---|" * len(columns)]
+    for group in groups:
+        row = []
+        for act, rule in columns:
+            runs = cells.get((*group, act, rule), {})
+            row.append(f"{mean_std([max(a) for a in runs.values()])} (n={len(runs)})" if runs else "-")
+        lines.append(f"| {group[0]} | {group[1]} | {group[2]} | " + " | ".join(row) + " |")
+
     lines += ["", "Paired per-seed difference FTP-SH - SSTE (percentage points, 95% t-interval):", ""]
     lines += ["| net | data | epochs | activation | pairs | best: mean [95% CI] | final: mean [95% CI] |"]
     lines += ["|---|---|---|---|---|---|---|"]
-    for (net, data, epochs, act, rule), sh in sorted(cells.items(), key=lambda kv: _order(kv[0])):
-        if rule != "soft_hinge" or (net, data, epochs, act, "sste") not in cells:
+    for (net, data, epochs, act, rule), sh in ordered:
+        sste = cells.get((net, data, epochs, act, "sste"))
+        if rule != "soft_hinge" or not sste:
             continue
-        sste = cells[(net, data, epochs, act, "sste")]
-        seeds = sorted(set(sh) & set(sste))
-        if not seeds:
+        seeds, cols = _paired(sh, sste)
+        if seeds:
+            lines.append(f"| {net} | {data} | {epochs} | {act} | {len(seeds)} | {cols[0]} | {cols[1]} |")
+
+    baselines = [m for m in METHODS if m[1] is None]
+    lines += ["", "Against the float baselines: paired per-seed difference method - baseline (points, 95% t-interval):"]
+    lines += ["", "| net | data | epochs | method | baseline | pairs | best: mean [95% CI] | final: mean [95% CI] |"]
+    lines += ["|---|---|---|---|---|---|---|---|"]
+    for (net, data, epochs, act, rule), runs in ordered:
+        if rule is None:
             continue
-        cols = []
-        for pick in (max, lambda acc: acc[-1]):
-            mean, low, high = t_interval([pick(sh[s]) - pick(sste[s]) for s in seeds])
-            cols.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" if len(seeds) > 1 else f"{mean:+.2f} (one pair)")
-        lines.append(f"| {net} | {data} | {epochs} | {act} | {len(seeds)} | {cols[0]} | {cols[1]} |")
+        for base in baselines:
+            base_runs = cells.get((net, data, epochs, *base))
+            if not base_runs:
+                continue
+            seeds, cols = _paired(runs, base_runs)
+            if seeds:
+                lines.append(
+                    f"| {net} | {data} | {epochs} | {method_name(act, rule)} | {method_name(*base)} | {len(seeds)} "
+                    f"| {cols[0]} | {cols[1]} |"
+                )
     if plot is not None:
         _plot(cells, plot)
         lines += ["", f"plot: {plot}"]
@@ -309,30 +354,63 @@ def _order(key: Tuple) -> Tuple:
     return (net, data, epochs, index.index(name) if name in index else len(index), name)
 
 
+def _curve(runs: List[List[float]]) -> Tuple[List[float], List[float]]:
+    """Per-epoch mean and standard deviation (0 for one run) over runs, cut to the shortest run."""
+    length = min(len(r) for r in runs)
+    mean = [statistics.mean(r[i] for r in runs) for i in range(length)]
+    std = [statistics.stdev([r[i] for r in runs]) if len(runs) > 1 else 0.0 for i in range(length)]
+    return mean, std
+
+
+def plot_panels(cells) -> List[Tuple[str, List[int], Dict[str, Tuple[List[float], List[float]]]]]:
+    """What the plot shows: per net and activation, ``(title, matched seeds, {label: (mean, std) per epoch})``.
+
+    SSTE and FTP-SH are averaged over the seeds both ran (never over unmatched runs); the float baselines over
+    those same seeds where they ran.
+    """
+    panels = []
+    for net, data, epochs, act, rule in sorted(cells):
+        if rule != "soft_hinge":
+            continue
+        sh, sste = cells[(net, data, epochs, act, rule)], cells.get((net, data, epochs, act, "sste"), {})
+        seeds = sorted(set(sh) & set(sste))
+        if not seeds:
+            continue
+        curves = {
+            "SSTE": _curve([sste[s] for s in seeds]),
+            "FTP-SH": _curve([sh[s] for s in seeds]),
+        }
+        for b_act, b_rule in (m for m in METHODS if m[1] is None):
+            base = cells.get((net, data, epochs, b_act, b_rule), {})
+            matched = [base[s] for s in seeds if s in base]
+            if matched:
+                curves[f"{b_act} (n={len(matched)})"] = _curve(matched)
+        panels.append((f"{net} {act} ({data}), seeds {','.join(map(str, seeds))}", seeds, curves))
+    return panels
+
+
 def _plot(cells, path: Path) -> None:
+    """Draw :func:`plot_panels`: test accuracy per epoch, mean and a +-1 std band (dashed: float baselines)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(k[0], k[1], k[2], k[3]) for k in cells if k[4] == "soft_hinge"})
+    panels = plot_panels(cells)
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (net, data, epochs, act) in zip(axes[0], panels):
-        for rule, colour, label in (("sste", "tab:orange", "SSTE"), ("soft_hinge", "tab:blue", "FTP-SH")):
-            runs = list(cells.get((net, data, epochs, act, rule), {}).values())
-            if not runs:
-                continue
-            length = min(len(r) for r in runs)
-            xs = list(range(1, length + 1))
-            mean = [statistics.mean(r[i] for r in runs) for i in range(length)]
-            std = [statistics.stdev([r[i] for r in runs]) if len(runs) > 1 else 0.0 for i in range(length)]
-            ax.plot(xs, mean, color=colour, label=f"{label} (n={len(runs)})")
-            ax.fill_between(
-                xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=colour, alpha=0.2
-            )
-        ax.set_title(f"{net} {act} ({data})", fontsize=9)
+    colours = {"SSTE": "tab:orange", "FTP-SH": "tab:blue"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (title, _, curves) in zip(axes[0], panels):
+        for index, (label, (mean, std)) in enumerate(curves.items()):
+            xs = list(range(1, len(mean) + 1))
+            if label in colours:
+                ax.plot(xs, mean, color=colours[label], label=label)
+                low, high = [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)]
+                ax.fill_between(xs, low, high, color=colours[label], alpha=0.2)
+            else:
+                ax.plot(xs, mean, color=("0.25", "0.6")[index % 2], linestyle="--", label=label)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
@@ -357,7 +435,7 @@ def parse_shard(text: str) -> Tuple[int, int]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nets", nargs="+", default=["convnet4", "convnet8"], choices=sorted(PAPER_LR))
+    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS)
     parser.add_argument("--methods", nargs="+", type=parse_method, default=list(METHODS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)

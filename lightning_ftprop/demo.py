@@ -23,15 +23,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from lightning_ftprop.paper import FLOAT_BASELINES, THRESHOLD_METHODS
+
 __all__ = ["METHODS", "DemoResult", "run_demo", "format_table", "write_results", "plot_accuracy", "main"]
 
-#: label -> (activation, rule); the ReLU baseline has no rule.
+#: label -> (activation, rule): the paper's ReLU baseline and its four threshold methods
+#: (:mod:`lightning_ftprop.paper`); the baseline has no rule.
 METHODS: Dict[str, Tuple[str, Optional[str]]] = {
-    "relu": ("relu", None),
-    "sign/sste": ("sign", "sste"),
-    "sign/soft_hinge": ("sign", "soft_hinge"),
-    "qrelu/sste": ("qrelu", "sste"),
-    "qrelu/soft_hinge": ("qrelu", "soft_hinge"),
+    m.name: (m.activation, m.rule) for m in (FLOAT_BASELINES[0], *THRESHOLD_METHODS)
 }
 
 DEFAULT_EPOCHS = 5

@@ -4,13 +4,13 @@ an offline Fashion-MNIST set.
 
     python scripts/generate_configs.py
 
-Hyper-parameters are the reference README's (digest section 3.2-3.5). Networks x methods:
-convnet4, convnet8 (CIFAR-10) and alexnet_dorefa, resnet18 (ImageNet) x {relu, saturated_relu,
-sign/sste, sign/soft_hinge, qrelu/sste, qrelu/soft_hinge}. ``convnet4_fashion_mnist_*`` runs the same
+Networks, methods and hyper-parameters come from :mod:`lightning_ftprop.paper` (the reference README's,
+digest sections 3.2-3.5): convnet4, convnet8 (CIFAR-10) and alexnet_dorefa, resnet18 (ImageNet) x the paper's
+six methods. ``convnet4_fashion_mnist_*`` runs the same
 six methods on the Fashion-MNIST subset shipped in the package, offline, with the demo's settings.
 Threshold units are spelt as ``model.ftprop``: the keys of ``FTPropCallback``. The files are
 committed (tests/test_configs.py checks that they equal this script's output); rerun this script after
-changing the tables below.
+changing lightning_ftprop/paper.py.
 """
 
 from __future__ import annotations
@@ -18,87 +18,44 @@ from __future__ import annotations
 import os
 from typing import Dict
 
+from lightning_ftprop.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
+from lightning_ftprop.paper import METHODS, RECIPES, Recipe, method
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "lightning_ftprop", "configs")
 SEED = 468412397
 
-METHODS = [  # (activation, rule or None)
-    ("relu", None),
-    ("saturated_relu", None),
-    ("sign", "sste"),
-    ("sign", "soft_hinge"),
-    ("qrelu", "sste"),
-    ("qrelu", "soft_hinge"),
-]
 
-# name -> dataset, optimizer, lr, epochs, milestones, batch, weight decay by activation kind, qrelu thresholds, title
-NETWORKS = {
-    "convnet4": dict(
-        dataset="cifar10",
-        title="4-layer convnet, CIFAR-10",
-        optimizer="adam",
-        lr=2.5e-4,
-        epochs=300,
-        milestones=[200, 250],
-        batch=64,
-        wd={"full": 5e-4, "sign": 5e-4, "qrelu": 5e-4},
-        thresholds=3,
-    ),
-    "convnet8": dict(
-        dataset="cifar10",
-        title="8-layer convnet (DoReFa SVHN net), CIFAR-10",
-        optimizer="adam",
-        lr=1e-3,
-        epochs=300,
-        milestones=[200, 250],
-        batch=64,
-        wd={"full": 5e-4, "sign": 5e-4, "qrelu": 5e-4},
-        thresholds=3,
-    ),
-    "convnet4_fashion_mnist": dict(
-        arch="convnet4",
-        dataset="fashion_mnist",
-        title="4-layer convnet, the embedded Fashion-MNIST subset (offline; the demo's settings)",
-        optimizer="adam",
-        lr=1e-3,
-        epochs=5,
-        milestones=[],
-        batch=128,
-        wd={"full": 0.0, "sign": 0.0, "qrelu": 0.0},
-        thresholds=3,
-    ),
-    "alexnet_dorefa": dict(
-        dataset="imagenet",
-        title="AlexNet (DoReFa variant), ImageNet",
-        optimizer="adam",
-        lr=1e-4,
-        epochs=80,
-        milestones=[56, 64],
-        batch=128,
-        wd={"full": 5e-4, "sign": 5e-6, "qrelu": 5e-5},
-        thresholds=3,
-    ),
-    "resnet18": dict(
-        dataset="imagenet",
-        title="ResNet-18, ImageNet",
-        optimizer="sgd",
-        lr=0.1,
-        epochs=90,
-        milestones=[30, 60],
-        batch=256,
-        wd={"full": 1e-4, "sign": 5e-7, "qrelu": 1e-5},
-        thresholds=5,
-    ),
-}
+def _paper_network(recipe: Recipe) -> Dict:
+    full, sign, qrelu = recipe.weight_decay
+    return dict(
+        dataset=recipe.dataset,
+        title=recipe.title,
+        optimizer=recipe.optimizer,
+        lr=recipe.lr,
+        epochs=recipe.epochs,
+        milestones=list(recipe.milestones),
+        batch=recipe.batch_size,
+        wd={"full": full, "sign": sign, "qrelu": qrelu},
+        thresholds=recipe.qrelu_thresholds,
+    )
 
-METHOD_TITLES = {
-    ("relu", None): "ReLU baseline (full precision)",
-    ("saturated_relu", None): "saturated ReLU baseline, min(max(z, 0), 1) (full precision)",
-    ("sign", "sste"): "sign activation trained with SSTE (saturated straight-through estimator)",
-    ("sign", "soft_hinge"): "sign activation trained with FTP-SH (feasible target propagation, soft hinge)",
-    ("qrelu", "sste"): "quantized ReLU trained with SSTE",
-    ("qrelu", "soft_hinge"): "quantized ReLU trained with FTP-SH (soft hinge)",
-}
+
+# name -> dataset, optimizer, lr, epochs, milestones, batch, weight decay by activation kind, qrelu thresholds, title:
+# the paper's four networks (lightning_ftprop.paper.RECIPES), then the offline set with the demo's settings.
+NETWORKS = {name: _paper_network(recipe) for name, recipe in RECIPES.items()}
+NETWORKS["convnet4_fashion_mnist"] = dict(
+    arch="convnet4",
+    dataset="fashion_mnist",
+    title="4-layer convnet, the embedded Fashion-MNIST subset (offline; the demo's settings)",
+    optimizer="adam",
+    lr=DEFAULT_LR,
+    epochs=DEFAULT_EPOCHS,
+    milestones=[],
+    batch=DEFAULT_BATCH_SIZE,
+    wd={"full": 0.0, "sign": 0.0, "qrelu": 0.0},
+    thresholds=3,
+)
 
 
 def yaml_float(x: float) -> str:
@@ -183,6 +140,7 @@ def render(key: str, activation: str, rule) -> str:
     thresholds = net["thresholds"]
     imagenet = net["dataset"] == "imagenet"
     name = config_name(key, activation, rule)
+    title = method(activation if rule is None else f"{activation}/{rule}").title
     qrelu_note = ""
     if activation == "qrelu":
         qrelu_note = (
@@ -195,7 +153,7 @@ def render(key: str, activation: str, rule) -> str:
             + "\n"
         )
     lines = [
-        f"# {'Table 1 cell' if 'arch' not in net else 'Offline run'}: {net['title']} -- {METHOD_TITLES[(activation, rule)]}.",
+        f"# {'Table 1 cell' if 'arch' not in net else 'Offline run'}: {net['title']} -- {title}.",
         f"# {'Reference README' if 'arch' not in net else 'Settings'}: {net['optimizer']} lr {net['lr']:g}, "
         f"weight decay {wd:g}, batch {net['batch']}, {schedule(net)}.",
         qrelu_note.rstrip("\n"),
@@ -249,7 +207,7 @@ def configs() -> Dict[str, str]:
     return {
         config_name(key, activation, rule) + ".yaml": render(key, activation, rule)
         for key in NETWORKS
-        for activation, rule in METHODS
+        for activation, rule in ((m.activation, m.rule) for m in METHODS)
     }
 
 

@@ -11,23 +11,21 @@ import yaml
 from disk_formats import write_cifar10, write_image_folder
 
 from lightning_ftprop.cli import CONFIG_DIR, available_configs, main, resolve_config, resolve_config_args
+from lightning_ftprop.paper import METHODS as PAPER_METHODS
+from lightning_ftprop.paper import RECIPES
 
 # main(argv) inside pytest: LightningCLI warns that sys.argv (pytest's) is also set; that is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NETWORKS = ("convnet4", "convnet8", "alexnet_dorefa", "resnet18")
-METHODS = ("relu", "saturated_relu", "sign_sste", "sign_soft_hinge", "qrelu_sste", "qrelu_soft_hinge")
-DATASET = {"convnet4": "cifar10", "convnet8": "cifar10", "alexnet_dorefa": "imagenet", "resnet18": "imagenet"}
-
-# Reference README hyper-parameters (paper digest section 3.2-3.5): optimizer, lr, epochs, milestones, batch,
-# weight decay for (full precision, sign, qrelu).
+# The paper's networks, methods and hyper-parameters come from lightning_ftprop.paper (tests/test_paper.py checks
+# them against the paper); here each shipped config must carry them.
+NETWORKS = tuple(RECIPES)
+METHODS = tuple(m.slug for m in PAPER_METHODS)
+DATASET = {net: recipe.dataset for net, recipe in RECIPES.items()}
 EXPECTED = {
-    "convnet4": ("adam", 2.5e-4, 300, [200, 250], 64, (5e-4, 5e-4, 5e-4)),
-    "convnet8": ("adam", 1e-3, 300, [200, 250], 64, (5e-4, 5e-4, 5e-4)),
-    "alexnet_dorefa": ("adam", 1e-4, 80, [56, 64], 128, (5e-4, 5e-6, 5e-5)),
-    "resnet18": ("sgd", 0.1, 90, [30, 60], 256, (1e-4, 5e-7, 1e-5)),
+    net: (r.optimizer, r.lr, r.epochs, list(r.milestones), r.batch_size, r.weight_decay) for net, r in RECIPES.items()
 }
 
 
@@ -65,7 +63,7 @@ def test_every_shipped_config_parses_with_the_reference_hyperparameters(capsys, 
     )
     assert model["weight_decay"] == decays[{"sign": 1, "qrelu": 2}.get(activation, 0)]
     if activation == "qrelu":
-        assert ftprop["unit_kwargs"] == {"thresholds": 5 if arch == "resnet18" else 3, "mode": "single"}
+        assert ftprop["unit_kwargs"] == {"thresholds": RECIPES[arch].qrelu_thresholds, "mode": "single"}
     if DATASET[arch] == "imagenet":
         assert data["class_path"] == "lightning_ftprop.data.ImageNetDataModule"
         assert data["init_args"]["global_batch_size"] == batch and model["num_classes"] == 1000

@@ -28,7 +28,7 @@ def test_milestones_must_be_increasing_epochs_after_the_first(milestones):
         ImageClassifier(milestones=milestones)
 
 
-def test_qrelu_steps_reach_the_units_and_sign_refuses_them():
+def test_qrelu_thresholds_reach_the_units_and_sign_refuses_them():
     qrelu = ImageClassifier("convnet4", activation="qrelu", rule="sste", in_channels=1, thresholds=5)
     units = [m for m in qrelu.modules() if isinstance(m, QReLU)]
     assert len(units) == 3 and all(u.thresholds == 5 and u.rule.name == "sste" for u in units)
