@@ -329,19 +329,31 @@ def check_convert_args(activation: ActivationSpec, rule: Union[str, Rule], **opt
     TypeError: activation -> 'sign': Sign does not take thresholds; its arguments are: rule, weighted, inplace, saved ...
     """
     include, exclude, mapping = (options.pop(key, None) for key in ("include", "exclude", "mapping"))
-    unit_kwargs = options
+    _checked_args(activation, rule, include, exclude, mapping, options)
+
+
+def _checked_args(
+    activation: ActivationSpec,
+    rule: Union[str, Rule],
+    include: Patterns,
+    exclude: Patterns,
+    mapping: Optional[Mapping],
+    unit_kwargs: Mapping[str, Any],
+) -> Tuple[Optional[List[str]], Optional[List[str]], Optional[Dict[Any, Target]]]:
+    """The one validation of :func:`convert`'s arguments; returns the normalised patterns and mapping."""
     _check_unit_kwargs(unit_kwargs)
     _check_target(activation, "activation")
     get_rule(rule)
-    check_patterns(include, "include")
-    check_patterns(exclude, "exclude")
-    checked = check_mapping(mapping) or {}
-    targets = [("activation", activation)] + [(f"mapping[{key!r}]", t) for key, t in checked.items()]
-    if mapping is not None:
-        targets = targets[1:]  # a mapping replaces the default table: ``activation`` is not used
+    include_p, exclude_p = check_patterns(include, "include"), check_patterns(exclude, "exclude")
+    checked = check_mapping(mapping)
+    if checked is None:
+        targets = [("activation", activation)]
+    else:  # a mapping replaces the default table: ``activation`` is not used
+        targets = [(f"mapping[{key!r}]", target) for key, target in checked.items()]
     for where, target in targets:
         if target is not None and not (callable(target) and not isinstance(target, (str, tuple))):
             _make_target(target, rule, unit_kwargs, where)  # raises for unit arguments the unit does not take
+    return include_p, exclude_p, checked
 
 
 # --- the walk ---------------------------------------------------------------------------------------
@@ -471,9 +483,8 @@ def convert(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() expects an nn.Module, got {type(model).__name__}")
-    check_convert_args(activation, rule, include=include, exclude=exclude, mapping=mapping, **unit_kwargs)
-    include_p, exclude_p = check_patterns(include, "include"), check_patterns(exclude, "exclude")
-    table = _Table(activation, check_mapping(mapping))
+    include_p, exclude_p, checked = _checked_args(activation, rule, include, exclude, mapping, unit_kwargs)
+    table = _Table(activation, checked)
 
     def build(target: Target) -> nn.Module:
         return _make_target(target, rule, unit_kwargs, "")
