@@ -36,7 +36,7 @@ What it does, and when (see Lightning's hook order):
 ones :class:`~lightning_ftprop.FTPropMixin` uses: :func:`~lightning_ftprop.parts.swap` in ``setup``,
 and two per-step callbacks it holds and calls, ``callback.diagnostics``
 (:class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`) and ``callback.step_memory``
-(:class:`~lightning_ftprop.parts.StepMemory`). The diagnostics are a part, not a base class: the
+(:class:`~lightning_ftprop.parts.TrainingStepMemory`). The diagnostics are a part, not a base class: the
 mixin adds the very same objects to the Trainer, so no per-step hook is written twice.
 
 **Checkpoints and subclasses.** The state (spec, swapped layer names, the diagnostics' counters) is
@@ -67,7 +67,7 @@ from typing_extensions import override
 
 from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
 from lightning_ftprop.memory import DEFAULT_MEMORY
-from lightning_ftprop.parts import StepMemory, swap
+from lightning_ftprop.parts import TrainingStepMemory, swap
 from lightning_ftprop.rules import DEFAULT_RULE
 from lightning_ftprop.spec import make_spec, spec_differences
 
@@ -126,7 +126,7 @@ class FTPropCallback(Callback):
             log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps
         )
         #: The memory part: runs every training step under the spec's memory mode.
-        self.step_memory = StepMemory(self.spec["memory"])
+        self.step_memory = TrainingStepMemory(self.spec["memory"])
         #: The names of the swapped modules, set in ``setup``.
         self.layers: List[str] = []
         #: ``{"swapped", "excluded", "left"}`` counts of the last swap, logged once as hyperparameters.

@@ -28,7 +28,7 @@ When the swap happens:
 The mixin is built from the same parts as :class:`~lightning_ftprop.FTPropCallback`
 (:mod:`lightning_ftprop.parts`): :func:`~lightning_ftprop.parts.swap` converts (and, for
 ``memory="recompute"``, segments) the model, and ``configure_callbacks`` adds the per-step parts of
-:func:`~lightning_ftprop.parts.step_parts`: a :class:`~lightning_ftprop.parts.StepMemory` that runs
+:func:`~lightning_ftprop.parts.step_parts`: a :class:`~lightning_ftprop.parts.TrainingStepMemory` that runs
 every training step under the memory mode (:mod:`lightning_ftprop.memory`; none for ``"exact"``),
 and the diagnostics below.
 
@@ -50,7 +50,7 @@ checkpoint whose spec differs from the module's is an error. Diagnostics: unless
 >>> net.apply_ftprop()
 ['body.1']
 >>> [type(c).__name__ for c in net.configure_callbacks()]
-['FTPropDiagnostics', 'StepMemory']
+['FTPropDiagnostics', 'TrainingStepMemory']
 """
 
 from __future__ import annotations

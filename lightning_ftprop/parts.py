@@ -4,7 +4,7 @@ Both integrations do the same three things, with the same code:
 
 * **swap**: :func:`swap` converts a model as a spec says (:func:`lightning_ftprop.spec.apply_spec`)
   and prepares its memory mode (``"recompute"`` segments the model);
-* **memory**: :class:`StepMemory`, a Lightning callback, runs each training step (forward and
+* **memory**: :class:`TrainingStepMemory`, a Lightning callback, runs each training step (forward and
   backward) under the spec's memory mode (:class:`lightning_ftprop.memory.MemoryMode`);
 * **diagnostics**: :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`, a Lightning
   callback, gathers and logs the per-layer target statistics.
@@ -22,7 +22,7 @@ same objects gives one code path for both, and each part can be tested (and repl
 
 >>> from lightning_ftprop.spec import make_spec
 >>> [type(part).__name__ for part in step_parts(make_spec(memory="packed"), log_every_n_steps=10)]
-['FTPropDiagnostics', 'StepMemory']
+['FTPropDiagnostics', 'TrainingStepMemory']
 >>> step_parts(make_spec(memory="exact"), log_every_n_steps=0, histogram_every_n_steps=0)
 []
 """
@@ -39,7 +39,7 @@ from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
 from lightning_ftprop.memory import MemoryMode
 from lightning_ftprop.spec import apply_spec
 
-__all__ = ["StepMemory", "step_parts", "swap"]
+__all__ = ["TrainingStepMemory", "step_parts", "swap"]
 
 
 def swap(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
@@ -57,14 +57,14 @@ def swap(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
     return swapped
 
 
-class StepMemory(Callback):
+class TrainingStepMemory(Callback):
     """Runs each training step (forward and backward) under a memory mode.
 
     It enters the mode in ``on_train_batch_start`` and leaves it in ``on_train_batch_end`` (and on
     an exception or at teardown), so the forward, where tensors are saved, and the backward of every
     training step run inside it. Validation and test run as usual.
 
-    >>> StepMemory("packed").mode.memory
+    >>> TrainingStepMemory("packed").mode.memory
     'packed'
     """
 
@@ -100,5 +100,5 @@ def step_parts(spec: Mapping[str, Any], **log_options: int) -> List[Callback]:
     if any(options.values()):
         parts.append(FTPropDiagnostics(**options))
     if spec["memory"] != "exact":
-        parts.append(StepMemory(spec["memory"]))
+        parts.append(TrainingStepMemory(spec["memory"]))
     return parts
