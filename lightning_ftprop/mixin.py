@@ -28,7 +28,7 @@ When the swap happens:
 The mixin is built from the same parts as :class:`~lightning_ftprop.FTPropCallback`
 (:mod:`lightning_ftprop.parts`): :func:`~lightning_ftprop.parts.swap` converts (and, for
 ``memory="recompute"``, segments) the model, and ``configure_callbacks`` adds the per-step parts of
-:func:`~lightning_ftprop.parts.step_parts`: a :class:`~lightning_ftprop.parts.TrainingStepMemory` that runs
+:func:`~lightning_ftprop.parts.training_step_parts`: a :class:`~lightning_ftprop.parts.TrainingStepMemory` that runs
 every training step under the memory mode (:mod:`lightning_ftprop.memory`; none for ``"exact"``),
 and the diagnostics below.
 
@@ -62,7 +62,7 @@ from typing_extensions import override
 
 from lightning_ftprop._namespace import check_class
 from lightning_ftprop.diagnostics import LOG_DEFAULTS
-from lightning_ftprop.parts import step_parts, swap
+from lightning_ftprop.parts import swap, training_step_parts
 from lightning_ftprop.spec import spec_differences, spec_from_dict
 
 __all__ = ["FTPropMixin", "HPARAMS_KEY", "CHECKPOINT_KEY"]
@@ -139,7 +139,7 @@ class FTPropMixin:
         options = self._ftprop_options()
         if options is not None:
             log = {k: options.get(k, LOG_DEFAULTS[k]) for k in _LOG_KEYS}
-            callbacks.extend(step_parts(self.ftprop_spec, **log))
+            callbacks.extend(training_step_parts(self.ftprop_spec, **log))
         return callbacks
 
     @override

@@ -9,7 +9,7 @@ Both integrations do the same three things, with the same code:
 * **diagnostics**: :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`, a Lightning
   callback, gathers and logs the per-layer target statistics.
 
-:func:`step_parts` builds the two per-step callbacks for a spec and its logging options. The mixin
+:func:`training_step_parts` builds the two per-step callbacks for a spec and its logging options. The mixin
 returns them from ``configure_callbacks``, so the Trainer calls them directly. The callback holds
 them as attributes (``callback.diagnostics``, ``callback.step_memory``) and calls their hooks from its
 own: a Lightning callback cannot add callbacks to the Trainer, and holding them keeps one object in
@@ -21,9 +21,9 @@ hooks that the mixin added as a separate callback, so a fix to one missed the ot
 same objects gives one code path for both, and each part can be tested (and replaced) on its own.
 
 >>> from lightning_ftprop.spec import make_spec
->>> [type(part).__name__ for part in step_parts(make_spec(memory="packed"), log_every_n_steps=10)]
+>>> [type(part).__name__ for part in training_step_parts(make_spec(memory="packed"), log_every_n_steps=10)]
 ['FTPropDiagnostics', 'TrainingStepMemory']
->>> step_parts(make_spec(memory="exact"), log_every_n_steps=0, histogram_every_n_steps=0)
+>>> training_step_parts(make_spec(memory="exact"), log_every_n_steps=0, histogram_every_n_steps=0)
 []
 """
 
@@ -39,7 +39,7 @@ from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
 from lightning_ftprop.memory import MemoryMode
 from lightning_ftprop.spec import apply_spec
 
-__all__ = ["TrainingStepMemory", "step_parts", "swap"]
+__all__ = ["TrainingStepMemory", "training_step_parts", "swap"]
 
 
 def swap(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
@@ -90,7 +90,7 @@ class TrainingStepMemory(Callback):
         self.mode.end_step()
 
 
-def step_parts(spec: Mapping[str, Any], **log_options: int) -> List[Callback]:
+def training_step_parts(spec: Mapping[str, Any], **log_options: int) -> List[Callback]:
     """The per-step callbacks for ``spec``: diagnostics unless both logging options are 0, memory unless ``"exact"``.
 
     ``log_options`` are ``log_every_n_steps`` and ``histogram_every_n_steps`` (defaults: :data:`LOG_DEFAULTS`).
