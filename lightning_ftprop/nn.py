@@ -4,11 +4,14 @@ Each unit wraps a function of :mod:`lightning_ftprop.functional`; the formulas a
 take the same keyword arguments (``rule``, ``weighted``, ``inplace``) so one can replace another, and
 all have no parameters and no buffers. ``levels`` and ``bits`` describe the output alphabet::
 
-    unit               output values                    levels   bits
-    Sign()             {-1, +1}                         2        1
-    Step()             {0, 1}                           2        1
-    QReLU()            {0, 1/3, 2/3, 1}                 4        2      (thresholds=3)
-    QReLU(thresholds=5) {0, .2, .4, .6, .8, 1}          6        3
+    unit                    output values               levels   bits
+    Sign()                  {-1, +1}                    2        1
+    Step()                  {0, 1}                      2        1
+    QReLU(thresholds=3)     {0, 1/3, 2/3, 1}            4        2
+    QReLU(thresholds=5)     {0, .2, .4, .6, .8, 1}      6        3
+
+``levels`` always means the number of output values; ``thresholds`` (qrelu's) the number of
+thresholds, at ``k / (thresholds - 1)``.
 """
 
 from __future__ import annotations
