@@ -204,10 +204,16 @@ class FTPropCallback(Callback):
 
     @override
     def state_dict(self) -> Dict[str, Any]:
+        """``{"spec", "layers", "diagnostics"}``: the swap and the diagnostics' counters, as plain data."""
         return {"spec": dict(self.spec), "layers": list(self.layers), "diagnostics": self.diagnostics.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Check a checkpoint's spec and layers against this callback's, and resume the diagnostics' counters.
+
+        Raises:
+            ValueError: the checkpoint's spec or swapped layers differ (the message lists the differences).
+        """
         saved = state_dict.get("spec", {})
         differences = spec_differences(saved, self.spec)
         if differences:

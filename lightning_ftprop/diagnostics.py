@@ -248,6 +248,7 @@ class FTPropDiagnostics(Callback):
 
     @override
     def state_dict(self) -> Dict[str, Any]:
+        """``{"logged_steps", "last_logged_step", "latest"}``: what a resumed run continues from."""
         return {
             "logged_steps": self.logged_steps,
             "last_logged_step": self.last_logged_step,
@@ -256,6 +257,7 @@ class FTPropDiagnostics(Callback):
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`state_dict`."""
         self.logged_steps = int(state_dict.get("logged_steps", 0))
         self.last_logged_step = state_dict.get("last_logged_step")
         self.latest = dict(state_dict.get("latest", {}))
