@@ -42,7 +42,7 @@ def measure(net: str, activation: str, batch: int, rounds: int, calls: int, work
     import onnxruntime as ort
 
     torch.manual_seed(0)
-    kwargs = {"steps": 3} if activation == "qrelu" else {}
+    kwargs = {"thresholds": 3} if activation == "qrelu" else {}
     model = get_model(net, activation=activation, num_classes=10, **kwargs).eval()
     x = torch.randn(batch, *NETS[net])
     folded = fold_thresholds(model)

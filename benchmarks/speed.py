@@ -172,12 +172,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--saved",
-        choices=["exact", "bf16", "uint8"],
-        default="exact",
+        choices=["input", "bf16", "uint8"],
+        default="input",
         help="what the threshold units keep for backward",
     )
     args = parser.parse_args()
-    args.unit_kwargs = {} if args.saved == "exact" else {"saved": args.saved}
+    args.unit_kwargs = {} if args.saved == "input" else {"saved": args.saved}
     if args.threads:
         torch.set_num_threads(args.threads)
     for rule in args.rules:

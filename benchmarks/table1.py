@@ -147,7 +147,7 @@ def train_run(net: str, activation: str, rule: Optional[str], seed: int, epochs:
         data = EmbeddedFashionMNISTDataModule(batch_size=cfg["batch_size"])
     else:
         data = FashionMNISTDataModule(data_dir=str(args.data_dir), batch_size=cfg["batch_size"])
-    kwargs = dict(steps=cfg["qrelu_steps"]) if activation == "qrelu" else {}
+    kwargs = dict(thresholds=cfg["qrelu_steps"]) if activation == "qrelu" else {}
     model = ImageClassifier(
         arch=net,
         activation=activation,

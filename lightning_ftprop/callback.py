@@ -8,7 +8,7 @@ or in a LightningCLI config::
     trainer:
       callbacks:
         - class_path: lightning_ftprop.FTPropCallback
-          init_args: {activation: qrelu, rule: sste, unit_kwargs: {steps: 5}}
+          init_args: {activation: qrelu, rule: sste, unit_kwargs: {thresholds: 5}}
 
 What it does, and when (see Lightning's hook order):
 
@@ -32,6 +32,26 @@ What it does, and when (see Lightning's hook order):
 * The per-layer target statistics of :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` are
   logged every ``log_every_n_steps`` steps.
 
+**How it is built.** The callback is composed of the parts of :mod:`lightning_ftprop.parts`, the same
+ones :class:`~lightning_ftprop.FTPropMixin` uses: :func:`~lightning_ftprop.parts.swap` in ``setup``,
+and two per-step callbacks it holds and calls, ``callback.diagnostics``
+(:class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`) and ``callback.step_memory``
+(:class:`~lightning_ftprop.parts.TrainingStepMemory`). The diagnostics are a part, not a base class: the
+mixin adds the very same objects to the Trainer, so no per-step hook is written twice.
+
+**Checkpoints and subclasses.** The state (spec, swapped layer names, the diagnostics' counters) is
+saved under the :attr:`~FTPropCallback.state_key` ``"FTPropCallback"``, the same for every subclass, so
+a subclass resumes its own state and :func:`lightning_ftprop.checkpoint.load_checkpoint_model` finds
+it. Every hook carries ``@override``.
+
+>>> callback = FTPropCallback("qrelu", "sste", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"thresholds": 5})})
+>>> callback.spec["mapping"]
+{'ReLU': 'sign', 'Tanh': ['qrelu', {'thresholds': 5}]}
+>>> class MyCallback(FTPropCallback):
+...     pass
+>>> MyCallback().state_key
+'FTPropCallback'
+
 It never patches ``forward``. Use it with ``lightning.pytorch``; a ``pytorch_lightning`` Trainer is
 refused with an explanation. For a model that must reload as a threshold network with
 ``MyModule.load_from_checkpoint`` (no Trainer involved), use :class:`~lightning_ftprop.FTPropMixin`.
@@ -41,18 +61,23 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Union
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
-from lightning_ftprop.memory import DEFAULT_MEMORY, MemoryMode
+from lightning_ftprop.memory import DEFAULT_MEMORY
+from lightning_ftprop.parts import TrainingStepMemory, swap
 from lightning_ftprop.rules import DEFAULT_RULE
-from lightning_ftprop.spec import apply_spec, make_spec, spec_differences
+from lightning_ftprop.spec import make_spec, spec_differences
 
-__all__ = ["FTPropCallback"]
+__all__ = ["FTPropCallback", "STATE_KEY"]
+
+#: Where a checkpoint keeps the callback's state: ``checkpoint["callbacks"]["FTPropCallback"]``.
+STATE_KEY = "FTPropCallback"
 
 
-class FTPropCallback(FTPropDiagnostics):
+class FTPropCallback(Callback):
     """Swap a LightningModule's activations for threshold units and log FTPROP diagnostics.
 
     Args:
@@ -61,9 +86,12 @@ class FTPropCallback(FTPropDiagnostics):
         weighted: weight each unit's loss by ``|dL/dh|`` (the paper's default).
         include: glob pattern(s) on module names; only matching activations are swapped.
         exclude: glob pattern(s) on module names to leave alone (wins over ``include``).
-        mapping: ``{activation class name: unit name or None}``, replacing the default table
-            (every common ``torch.nn`` activation -> ``activation``); ``None`` skips a class.
-        unit_kwargs: further unit arguments, e.g. ``{"steps": 5, "mode": "per_threshold"}`` for qrelu.
+        mapping: ``{activation class name: target}``, replacing the default table (every common
+            ``torch.nn`` activation -> ``activation``). A target is a unit name, a pair
+            ``(unit name, {argument: value})`` (a two-element list in YAML) with that target's own
+            unit arguments, or ``None`` to keep the class in float.
+        unit_kwargs: unit arguments for every target, e.g. ``{"thresholds": 5, "mode": "per_threshold"}``
+            for qrelu (a target's own arguments in ``mapping`` win).
         log_every_n_steps: log the target statistics every this many optimizer steps; 0: never.
         histogram_every_n_steps: with a ``WandbLogger``, log pre-activation histograms every this
             many steps; 0: never.
@@ -74,6 +102,8 @@ class FTPropCallback(FTPropDiagnostics):
         ValueError, TypeError: for invalid arguments, naming the bad value and the allowed ones.
     """
 
+    _holds_ftprop_diagnostics = True  # FTPropDiagnostics.setup counts it: one gatherer per Trainer
+
     def __init__(
         self,
         activation: str = "sign",
@@ -81,18 +111,22 @@ class FTPropCallback(FTPropDiagnostics):
         weighted: bool = True,
         include: Optional[Union[str, List[str]]] = None,
         exclude: Optional[Union[str, List[str]]] = None,
-        mapping: Optional[Dict[str, Optional[str]]] = None,
+        mapping: Optional[Dict[str, Any]] = None,
         unit_kwargs: Optional[Dict[str, Any]] = None,
         log_every_n_steps: int = LOG_DEFAULTS["log_every_n_steps"],
         histogram_every_n_steps: int = LOG_DEFAULTS["histogram_every_n_steps"],
         memory: str = DEFAULT_MEMORY,
     ) -> None:
-        super().__init__(log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps)
         #: The validated swap spec (see :mod:`lightning_ftprop.spec`), stored in checkpoints.
         self.spec: Dict[str, Any] = make_spec(
             activation, rule, weighted, include, exclude, mapping, unit_kwargs, memory=memory
         )
-        self._memory = MemoryMode(memory)
+        #: The diagnostics part: gathers and logs the per-layer target statistics.
+        self.diagnostics = FTPropDiagnostics(
+            log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps
+        )
+        #: The memory part: runs every training step under the spec's memory mode.
+        self.step_memory = TrainingStepMemory(self.spec["memory"])
         #: The names of the swapped modules, set in ``setup``.
         self.layers: List[str] = []
         #: ``{"swapped", "excluded", "left"}`` counts of the last swap, logged once as hyperparameters.
@@ -102,14 +136,30 @@ class FTPropCallback(FTPropDiagnostics):
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec.items())
         return f"{type(self).__name__}({args})"
 
+    @property
+    @override
+    def state_key(self) -> str:
+        """:data:`STATE_KEY` for this class and every subclass."""
+        return STATE_KEY
+
+    @property
+    def latest(self) -> Dict[str, float]:
+        """The statistics of the last logged step (see :attr:`FTPropDiagnostics.latest`)."""
+        return self.diagnostics.latest
+
+    # --- Lightning hooks: the swap here, the per-step work in the parts --------------------------
+
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)  # namespace and single-instance checks
-        if getattr(pl_module, "_ftprop_mixin", False):
+        self.diagnostics.setup(trainer, pl_module, stage)  # namespace and single-instance checks
+        if (
+            getattr(pl_module, "_ftprop_mixin", False) and pl_module.ftprop_spec is not None
+        ):  # a float mixin model is fine
             raise ValueError(
                 f"{type(pl_module).__name__} uses FTPropMixin, which converts the model itself from "
                 "hparams['ftprop']; remove FTPropCallback from the Trainer (or the mixin from the model)"
             )
-        swapped = apply_spec(pl_module, self.spec)
+        swapped = swap(pl_module, self.spec)
         self.layers = list(swapped)
         counts = swapped.counts()
         if counts != self.counts:  # once per model, not again for validate/test on the same model
@@ -120,29 +170,50 @@ class FTPropCallback(FTPropDiagnostics):
             )
             for logger in trainer.loggers:  # hyperparameters: the run's config, not a time series
                 logger.log_hyperparams({f"ftprop/{key}": value for key, value in counts.items()})
-        self._memory.prepare(pl_module)
 
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.diagnostics.on_fit_start(trainer, pl_module)
+
+    @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        self._memory.begin_step()
+        self.diagnostics.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.step_memory.on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
+    @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._memory.end_step()
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.step_memory.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.diagnostics.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._memory.end_step()
+        self.step_memory.on_exception(trainer, pl_module, exception)
 
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.diagnostics.on_fit_end(trainer, pl_module)
+
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._memory.end_step()
-        super().teardown(trainer, pl_module, stage)
+        self.step_memory.teardown(trainer, pl_module, stage)
+        self.diagnostics.teardown(trainer, pl_module, stage)
 
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    @override
     def state_dict(self) -> Dict[str, Any]:
-        return {"spec": dict(self.spec), "layers": list(self.layers)}
+        """``{"spec", "layers", "diagnostics"}``: the swap and the diagnostics' counters, as plain data."""
+        return {"spec": dict(self.spec), "layers": list(self.layers), "diagnostics": self.diagnostics.state_dict()}
 
+    @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Check a checkpoint's spec and layers against this callback's, and resume the diagnostics' counters.
+
+        Raises:
+            ValueError: the checkpoint's spec or swapped layers differ (the message lists the differences).
+        """
         saved = state_dict.get("spec", {})
         differences = spec_differences(saved, self.spec)
         if differences:
@@ -157,3 +228,5 @@ class FTPropCallback(FTPropDiagnostics):
                 f"the checkpoint's threshold layers {layers} differ from this model's {self.layers}; "
                 "the model is not the one the checkpoint was trained with"
             )
+        if "diagnostics" in state_dict:
+            self.diagnostics.load_state_dict(state_dict["diagnostics"])

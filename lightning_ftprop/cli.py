@@ -106,6 +106,13 @@ def _cli_class():
 def __getattr__(name: str):  # FTPropCLI is built lazily: importing Lightning takes seconds
     if name == "FTPropCLI":
         return _cli_class()
+    if name == "load_checkpoint_model":  # moved to the library module lightning_ftprop.checkpoint
+        from lightning_ftprop._deprecated import renamed
+        from lightning_ftprop.checkpoint import load_checkpoint_model
+
+        return renamed(
+            load_checkpoint_model, "lightning_ftprop.cli.load_checkpoint_model", "lightning_ftprop.checkpoint"
+        )
     raise AttributeError(name)
 
 
@@ -118,82 +125,6 @@ def _error(message: str) -> int:
 
 #: Default input side per ImageClassifier architecture (the convnets: 28 for one channel, else 32).
 _DEFAULT_SIDE = {"alexnet_dorefa": 224, "resnet18": 224}
-
-
-def _import_class(path: str) -> type:
-    import importlib
-
-    module_name, _, attr = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(
-            f"cannot import model class {path!r} ({err}); give a dotted path like pkg.module.Class"
-        ) from None
-
-
-def load_checkpoint_model(ckpt_path: str, model_class: Optional[str] = None, allow_pickle: bool = False):
-    """Rebuild the LightningModule a ``lightning_ftprop`` pipeline saved, threshold units in place, in eval mode.
-
-    The class is the checkpoint's ``_class_path`` (LightningCLI subclass mode), else ``model_class``,
-    else :class:`~lightning_ftprop.ImageClassifier`. It is built from the saved hyper-parameters; its
-    ``configure_model`` runs (an :class:`~lightning_ftprop.FTPropMixin` converts there); an
-    :class:`~lightning_ftprop.FTPropCallback`'s stored spec is applied; then the weights load (strict).
-    The file is read with ``torch.load(weights_only=True)`` unless ``allow_pickle`` (arbitrary code
-    can run while unpickling: only for checkpoints you trust).
-
-    Raises:
-        ValueError: a missing file, a file that is not a checkpoint, or a checkpoint without what is
-            needed to rebuild the model; the message says which.
-    """
-    import torch
-
-    from lightning_ftprop.spec import apply_spec, spec_from_dict
-
-    if not os.path.isfile(ckpt_path):
-        raise ValueError(f"--ckpt_path {ckpt_path!r} does not exist or is not a file")
-    import pickle
-    import zipfile
-
-    if not zipfile.is_zipfile(ckpt_path):
-        raise ValueError(
-            f"--ckpt_path {ckpt_path!r} is not a readable PyTorch checkpoint (not a torch.save zip archive)"
-        )
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as err:
-        if allow_pickle or "Weights only load failed" not in str(err):
-            raise ValueError(f"--ckpt_path {ckpt_path!r} is not a readable PyTorch checkpoint ({err})") from err
-        raise ValueError(
-            f"--ckpt_path {ckpt_path!r} holds objects that torch.load(weights_only=True) refuses; if you trust "
-            f"the file, pass --allow_pickle ({str(err).strip().splitlines()[-1]})"
-        ) from err
-    except Exception as err:
-        raise ValueError(f"--ckpt_path {ckpt_path!r} is not a readable PyTorch checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"--ckpt_path {ckpt_path!r} is not a Lightning checkpoint (it has no 'state_dict')")
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    hparams.pop("_instantiator", None)
-    class_path = hparams.pop("_class_path", None) or model_class or "lightning_ftprop.module.ImageClassifier"
-    cls = _import_class(class_path)
-    try:
-        model = cls(**hparams)
-    except TypeError as err:
-        raise ValueError(
-            f"cannot rebuild {cls.__name__} from the checkpoint's hyper-parameters {sorted(hparams)} ({err}); "
-            "the model must call self.save_hyperparameters(), or pass --model_class"
-        ) from err
-    model.configure_model()
-    callback_specs = [
-        state["spec"]
-        for key, state in (ckpt.get("callbacks") or {}).items()
-        if str(key).startswith("FTPropCallback") and isinstance(state, dict) and "spec" in state
-    ]
-    for spec in callback_specs:
-        apply_spec(model, spec_from_dict(spec))
-    model.on_load_checkpoint(ckpt)  # as Lightning does; the mixin checks its stored spec and converts
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model.eval()
 
 
 def _default_input_shape(model) -> Optional[List[int]]:
@@ -226,6 +157,7 @@ def export_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     import torch
 
+    from lightning_ftprop.checkpoint import load_checkpoint_model
     from lightning_ftprop.export import export_onnx
 
     try:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from torch import nn
 
 from lightning_ftprop import recognise
-from lightning_ftprop.nn import UNIT_CLASSES, ThresholdUnit, check_activation_name, make_unit
+from lightning_ftprop.nn import UNIT_CLASSES, ThresholdUnit, check_unit_name, make_unit
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
 __all__ = [
@@ -57,7 +57,15 @@ Matcher = Union[str, Callable[[nn.Module], bool]]  # a class path, or a predicat
 
 
 class UnswappedActivationWarning(UserWarning):
-    """``convert`` left activation-like modules in float that no recogniser or mapping key matched."""
+    """``convert`` left activation-like modules in float that no recogniser or mapping key matched.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = convert(nn.Sequential(nn.ReLU(), nn.GELU()), mapping={"ReLU": "sign"})
+    >>> caught[0].category.__name__
+    'UnswappedActivationWarning'
+    """
 
 
 class SwappedNames(list):
@@ -66,6 +74,10 @@ class SwappedNames(list):
     Attributes:
         excluded: activations the user kept in float (``include``/``exclude``, or ``None`` in ``mapping``).
         left: activation-like modules or function slots that nothing matched; ``convert`` warned about them.
+
+    >>> names = convert(nn.Sequential(nn.ReLU(), nn.Tanh()), exclude="1")
+    >>> names, names.excluded, names.counts()
+    (['0'], ['1'], {'swapped': 1, 'excluded': 1, 'left': 0})
     """
 
     def __init__(self, swapped: Iterable[str] = (), excluded: Iterable[str] = (), left: Iterable[str] = ()):
@@ -86,6 +98,9 @@ def check_patterns(patterns: Patterns, name: str) -> Optional[List[str]]:
 
     Raises:
         TypeError: anything else.
+
+    >>> check_patterns("layer4.*", "exclude")
+    ['layer4.*']
     """
     if patterns is None:
         return None
@@ -145,6 +160,9 @@ def mapping_key_name(key: Any) -> str:
     Raises:
         TypeError: a key of the wrong type, or a predicate (give it a name with ``register_activation``).
         ValueError: an unknown or malformed name.
+
+    >>> mapping_key_name(nn.GELU), mapping_key_name("mypkg.layers.MyAct")
+    ('GELU', 'mypkg.layers.MyAct')
     """
     if isinstance(key, (type, str)):
         _matcher(key)
@@ -159,32 +177,65 @@ def mapping_key_name(key: Any) -> str:
     return _matcher(key)  # raises the TypeError
 
 
-def _check_target(activation: Any, where: str, allow_factory: bool = True, allow_none: bool = False) -> None:
-    """An activation to swap in: a unit name, a callable returning a module (if allowed) or None (if allowed)."""
+Target = Union[str, Tuple[str, Dict[str, Any]], Callable[[], nn.Module], None]  # a normalised mapping value
+
+
+def _check_target(activation: Any, where: str, allow_factory: bool = True, allow_none: bool = False) -> Target:
+    """Validate one activation to swap in and return it normalised.
+
+    Allowed: a unit name (``"sign"``); a unit name with that target's own arguments, as a pair
+    ``("qrelu", {"thresholds": 5})`` or a two-element list (YAML has no tuples), returned as a tuple (a pair
+    with no arguments becomes the plain name); a callable returning a module (if ``allow_factory``);
+    ``None`` (if ``allow_none``). Only names are checked here; the arguments are checked when
+    :func:`check_convert_args` builds each target once.
+    """
     if activation is None and allow_none:
-        return
+        return None
     if isinstance(activation, str):
-        check_activation_name(activation)
-    elif not (allow_factory and callable(activation)):
-        allowed = ", ".join(UNIT_CLASSES) + (", a callable returning a module" if allow_factory else "")
-        raise TypeError(f"{where} must be one of {allowed}{' or None' if allow_none else ''}; got {activation!r}")
+        return check_unit_name(activation)
+    if isinstance(activation, (tuple, list)) and allow_none:  # per-target arguments: mapping values only
+        if (
+            len(activation) == 2
+            and isinstance(activation[0], str)
+            and isinstance(activation[1], Mapping)
+            and all(isinstance(k, str) for k in activation[1])
+        ):
+            name, kwargs = check_unit_name(activation[0]), dict(activation[1])
+            return (name, kwargs) if kwargs else name
+        raise TypeError(
+            f"{where} must be a unit name or a pair (unit name, {{argument: value}}), such as "
+            f"('qrelu', {{'thresholds': 5}}); got {activation!r}"
+        )
+    if allow_factory and callable(activation):
+        return activation
+    allowed = ", ".join(UNIT_CLASSES) + (", a callable returning a module" if allow_factory else "")
+    pair = ", a pair (unit name, {argument: value})" if allow_none else ""
+    raise TypeError(f"{where} must be one of {allowed}{pair}{' or None' if allow_none else ''}; got {activation!r}")
 
 
-def check_mapping(mapping: Optional[Mapping], allow_factory: bool = True) -> Optional[Dict[Any, Any]]:
-    """Validate a ``mapping`` (``{key: activation or None}``) and return it as a dict, keys as given.
+def check_mapping(mapping: Optional[Mapping], allow_factory: bool = True) -> Optional[Dict[Any, Target]]:
+    """Validate a ``mapping`` and return it as a dict, keys as given, values normalised.
+
+    A value is ``None`` (keep that class in float), a unit name, a pair ``(unit name, {argument:
+    value})`` carrying that target's own unit arguments (returned as a tuple), or a callable
+    returning a module (if ``allow_factory``).
 
     Raises:
         TypeError: not a dict, a key or value of the wrong type.
         ValueError: an unknown key or activation name.
+
+    >>> check_mapping({"ReLU": "sign", "Tanh": ["qrelu", {"thresholds": 5}], "GELU": None})
+    {'ReLU': 'sign', 'Tanh': ('qrelu', {'thresholds': 5}), 'GELU': None}
     """
     if mapping is None:
         return None
     if not isinstance(mapping, Mapping):
         raise TypeError(f"mapping must be a dict of activation class -> activation or None, got {mapping!r}")
+    checked = {}
     for key, target in mapping.items():
         _matcher(key)
-        _check_target(target, f"mapping[{key!r}]", allow_factory=allow_factory, allow_none=True)
-    return dict(mapping)
+        checked[key] = _check_target(target, f"mapping[{key!r}]", allow_factory=allow_factory, allow_none=True)
+    return checked
 
 
 class _Table:
@@ -226,29 +277,83 @@ class _Table:
         )
 
 
+def _make_target(target: Target, rule: Union[str, Rule], unit_kwargs: Mapping[str, Any], where: str) -> nn.Module:
+    """Build the module for one table value: a factory's module, or a unit with its arguments.
+
+    A unit gets ``unit_kwargs`` (the arguments given for every target) updated with its own
+    arguments from a ``(name, {argument: value})`` pair; its own ``rule`` wins over ``rule``.
+    """
+    if callable(target) and not isinstance(target, (str, tuple)):
+        return target()
+    name, own = (target, {}) if isinstance(target, str) else target
+    own = dict(own)
+    unit_rule = own.pop("rule", rule)
+    try:
+        return make_unit(name, unit_rule, **{**unit_kwargs, **own})
+    except TypeError as err:
+        shared = sorted(set(unit_kwargs) - set(own))
+        hint = (
+            f" (unit arguments given outside mapping, {', '.join(shared)}, go to every target; give one target "
+            f"its own with a pair in mapping, e.g. {{'Tanh': ('qrelu', {{'thresholds': 5}})}})"
+            if shared
+            else ""
+        )
+        raise TypeError(f"{where} -> {name!r}: {err}{hint}") from None
+
+
+def _check_unit_kwargs(unit_kwargs: Mapping[str, Any]) -> None:
+    if "unit_kwargs" in unit_kwargs:
+        raise TypeError(
+            "convert() takes unit arguments as keywords (convert(model, 'qrelu', thresholds=5)), not as "
+            f"unit_kwargs={unit_kwargs['unit_kwargs']!r}; for one target's own arguments use a pair in "
+            "mapping: mapping={'Tanh': ('qrelu', {'thresholds': 5})}"
+        )
+
+
 def check_convert_args(activation: ActivationSpec, rule: Union[str, Rule], **options) -> None:
     """Raise what :func:`convert` would raise for these arguments, without touching a model.
 
     ``options`` are :func:`convert`'s keyword arguments: ``include``, ``exclude``, ``mapping`` and the
     unit arguments.
 
-    Every string activation named (``activation`` and the values of ``mapping``) is built once with
-    ``unit_kwargs``, so bad unit arguments (``steps=1`` for qrelu, a misspelt keyword) fail here too.
+    Every unit named (``activation`` and the values of ``mapping``, with their own arguments) is built
+    once, so bad unit arguments (``thresholds=1`` for qrelu, a misspelt keyword) fail here too.
 
     Raises:
         ValueError: a bad value: unknown activation, rule or mapping key; bad unit argument values.
         TypeError: a bad type: patterns, mapping keys or values, or a keyword the unit does not take.
+
+    >>> check_convert_args("sign", "soft_hinge", mapping={"Tanh": ("qrelu", {"thresholds": 5})})
+    >>> check_convert_args("sign", "soft_hinge", thresholds=5)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: activation -> 'sign': Sign does not take thresholds; its arguments are: rule, weighted, inplace, saved ...
     """
     include, exclude, mapping = (options.pop(key, None) for key in ("include", "exclude", "mapping"))
-    unit_kwargs = options
+    _checked_args(activation, rule, include, exclude, mapping, options)
+
+
+def _checked_args(
+    activation: ActivationSpec,
+    rule: Union[str, Rule],
+    include: Patterns,
+    exclude: Patterns,
+    mapping: Optional[Mapping],
+    unit_kwargs: Mapping[str, Any],
+) -> Tuple[Optional[List[str]], Optional[List[str]], Optional[Dict[Any, Target]]]:
+    """The one validation of :func:`convert`'s arguments; returns the normalised patterns and mapping."""
+    _check_unit_kwargs(unit_kwargs)
     _check_target(activation, "activation")
     get_rule(rule)
-    check_patterns(include, "include")
-    check_patterns(exclude, "exclude")
-    mapping = check_mapping(mapping)
-    targets = [activation, *(mapping or {}).values()]
-    for target in sorted({t for t in targets if isinstance(t, str)}):
-        make_unit(target, rule, **unit_kwargs)  # raises for unit arguments the unit does not take
+    include_p, exclude_p = check_patterns(include, "include"), check_patterns(exclude, "exclude")
+    checked = check_mapping(mapping)
+    if checked is None:
+        targets = [("activation", activation)]
+    else:  # a mapping replaces the default table: ``activation`` is not used
+        targets = [(f"mapping[{key!r}]", target) for key, target in checked.items()]
+    for where, target in targets:
+        if target is not None and not (callable(target) and not isinstance(target, (str, tuple))):
+            _make_target(target, rule, unit_kwargs, where)  # raises for unit arguments the unit does not take
+    return include_p, exclude_p, checked
 
 
 # --- the walk ---------------------------------------------------------------------------------------
@@ -351,11 +456,12 @@ def convert(
         rule: the learning rule of the new units (see :mod:`lightning_ftprop.rules`).
         include: glob patterns on qualified module names (``"features.*"``); only matches are swapped.
         exclude: glob patterns of names to leave alone; exclusion wins over inclusion.
-        mapping: ``{key: activation or None}``, replacing the default table (every registered
-            recogniser -> ``activation``). Keys: ``nn.Module`` types, ``torch.nn`` class names
-            (``"ReLU"``), dotted class paths, registered predicate names, or predicates. ``None``
-            keeps a class in float.
-        **unit_kwargs: passed to the unit, e.g. ``weighted=False`` or ``steps=5`` for qrelu.
+        mapping: ``{key: target}``, replacing the default table (every registered recogniser ->
+            ``activation``). Keys: ``nn.Module`` types, ``torch.nn`` class names (``"ReLU"``), dotted
+            class paths, registered predicate names, or predicates. A target is a unit name, a pair
+            ``(unit name, {argument: value})`` with that target's own unit arguments (``rule`` among
+            them), a callable returning a module, or ``None`` to keep a class in float.
+        **unit_kwargs: passed to every unit, e.g. ``weighted=False`` (a target's own arguments win).
 
     Returns:
         The qualified names of the swapped modules, in ``named_modules`` order, as a
@@ -368,18 +474,20 @@ def convert(
         ValueError: a bad value (unknown activation, rule or mapping key; the message lists the
             valid ones), or a model with nothing to swap.
         TypeError: a bad type (model, patterns, mapping keys or values, unit keywords).
+
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh())
+    >>> convert(model, "sign", "sste", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"thresholds": 5})})
+    ['1', '3']
+    >>> model[1], model[3]
+    (Sign(rule='sste', weighted=True), QReLU(thresholds=5, mode='single', rule='sste', weighted=True))
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() expects an nn.Module, got {type(model).__name__}")
-    _check_target(activation, "activation")
-    get_rule(rule)
-    include_p, exclude_p = check_patterns(include, "include"), check_patterns(exclude, "exclude")
-    table = _Table(activation, check_mapping(mapping))
+    include_p, exclude_p, checked = _checked_args(activation, rule, include, exclude, mapping, unit_kwargs)
+    table = _Table(activation, checked)
 
-    def build(target: ActivationSpec) -> nn.Module:
-        if isinstance(target, str):
-            return make_unit(target, rule, **unit_kwargs)
-        return target()
+    def build(target: Target) -> nn.Module:
+        return _make_target(target, rule, unit_kwargs, "")
 
     result = SwappedNames()
     left: List[Tuple[str, Any]] = []
@@ -428,7 +536,15 @@ def convert(
 
 
 def revert(model: nn.Module) -> List[str]:
-    """Put back the exact modules and functions that :func:`convert` replaced; returns the restored names."""
+    """Put back the exact modules and functions that :func:`convert` replaced; returns the restored names.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    >>> relu = model[1]
+    >>> convert(model)
+    ['1']
+    >>> revert(model), model[1] is relu
+    (['1'], True)
+    """
     restored: List[str] = []
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
         for child_name, child in list(parent._modules.items()):  # named_children() hides repeats
@@ -439,7 +555,13 @@ def revert(model: nn.Module) -> List[str]:
 
 
 def threshold_units(model: nn.Module) -> List[Tuple[str, ThresholdUnit]]:
-    """``(qualified name, unit)`` for every :class:`ThresholdUnit` in ``model``, shared ones once."""
+    """``(qualified name, unit)`` for every :class:`ThresholdUnit` in ``model``, shared ones once.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    >>> _ = convert(model, "step")
+    >>> threshold_units(model)
+    [('1', Step(rule='soft_hinge', weighted=True))]
+    """
     return [(name, m) for name, m in model.named_modules() if isinstance(m, ThresholdUnit)]
 
 
@@ -448,6 +570,11 @@ def float_activations(model: nn.Module) -> List[Tuple[str, str]]:
 
     That is every recognised or activation-like module, and every function slot holding a
     function; threshold units are not float. Shared modules are listed once.
+
+    >>> model = nn.Sequential(nn.ReLU(), nn.Tanh())
+    >>> _ = convert(model, exclude="1")
+    >>> float_activations(model)
+    [('1', 'torch.nn.modules.activation.Tanh')]
     """
     found: List[Tuple[str, str]] = []
     for name, module in model.named_modules():

@@ -1,11 +1,14 @@
 """Per-layer target statistics of FTPROP-MB, gathered in the backward pass.
 
 In the backward pass a threshold unit with pre-activation ``z`` receives ``g = dL/dh`` and sets its
-target ``t = sign(-g)`` (see :mod:`lightning_ftprop.functional`). Let ``u`` be the coordinate in
-which the unit's rule sees it (``u = z`` for sign and step; for qrelu ``u = 2z - 1`` in ``"single"``
-mode and ``u = z`` in ``"per_threshold"`` mode) and ``s = +1 if u > 0 else -1`` the side of the
-threshold the unit is on. Over the ``N`` unit activations of one optimizer step of a layer (all
-micro-batches, all calls of a shared unit, all DDP ranks)::
+target ``t = sign(-g)`` (see :mod:`lightning_ftprop.functional`). The statistics count in the
+coordinates in which the unit's backward applies its rule (:func:`rule_coordinates`, the very
+coordinates of :func:`lightning_ftprop.functional.unit_coordinates`): ``u = z`` for sign and step;
+for qrelu ``u = 2z - 1`` in ``"single"`` mode, and in ``"per_threshold"`` mode one coordinate per
+threshold, ``u_k = z - theta_k``, so each element counts ``steps`` times (once per threshold). Let
+``s = +1 if u > 0 else -1`` be the side of the threshold the unit is on. Over the ``N`` coordinates
+of one optimizer step of a layer (elements times coordinates per element; all micro-batches, all
+calls of a shared unit, all DDP ranks)::
 
     mismatch  = #{t != 0 and t != s} / N          the target asks the unit to flip
     ignored   = #{t == 0} / N                     g == 0: the unit gets no target
@@ -28,8 +31,22 @@ states are summed across DDP ranks. Values are logged to every logger as ``ftpro
 :attr:`FTPropDiagnostics.latest`. With a ``WandbLogger``, rank zero also logs ``ftprop/<layer>/preact``
 histograms of the pre-activations every ``histogram_every_n_steps`` steps.
 
-:class:`~lightning_ftprop.FTPropCallback` includes these diagnostics; add ``FTPropDiagnostics``
-yourself only for models converted some other way.
+:class:`~lightning_ftprop.FTPropCallback` holds one as its ``diagnostics`` part and
+:class:`~lightning_ftprop.FTPropMixin` adds one (see :mod:`lightning_ftprop.parts`); add
+``FTPropDiagnostics`` yourself only for models converted some other way. Its ``logged_steps`` and
+``last_logged_step`` are saved in checkpoints (``state_key`` ``"FTPropDiagnostics"``, the same for
+subclasses) and continue after a resume.
+
+>>> diagnostics = FTPropDiagnostics(log_every_n_steps=10, histogram_every_n_steps=0)
+>>> diagnostics.state_dict()
+{'logged_steps': 0, 'last_logged_step': None, 'latest': {}}
+>>> u, g = torch.tensor([0.5, -2.0, 0.1]), torch.tensor([0.3, -1.0, 0.0])
+>>> from lightning_ftprop.rules import get_rule
+>>> counts, loss = target_counts(u, g, get_rule("sste"))
+>>> counts.tolist()  # N; ignored (g = 0); mismatch (t = -s for u = 0.5 and -2.0); saturated (|u| > 1)
+[3, 1, 2, 1]
+>>> stats_from_counts(counts.tolist(), float(loss))["ignored"]
+0.3333333333333333
 """
 
 from __future__ import annotations
@@ -42,10 +59,12 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torchmetrics import Metric
+from typing_extensions import override
 
+from lightning_ftprop._deprecated import warn_renamed
 from lightning_ftprop._namespace import check_trainer
 from lightning_ftprop.convert import threshold_units
-from lightning_ftprop.functional import edge_exact_affine
+from lightning_ftprop.functional import unit_coordinates
 from lightning_ftprop.memory import recomputing
 from lightning_ftprop.nn import QReLU, ThresholdUnit
 from lightning_ftprop.rules import Rule
@@ -56,7 +75,7 @@ __all__ = [
     "FTPropDiagnostics",
     "TargetCounts",
     "layer_key",
-    "rule_coordinate",
+    "rule_coordinates",
     "stats_from_counts",
     "target_counts",
 ]
@@ -70,11 +89,33 @@ LOG_DEFAULTS = {"log_every_n_steps": 50, "histogram_every_n_steps": 500}
 _HISTOGRAM_SAMPLES = 1 << 16  # at most this many pre-activations per unit call go into a histogram
 
 
+def rule_coordinates(unit: nn.Module, z: Tensor) -> List[Tensor]:
+    """The coordinates ``u`` in which ``unit``'s backward applies its rule to a pre-activation ``z``.
+
+    One tensor for sign, step and qrelu ``"single"``; one per threshold for qrelu ``"per_threshold"``.
+    The sides (``u > 0``) and the rule's masks are exact, as in the backward.
+
+    >>> from lightning_ftprop.nn import QReLU
+    >>> [u.tolist() for u in rule_coordinates(QReLU(steps=3, mode="per_threshold"), torch.tensor([0.75]))]
+    [[0.75], [0.25], [-0.25]]
+    >>> [u.tolist() for u in rule_coordinates(QReLU(steps=3), torch.tensor([0.75]))]
+    [[0.5]]
+    """
+    if not isinstance(unit, QReLU):
+        return [z]
+    edges = (*unit.rule.edges, 0.0)  # 0: the side s is exact too
+    return [u for u, _ in unit_coordinates(z, unit.thresholds, unit.mode, edges)]
+
+
 def rule_coordinate(unit: nn.Module, z: Tensor) -> Tensor:
-    """The coordinate ``u`` in which ``unit``'s rule sees a pre-activation ``z``."""
-    if isinstance(unit, QReLU) and unit.mode == "single":
-        return edge_exact_affine(z, 2, -1, (*unit.rule.edges, 0.0))  # exact sides and masks, as in the backward
-    return z
+    """Deprecated: use :func:`rule_coordinates` (a qrelu ``"per_threshold"`` unit has one coordinate per threshold)."""
+    warn_renamed("lightning_ftprop.diagnostics.rule_coordinate", "lightning_ftprop.diagnostics.rule_coordinates")
+    coordinates = rule_coordinates(unit, z)
+    if len(coordinates) != 1:
+        raise ValueError(
+            f"{unit!r} has {len(coordinates)} coordinates (one per threshold); use rule_coordinates(unit, z)"
+        )
+    return coordinates[0]
 
 
 def target_counts(u: Tensor, g: Tensor, rule: Rule) -> Tuple[Tensor, Tensor]:
@@ -100,7 +141,11 @@ def target_counts(u: Tensor, g: Tensor, rule: Rule) -> Tuple[Tensor, Tensor]:
 
 
 def stats_from_counts(counts: List[int], loss: float) -> Dict[str, float]:
-    """The statistics of :data:`STATS` from one layer's summed ``counts`` and ``loss``."""
+    """The statistics of :data:`STATS` from one layer's summed ``counts`` and ``loss``.
+
+    >>> stats_from_counts([10, 2, 3, 4], loss=5.0)
+    {'mismatch': 0.3, 'ignored': 0.2, 'saturated': 0.5, 'loss': 0.5}
+    """
     total, ignored, mismatch, saturated = counts
     active = total - ignored
     return {
@@ -112,7 +157,11 @@ def stats_from_counts(counts: List[int], loss: float) -> Dict[str, float]:
 
 
 def layer_key(name: str) -> str:
-    """A module name as a W&B-safe key segment: ``"layer1.0.act"`` -> ``"layer1_0_act"``."""
+    """A module name as a W&B-safe key segment: ``"layer1.0.act"`` -> ``"layer1_0_act"``.
+
+    >>> layer_key("layer1.0.act")
+    'layer1_0_act'
+    """
     return re.sub(r"[^_a-zA-Z0-9]", "_", name) or "root"
 
 
@@ -121,6 +170,11 @@ class TargetCounts(Metric):
 
     States: ``counts`` (int64, ``[layers, 4]``: N, ignored, mismatch, saturated) and ``loss``
     (float32, ``[layers]``), both with ``dist_reduce_fx="sum"``.
+
+    >>> metric = TargetCounts(num_layers=2)
+    >>> metric.update(1, torch.tensor([4, 1, 2, 0]), torch.tensor(0.5))
+    >>> metric.counts.tolist()
+    [[0, 0, 0, 0], [4, 1, 2, 0]]
     """
 
     full_state_update = False
@@ -147,6 +201,13 @@ class FTPropDiagnostics(Callback):
             2n, ...); 0 turns the statistics off.
         histogram_every_n_steps: with a ``WandbLogger``, log pre-activation histograms every this
             many steps, on rank zero; 0 turns them off.
+
+    For a model converted without :class:`~lightning_ftprop.FTPropCallback`, pass it to the
+    Trainer (``Trainer(callbacks=[FTPropDiagnostics(log_every_n_steps=10)])``):
+
+    >>> diagnostics = FTPropDiagnostics(log_every_n_steps=10)
+    >>> diagnostics.log_every_n_steps, diagnostics.state_key
+    (10, 'FTPropDiagnostics')
     """
 
     def __init__(
@@ -173,6 +234,33 @@ class FTPropDiagnostics(Callback):
         self._gather_stats = False
         self._gather_histograms = False
         self._step = 0
+        #: How many optimizer steps have had their statistics logged; saved in checkpoints, so a
+        #: resumed run continues counting where it stopped.
+        self.logged_steps = 0
+        #: The global step of the last logged statistics (None before the first); saved in checkpoints.
+        self.last_logged_step: Optional[int] = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """``"FTPropDiagnostics"`` for this class and every subclass, so a subclass resumes its state."""
+        return "FTPropDiagnostics"
+
+    @override
+    def state_dict(self) -> Dict[str, Any]:
+        """``{"logged_steps", "last_logged_step", "latest"}``: what a resumed run continues from."""
+        return {
+            "logged_steps": self.logged_steps,
+            "last_logged_step": self.last_logged_step,
+            "latest": dict(self.latest),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`state_dict`."""
+        self.logged_steps = int(state_dict.get("logged_steps", 0))
+        self.last_logged_step = state_dict.get("last_logged_step")
+        self.latest = dict(state_dict.get("latest", {}))
 
     # --- hooks on the model ------------------------------------------------------------------
 
@@ -184,13 +272,14 @@ class FTPropDiagnostics(Callback):
             stride = max(1, z.numel() // _HISTOGRAM_SAMPLES)
             self._preacts.setdefault(index, []).append(z.flatten()[::stride].float())
         if self._gather_stats and isinstance(output, Tensor) and output.requires_grad:
-            u = rule_coordinate(unit, z)
-            output.register_hook(functools.partial(self._grad_hook, index, u, unit.rule))
+            coordinates = rule_coordinates(unit, z)
+            output.register_hook(functools.partial(self._grad_hook, index, coordinates, unit.rule))
 
-    def _grad_hook(self, index: int, u: Tensor, rule: Rule, g: Tensor) -> None:
+    def _grad_hook(self, index: int, coordinates: List[Tensor], rule: Rule, g: Tensor) -> None:
         with torch.no_grad():
-            counts, loss = target_counts(u, g, rule)
-            self.metric.update(index, counts, loss)
+            for u in coordinates:
+                counts, loss = target_counts(u, g, rule)
+                self.metric.update(index, counts, loss)
 
     def _attach(self, pl_module: LightningModule) -> None:
         self._detach()
@@ -227,19 +316,26 @@ class FTPropDiagnostics(Callback):
 
     # --- Lightning hooks ---------------------------------------------------------------------
 
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_trainer(trainer, pl_module, type(self).__name__)
-        mine = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, FTPropDiagnostics)]
+        mine = [
+            type(cb).__name__
+            for cb in trainer.callbacks
+            if isinstance(cb, FTPropDiagnostics) or getattr(type(cb), "_holds_ftprop_diagnostics", False)
+        ]
         if len(mine) > 1:
             raise ValueError(
                 f"the Trainer has {len(mine)} ftprop callbacks ({', '.join(mine)}); use exactly one "
                 "(FTPropCallback already includes FTPropDiagnostics, and FTPropMixin adds its own)"
             )
 
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.log_every_n_steps or self.histogram_every_n_steps:
             self._attach(pl_module)
 
+    @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if not self._handles:
             return
@@ -252,6 +348,7 @@ class FTPropDiagnostics(Callback):
             and bool(self._wandb_loggers(trainer))
         )
 
+    @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -275,6 +372,8 @@ class FTPropDiagnostics(Callback):
             for stat, value in stats_from_counts(layer_counts, layer_loss).items():
                 metrics[f"ftprop/{key}/{stat}"] = value
         self.latest = metrics
+        self.logged_steps += 1
+        self.last_logged_step = self._step
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self._step)
 
@@ -289,8 +388,10 @@ class FTPropDiagnostics(Callback):
         for logger in self._wandb_loggers(trainer):
             logger.log_metrics(histograms, step=self._step)
 
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._detach()
 
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._detach()

@@ -9,20 +9,22 @@ module that computes the very same forward as :mod:`lightning_ftprop.functional`
 
     FrozenSign:   h = +1 if z > 0 else -1             (sign(0) = -1)
     FrozenStep:   h =  1 if z > 0 else 0              (step(0) = 0)
-    FrozenQReLU:  h = clip(ceil((n - 1) z), 0, n) / n
+    FrozenQReLU:  h = clip(ceil((n - 1) z), 0, n) / n          n = thresholds
     NaN in gives NaN out. There is no backward (inference only).
 
 **Folding.** In eval mode BatchNorm is the per-channel affine map ``z = a x + b`` with
 ``a = gamma / sqrt(var + eps)`` and ``b = beta - a * mean``. A hard threshold only asks whether ``z``
-lies above a level ``theta``, so ``unit(BN(x))`` is a per-channel compare of ``x`` itself:
+lies above a threshold ``theta``, so ``unit(BN(x))`` is a per-channel compare of ``x`` itself:
 
     a > 0:   z > theta  <=>  x > t        t = (theta - b) / a
     a < 0:   z > theta  <=>  x < t        (the direction flips)
     a = 0:   z = b is constant             the unit outputs the constant unit(b)
 
-Sign and step have one level (``theta = 0``); qrelu with ``n`` steps has ``n`` levels
-``theta_k = k / (n - 1)`` and outputs ``(1/n) * #{k : z > theta_k}``, which equals
-``clip(ceil((n - 1) z), 0, n) / n``. :class:`FoldedThreshold` computes, per level and channel,
+Sign and step have one threshold (``theta = 0``) and two output levels; qrelu with ``n`` thresholds
+``theta_k = k / (n - 1)`` has ``n + 1`` levels and outputs
+``(1/n) * #{k : z > theta_k}``, which equals ``clip(ceil((n - 1) z), 0, n) / n``. (``levels`` means
+the number of output values everywhere in this package, as in :mod:`lightning_ftprop.nn`.)
+:class:`FoldedThreshold` computes, per threshold and channel,
 
     d = s * (x - t)              s = -1 where a < 0, else +1 (the multiply is left out when no s is -1)
     on = 1 if d > 0 else 0       (as clip(ceil(d), 0, 1), so NaN stays NaN)
@@ -41,7 +43,7 @@ unit gives what the real-valued ``unit(a x + b)`` gives (up to the float64 round
 Edge cases:
 
 * **Ties.** ``x == t`` exactly means ``z == theta`` exactly: the unit is off (sign -1, step 0, qrelu
-  does not count that level), as the forward conventions say.
+  does not count that threshold), as the forward conventions say.
 * **gamma = 0.** The channel is constant: ``unit(beta)``; ``x`` is ignored, except that a NaN or
   infinite ``x`` gives NaN (``x - t`` is NaN), as ``0 * x`` does in BatchNorm.
 * **Rounding.** The *unfolded* model computes ``z`` in float32 (``x * a32 + b32``: ``a32`` and ``b32``
@@ -76,6 +78,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from lightning_ftprop._deprecated import warn_renamed
 from lightning_ftprop.functional import _qrelu_forward, _sign_forward, _step_forward
 from lightning_ftprop.nn import QReLU, Sign, Step, ThresholdUnit
 
@@ -105,7 +108,11 @@ class FrozenUnit(nn.Module):
 
 
 class FrozenSign(FrozenUnit):
-    """``h = +1 if z > 0 else -1``; forward only."""
+    """``h = +1 if z > 0 else -1``; forward only.
+
+    >>> FrozenSign()(torch.tensor([-1.0, 0.0, 0.5]))
+    tensor([-1., -1.,  1.])
+    """
 
     activation = "sign"
 
@@ -114,7 +121,11 @@ class FrozenSign(FrozenUnit):
 
 
 class FrozenStep(FrozenUnit):
-    """``h = 1 if z > 0 else 0``; forward only."""
+    """``h = 1 if z > 0 else 0``; forward only.
+
+    >>> FrozenStep()(torch.tensor([-1.0, 0.0, 0.5]))
+    tensor([0., 0., 1.])
+    """
 
     activation = "step"
 
@@ -123,25 +134,29 @@ class FrozenStep(FrozenUnit):
 
 
 class FrozenQReLU(FrozenUnit):
-    """``h = clip(ceil((steps - 1) z), 0, steps) / steps``; forward only."""
+    """``h = clip(ceil((n - 1) z), 0, n) / n`` with ``n = thresholds``; forward only.
+
+    >>> FrozenQReLU(thresholds=3)(torch.tensor([-1.0, 0.2, 0.6, 2.0]))
+    tensor([0.0000, 0.3333, 0.6667, 1.0000])
+    """
 
     activation = "qrelu"
 
-    def __init__(self, steps: int = 3):
+    def __init__(self, thresholds: int = 3):
         super().__init__()
-        self.steps = int(steps)
-        self.levels = self.steps + 1
+        self.thresholds = int(thresholds)
+        self.levels = self.thresholds + 1
 
     def extra_repr(self) -> str:
-        return f"steps={self.steps}"
+        return f"thresholds={self.thresholds}"
 
     def forward(self, z: Tensor) -> Tensor:
-        return _qrelu_forward(z, self.steps)
+        return _qrelu_forward(z, self.thresholds)
 
 
 def _frozen(unit: ThresholdUnit) -> FrozenUnit:
     if isinstance(unit, QReLU):
-        return FrozenQReLU(unit.steps)
+        return FrozenQReLU(unit.thresholds)
     if isinstance(unit, Sign):
         return FrozenSign()
     if isinstance(unit, Step):
@@ -159,6 +174,10 @@ def freeze(model: nn.Module) -> nn.Module:
     The copy works with ``torch.export.export`` and ``torch.jit.script`` (where the model itself does)
     and gives outputs identical to ``model.eval()``. A unit shared by several parents stays shared.
     The original model is not changed.
+
+    >>> from lightning_ftprop.nn import Sign
+    >>> freeze(nn.Sequential(nn.Linear(2, 2), Sign()))[1]
+    FrozenSign()
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"freeze() expects an nn.Module, got {type(model).__name__}")
@@ -177,54 +196,63 @@ def freeze(model: nn.Module) -> nn.Module:
 # --- folding ----------------------------------------------------------------------------------------
 
 
-def _levels(unit: FrozenUnit) -> List[float]:
+def _thresholds(unit: FrozenUnit) -> List[float]:
+    """The threshold positions ``theta_k`` of a unit: ``[0.0]`` for sign and step, ``k / (n - 1)`` for qrelu."""
     if isinstance(unit, FrozenQReLU):
-        return [k / (unit.steps - 1) for k in range(unit.steps)]
+        return [k / (unit.thresholds - 1) for k in range(unit.thresholds)]
     return [0.0]
 
 
 class FoldedThreshold(nn.Module):
     """``BatchNorm -> unit`` as per-channel threshold compares on the BatchNorm's input ``x``.
 
-    Buffers ``threshold`` and ``direction`` have shape ``(levels, channels)``; channels are dim 1 of
-    ``x``. Forward, per level ``k`` and channel ``c`` (see the module docstring)::
+    Buffers ``threshold`` and ``direction`` have shape ``(thresholds, channels)``; channels are dim 1
+    of ``x``. ``levels`` is the number of output values, as for every unit. Forward, per threshold
+    ``k`` and channel ``c`` (see the module docstring)::
 
         on_k = clip(ceil(direction * (x - threshold)), 0, 1)      direction in {-1, +1}
         sign: 2 * on_0 - 1      step: on_0      qrelu: (1/n) * sum_k on_k
     """
 
-    def __init__(self, activation: str, threshold: Tensor, direction: Tensor, steps: int = 0):
+    def __init__(self, activation: str, threshold: Tensor, direction: Tensor, steps: Optional[int] = None):
         super().__init__()
         if activation not in ("sign", "step", "qrelu"):
             raise ValueError(f"unknown activation {activation!r}; valid: sign, step, qrelu")
+        if steps is not None:  # the count is threshold.shape[0]; the argument is no longer needed
+            warn_renamed("FoldedThreshold(..., steps)", "FoldedThreshold(activation, threshold, direction)")
         self.activation = activation
-        self.steps = int(steps)
+        #: The number of thresholds per channel (``threshold.shape[0]``; 1 for sign and step).
+        self.thresholds = int(threshold.shape[0])
+        if activation != "qrelu" and self.thresholds != 1:
+            raise ValueError(
+                f"{activation} has one threshold per channel; got threshold of shape {tuple(threshold.shape)}"
+            )
         self.sign_output = activation == "sign"
-        self.levels = steps + 1 if activation == "qrelu" else 2
+        self.levels = self.thresholds + 1 if activation == "qrelu" else 2
         self.register_buffer("threshold", threshold.to(torch.float32))
         self.register_buffer("direction", direction.to(torch.float32))
         self.flip = bool((direction < 0).any())  # a plain bool: traced away by fx, torch.export and jit
 
     def extra_repr(self) -> str:
-        levels, channels = self.threshold.shape
-        return f"activation={self.activation!r}, channels={channels}, thresholds per channel={levels}"
+        thresholds, channels = self.threshold.shape
+        return f"activation={self.activation!r}, channels={channels}, thresholds per channel={thresholds}"
 
     def forward(self, x: Tensor) -> Tensor:
-        levels = self.threshold.shape[0]
+        thresholds = self.threshold.shape[0]
         trailing = [1] * (x.dim() - 2)
-        if levels == 1:
+        if thresholds == 1:
             shape = [1, -1] + trailing
             d = x - self.threshold.view(shape)
             if self.flip:
                 d = d * self.direction.view(shape)
             on = torch.clamp(d, 0, 1).ceil()
             return on * 2 - 1 if self.sign_output else on
-        shape = [1, levels, -1] + trailing
+        shape = [1, thresholds, -1] + trailing
         xs = x.unsqueeze(1)
         d = xs - self.threshold.view(shape)
         if self.flip:
             d = d * self.direction.view(shape)
-        return torch.clamp(d, 0, 1).ceil().sum(1) / self.steps
+        return torch.clamp(d, 0, 1).ceil().sum(1) / self.thresholds
 
 
 def _round_towards(t64: Tensor, down: Tensor) -> Tensor:
@@ -247,15 +275,19 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[Tensor, Tensor]:
 
 
 def folded_unit(bn: nn.modules.batchnorm._BatchNorm, unit: FrozenUnit) -> FoldedThreshold:
-    """The :class:`FoldedThreshold` equal to ``unit(bn(x))`` for ``bn`` in eval mode."""
+    """The :class:`FoldedThreshold` equal to ``unit(bn(x))`` for ``bn`` in eval mode.
+
+    >>> bn = nn.BatchNorm1d(2).eval()
+    >>> folded_unit(bn, FrozenQReLU(thresholds=3)).threshold.shape  # (thresholds, channels)
+    torch.Size([3, 2])
+    """
     a, b = _bn_affine(bn)
-    thetas = torch.tensor(_levels(unit), dtype=torch.float64)[:, None]  # (levels, 1)
+    thetas = torch.tensor(_thresholds(unit), dtype=torch.float64)[:, None]  # (thresholds, 1)
     s = torch.where(a < 0, -1.0, 1.0).to(torch.float64).expand(len(thetas), -1)
     safe_a = torch.where(a == 0, torch.ones_like(a), a)
     t64 = torch.where(a == 0, torch.where(b > thetas, -torch.inf, torch.inf).to(torch.float64), (thetas - b) / safe_a)
     threshold = _round_towards(t64, s > 0)
-    steps = unit.steps if isinstance(unit, FrozenQReLU) else 0
-    return FoldedThreshold(unit.activation, threshold, s, steps)
+    return FoldedThreshold(unit.activation, threshold, s)
 
 
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
@@ -285,6 +317,15 @@ def fold_thresholds(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: ``model`` cannot be traced with ``torch.fx`` (data-dependent control flow);
             use :func:`freeze` instead, or ``export_onnx(..., fold=False)``.
+
+    >>> from lightning_ftprop.nn import Sign
+    >>> model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2), Sign()).eval()
+    >>> folded = fold_thresholds(model)
+    >>> [type(m).__name__ for m in folded.children()]
+    ['Linear', 'FoldedThreshold']
+    >>> x = torch.randn(4, 3)
+    >>> torch.equal(folded(x), model(x))
+    True
     """
     frozen = freeze(model)
     try:
@@ -352,7 +393,14 @@ def fold_thresholds(model: nn.Module) -> nn.Module:
 
 
 def check_onnx_domains(model_proto: Any) -> List[str]:
-    """``"op_type (domain)"`` for every node of ``model_proto`` outside the standard ONNX domain."""
+    """``"op_type (domain)"`` for every node of ``model_proto`` outside the standard ONNX domain.
+
+    >>> import onnx
+    >>> node = onnx.helper.make_node("Relu", ["x"], ["y"])
+    >>> graph = onnx.helper.make_graph([node], "g", [], [])
+    >>> check_onnx_domains(onnx.helper.make_model(graph))
+    []
+    """
     bad: List[str] = []
 
     def visit(graph) -> None:
@@ -449,6 +497,14 @@ def export_onnx(
         ValueError: the model cannot be exported (the message names the module that fails), or the
             graph would need operators outside the standard ONNX domain; no file is written.
         ImportError: ``onnx``/``onnxscript`` is missing (``pip install lightning-ftprop[export]``).
+
+    >>> import os, tempfile
+    >>> from lightning_ftprop.nn import Step
+    >>> model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2), Step())
+    >>> with tempfile.TemporaryDirectory() as folder:  # doctest: +ELLIPSIS
+    ...     path = export_onnx(model, os.path.join(folder, "model.onnx"), torch.zeros(1, 3))
+    ...     os.path.basename(path), os.path.getsize(path) > 0
+    ('model.onnx', True)
     """
     try:
         import onnx

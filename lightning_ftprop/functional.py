@@ -17,7 +17,7 @@ used. Forward values:
 
     sign(z)  = +1 if z > 0 else -1
     step(z)  =  1 if z > 0 else 0
-    qrelu(z) = clip(ceil((n - 1) * z), 0, n) / n        n = steps; n = 3 is the paper's 2-bit qReLU
+    qrelu(z) = clip(ceil((n - 1) * z), 0, n) / n        n = thresholds; n = 3 is the paper's 2-bit qReLU
 
 NaN in gives NaN out. ``qrelu`` has two backward modes:
 
@@ -28,11 +28,11 @@ NaN in gives NaN out. ``qrelu`` has two backward modes:
   ``theta_k = k / (n - 1)``; the rule is applied to each step unit and summed,
   ``dz = (1/n) * sum_k grad(z - theta_k)``.
 
-What the backward keeps (``saved``). By default it keeps ``z`` and the gradient is exact; ``ste``
+What the backward keeps (``saved``). By default (``"input"``) it keeps ``z`` and the gradient is exact; ``ste``
 keeps nothing. For a symmetric rule in weighted mode the backward only needs the unit's surrogate
 ``S(z)`` (for qrelu the sum above), so a compact form can be kept instead:
 
-    saved="exact"   z as it is (4 bytes per float32 element); exact
+    saved="input"   z as it is (4 bytes per float32 element); exact
     saved="bf16"    S(z) in bfloat16 (2 bytes); relative error <= 2^-8
     saved="uint8"   round(255 * S(z)) (1 byte); absolute error <= 1/510, exact for ste and sste
 
@@ -55,6 +55,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from lightning_ftprop._deprecated import renamed, warn_renamed
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
 __all__ = [
@@ -67,11 +68,12 @@ __all__ = [
     "QReLUFunction",
     "QRELU_MODES",
     "edge_exact_affine",
+    "unit_coordinates",
     "SAVED_FORMS",
 ]
 
 QRELU_MODES: Tuple[str, ...] = ("single", "per_threshold")
-SAVED_FORMS: Tuple[str, ...] = ("exact", "bf16", "uint8")
+SAVED_FORMS: Tuple[str, ...] = ("input", "bf16", "uint8")
 
 
 def target_prop_grad(g: Tensor, u: Tensor, rule: Rule, weighted: bool) -> Tensor:
@@ -221,6 +223,21 @@ def _coordinates(z: Tensor, steps: int, mode: str, edges: Sequence[float] = ()) 
     return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in _affine_maps(steps, mode)]
 
 
+def unit_coordinates(z: Tensor, thresholds: int = 0, mode: str = "single", edges: Sequence[float] = ()) -> Coordinates:
+    """The coordinates ``[(u, scale), ...]`` in which a unit's backward applies its rule.
+
+    The backward returns ``sum scale * target_prop_grad(g, u, rule, weighted)`` over them: one
+    ``(z, 1.0)`` for sign and step (``thresholds = 0``), one ``(2z - 1, 1.0)`` for qrelu ``"single"``,
+    and ``(z - theta_k, 1/n)`` per threshold ``theta_k = k / (n - 1)``, ``n = thresholds``, for
+    ``"per_threshold"``.
+    Shifted coordinates are edge-exact for ``edges`` (:func:`edge_exact_affine`).
+
+    >>> [(u.tolist(), scale) for u, scale in unit_coordinates(torch.tensor([0.25]), 3, "per_threshold")]
+    [([0.25], 0.3333333333333333), ([-0.25], 0.3333333333333333), ([-0.75], 0.3333333333333333)]
+    """
+    return _coordinates(z, thresholds, mode, edges)
+
+
 def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], steps: int, mode: str) -> Tensor:
     """``sum scale * g * 1[w0 <= a*z + b <= w1]``, the window tested on ``z`` itself: exact, one pass each.
 
@@ -240,7 +257,7 @@ def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0
     if _save_hook is not None and _save_hook(ctx, z, rule, weighted, saved, steps, mode):
         return
     symmetric = weighted and rule.surrogate is not None
-    ctx.compact = symmetric and rule.uses_input and saved != "exact"  # keeps S(z), not z
+    ctx.compact = symmetric and rule.uses_input and saved != "input"  # keeps S(z), not z
     if symmetric and not rule.uses_input:
         ctx.save_for_backward()
     elif ctx.compact:
@@ -336,10 +353,27 @@ def _check_input(z: Tensor, name: str) -> None:
         )
 
 
-def check_steps(steps: int) -> int:
-    """Validate the number of qrelu steps (an int >= 2)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"qrelu steps must be an int >= 2, got {steps!r}")
+def check_thresholds(thresholds: int) -> int:
+    """Validate qrelu's number of thresholds (an int >= 2).
+
+    >>> check_thresholds(1)
+    Traceback (most recent call last):
+    ValueError: qrelu thresholds must be an int >= 2, got 1
+    """
+    if isinstance(thresholds, bool) or not isinstance(thresholds, int) or thresholds < 2:
+        raise ValueError(f"qrelu thresholds must be an int >= 2, got {thresholds!r}")
+    return thresholds
+
+
+def _thresholds_argument(thresholds: int, steps: Optional[int], where: str) -> int:
+    """``thresholds``, or the value of the deprecated ``steps`` (which warns); both differing is an error."""
+    if steps is None:
+        return thresholds
+    warn_renamed(f"{where}(steps=...)", f"{where}(thresholds=...)", stacklevel=4)
+    if thresholds not in (3, steps):
+        raise TypeError(
+            f"{where}() got thresholds={thresholds!r} and its deprecated name steps={steps!r}; give thresholds only"
+        )
     return steps
 
 
@@ -351,19 +385,26 @@ def check_mode(mode: str) -> str:
 
 
 def check_saved(saved: str) -> str:
-    """Validate a saved form (see the module docstring)."""
+    """Validate a saved form (see the module docstring); the old name ``"exact"`` warns and becomes ``"input"``.
+
+    >>> check_saved("uint8")
+    'uint8'
+    """
+    if saved == "exact":  # renamed: "exact" is also a memory mode (lightning_ftprop.memory)
+        warn_renamed("saved='exact'", "saved='input'")
+        return "input"
     if saved not in SAVED_FORMS:
         raise ValueError(f"unknown saved form {saved!r}; valid forms are: {', '.join(SAVED_FORMS)}")
     return saved
 
 
-def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "exact") -> Tensor:
+def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "input") -> Tensor:
     """``sign(z)`` in {-1, +1} with an FTPROP-MB backward under ``rule``."""
     _check_input(z, "sign")
     return SignFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
 
 
-def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "exact") -> Tensor:
+def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "input") -> Tensor:
     """``1[z > 0]`` in {0, 1} with an FTPROP-MB backward under ``rule``."""
     _check_input(z, "step")
     return StepFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
@@ -373,12 +414,22 @@ def qrelu(
     z: Tensor,
     rule: Union[str, Rule] = DEFAULT_RULE,
     weighted: bool = True,
-    steps: int = 3,
+    thresholds: int = 3,
     mode: str = "single",
-    saved: str = "exact",
+    saved: str = "input",
+    steps: Optional[int] = None,
 ) -> Tensor:
-    """Quantized ReLU ``clip(ceil((steps-1) z), 0, steps) / steps`` with an FTPROP-MB backward."""
+    """Quantized ReLU ``clip(ceil((n-1) z), 0, n) / n`` with ``n = thresholds``, with an FTPROP-MB backward.
+
+    ``steps`` is the deprecated name of ``thresholds`` (it warns).
+
+    >>> qrelu(torch.tensor([-1.0, 0.2, 0.6, 2.0]), thresholds=3)
+    tensor([0.0000, 0.3333, 0.6667, 1.0000])
+    """
     _check_input(z, "qrelu")
-    return QReLUFunction.apply(
-        z, get_rule(rule), bool(weighted), check_saved(saved), check_steps(steps), check_mode(mode)
-    )
+    thresholds = check_thresholds(_thresholds_argument(thresholds, steps, "qrelu"))
+    return QReLUFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved), thresholds, check_mode(mode))
+
+
+#: Deprecated name of :func:`check_thresholds` (warns; removed in the next release).
+check_steps = renamed(check_thresholds, "lightning_ftprop.functional.check_steps")

@@ -25,14 +25,32 @@ When the swap happens:
   ``load_state_dict``, and the mixin converts in both. Threshold units have no parameters, so
   without this a checkpoint would load, silently, into the ReLU model.
 
-``memory`` (:mod:`lightning_ftprop.memory`): ``"recompute"`` segments the model together with the
-swap; ``"packed"`` and ``"recompute"`` add a callback (``configure_callbacks``) that runs every
-training step inside :func:`~lightning_ftprop.memory.packed`.
+The mixin is built from the same parts as :class:`~lightning_ftprop.FTPropCallback`
+(:mod:`lightning_ftprop.parts`): :func:`~lightning_ftprop.parts.swap` converts (and, for
+``memory="recompute"``, segments) the model, and ``configure_callbacks`` adds the per-step parts of
+:func:`~lightning_ftprop.parts.training_step_parts`: a :class:`~lightning_ftprop.parts.TrainingStepMemory` that runs
+every training step under the memory mode (:mod:`lightning_ftprop.memory`; none for ``"exact"``),
+and the diagnostics below.
 
 The spec and the swapped layer names are also saved as ``checkpoint["ftprop"]``; loading a
 checkpoint whose spec differs from the module's is an error. Diagnostics: unless
 ``log_every_n_steps`` and ``histogram_every_n_steps`` are both 0, ``configure_callbacks`` adds an
-:class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`.
+:class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` (its counters are saved in checkpoints).
+``ftprop`` mapping values may carry per-target unit arguments, as for the callback:
+``{"mapping": {"ReLU": "sign", "Tanh": ["qrelu", {"thresholds": 5}]}}``.
+
+>>> import lightning.pytorch as pl
+>>> from torch import nn
+>>> class Net(FTPropMixin, pl.LightningModule):
+...     def __init__(self, ftprop=None):
+...         super().__init__()
+...         self.save_hyperparameters()
+...         self.body = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+>>> net = Net(ftprop={"activation": "step", "rule": "sste", "memory": "packed"})
+>>> net.apply_ftprop()
+['body.1']
+>>> [type(c).__name__ for c in net.configure_callbacks()]
+['FTPropDiagnostics', 'TrainingStepMemory']
 """
 
 from __future__ import annotations
@@ -40,12 +58,12 @@ from __future__ import annotations
 import functools
 from typing import Any, Dict, List, Optional
 
-from lightning.pytorch import Callback
+from typing_extensions import override
 
 from lightning_ftprop._namespace import check_class
-from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
-from lightning_ftprop.memory import MemoryMode
-from lightning_ftprop.spec import apply_spec, spec_differences, spec_from_dict
+from lightning_ftprop.diagnostics import LOG_DEFAULTS
+from lightning_ftprop.parts import swap, training_step_parts
+from lightning_ftprop.spec import spec_differences, spec_from_dict
 
 __all__ = ["FTPropMixin", "HPARAMS_KEY", "CHECKPOINT_KEY"]
 
@@ -62,25 +80,6 @@ def _convert_after(configure_model):
         return result
 
     return wrapper
-
-
-class _StepMemory(Callback):
-    """Runs each training step (forward and backward) under the spec's memory mode."""
-
-    def __init__(self, memory: str) -> None:
-        self.mode = MemoryMode(memory)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.mode.begin_step()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.mode.end_step()
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self.mode.end_step()
-
-    def teardown(self, trainer, pl_module, stage) -> None:
-        self.mode.end_step()
 
 
 class FTPropMixin:
@@ -124,29 +123,26 @@ class FTPropMixin:
     def apply_ftprop(self) -> List[str]:
         """Convert the module as ``hparams["ftprop"]`` says (idempotent); returns the swapped names."""
         spec = self.ftprop_spec
-        self._ftprop_layers = [] if spec is None else apply_spec(self, spec)
-        if spec is not None:
-            MemoryMode(spec["memory"]).prepare(self)
+        self._ftprop_layers = [] if spec is None else swap(self, spec)
         return self._ftprop_layers
 
     # --- Lightning hooks ---------------------------------------------------------------------
 
+    @override
     def configure_model(self) -> None:
         super().configure_model()
         self.apply_ftprop()
 
+    @override
     def configure_callbacks(self) -> list:
         callbacks = list(super().configure_callbacks() or [])
         options = self._ftprop_options()
         if options is not None:
             log = {k: options.get(k, LOG_DEFAULTS[k]) for k in _LOG_KEYS}
-            if any(log.values()):
-                callbacks.append(FTPropDiagnostics(**log))
-            memory = self.ftprop_spec["memory"]
-            if memory != "exact":
-                callbacks.append(_StepMemory(memory))
+            callbacks.extend(training_step_parts(self.ftprop_spec, **log))
         return callbacks
 
+    @override
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         spec = self.ftprop_spec
@@ -157,6 +153,7 @@ class FTPropMixin:
                 "layers": self.apply_ftprop() if layers is None else list(layers),
             }
 
+    @override
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get(CHECKPOINT_KEY)

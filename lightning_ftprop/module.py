@@ -2,14 +2,15 @@
 
     model = ImageClassifier("convnet4", activation="sign", rule="soft_hinge", optimizer="adam",
                             lr=2.5e-4, weight_decay=5e-4, milestones=[200, 250])
-    model = ImageClassifier("convnet4", ftprop={"activation": "qrelu", "rule": "sste", "unit_kwargs": {"steps": 5}})
+    model = ImageClassifier("convnet4", ftprop={"activation": "qrelu", "rule": "sste", "unit_kwargs": {"thresholds": 5}})
 
 The network is built as a float network (:mod:`lightning_ftprop.models`) and, being an
 :class:`~lightning_ftprop.FTPropMixin`, the module swaps in threshold units from ``hparams["ftprop"]``:
 the spec with the keys of :class:`~lightning_ftprop.FTPropCallback` (``activation``, ``rule``,
 ``weighted``, ``include``, ``exclude``, ``mapping``, ``unit_kwargs``, ``log_every_n_steps``,
-``histogram_every_n_steps``). ``activation``, ``rule``, ``steps`` and ``mode`` are shorthands that fill
-that dict (``steps``/``mode`` go to ``unit_kwargs``). So every threshold run logs the per-layer
+``histogram_every_n_steps``). ``activation``, ``rule``, ``thresholds`` and ``mode`` are shorthands that
+fill that dict (``thresholds``/``mode`` go to ``unit_kwargs``; ``steps`` is the deprecated name of
+``thresholds``). So every threshold run logs the per-layer
 ``ftprop/<layer>/*`` diagnostics, stores the spec in its checkpoints and reloads with
 ``ImageClassifier.load_from_checkpoint(path)`` as threshold units.
 
@@ -36,9 +37,11 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_ftprop._deprecated import warn_renamed
 from lightning_ftprop.mixin import FTPropMixin
 from lightning_ftprop.models import FLOAT_ACTIVATION_NAMES, MODELS, get_model
-from lightning_ftprop.models.activation import check_activation
+from lightning_ftprop.models.activation import check_network_activation
+from lightning_ftprop.nn import normalise_unit_kwargs
 from lightning_ftprop.rules import DEFAULT_RULE
 
 __all__ = ["ImageClassifier", "resolve_ftprop"]
@@ -47,13 +50,14 @@ __all__ = ["ImageClassifier", "resolve_ftprop"]
 def resolve_ftprop(
     activation: Optional[str] = None,
     rule: Optional[str] = None,
-    steps: Optional[int] = None,
+    thresholds: Optional[int] = None,
     mode: Optional[str] = None,
     ftprop: Optional[Mapping[str, Any]] = None,
+    steps: Optional[int] = None,
 ) -> Tuple[str, Optional[Dict[str, Any]]]:
     """``(network activation, hparams["ftprop"])`` from the shorthands and the ``ftprop`` dict.
 
-    The shorthands fill the dict's ``activation``, ``rule`` and ``unit_kwargs["steps"/"mode"]``; a
+    The shorthands fill the dict's ``activation``, ``rule`` and ``unit_kwargs["thresholds"/"mode"]``; a
     shorthand that disagrees with the dict is an error. With neither, the network uses ``sign`` units
     and :data:`~lightning_ftprop.rules.DEFAULT_RULE`. ``relu`` and ``saturated_relu`` are the float
     baselines: their ``ftprop`` is None and ``rule`` is ignored.
@@ -65,8 +69,15 @@ def resolve_ftprop(
     """
     if ftprop is not None and not isinstance(ftprop, Mapping):
         raise TypeError(f"ftprop must be a dict with the keys of FTPropCallback or None, got {ftprop!r}")
-    if activation is not None and check_activation(activation) in FLOAT_ACTIVATION_NAMES:
-        given = {k: v for k, v in (("steps", steps), ("mode", mode), ("ftprop", ftprop)) if v is not None}
+    if steps is not None:
+        warn_renamed("ImageClassifier(steps=...)", "ImageClassifier(thresholds=...)")
+        if thresholds is not None and thresholds != steps:
+            raise TypeError(
+                f"got thresholds={thresholds!r} and its deprecated name steps={steps!r}; give thresholds only"
+            )
+        thresholds = steps
+    if activation is not None and check_network_activation(activation) in FLOAT_ACTIVATION_NAMES:
+        given = {k: v for k, v in (("thresholds", thresholds), ("mode", mode), ("ftprop", ftprop)) if v is not None}
         if given:
             raise ValueError(
                 f"activation={activation!r} is a float baseline without threshold units, but "
@@ -75,11 +86,11 @@ def resolve_ftprop(
             )
         return activation, None
     options = dict(ftprop or {})
-    unit_kwargs = dict(options.get("unit_kwargs") or {})
+    unit_kwargs = normalise_unit_kwargs(options.get("unit_kwargs") or {})
     for key, value, target in (
         ("activation", activation, options),
         ("rule", rule, options),
-        ("steps", steps, unit_kwargs),
+        ("thresholds", thresholds, unit_kwargs),
         ("mode", mode, unit_kwargs),
     ):
         if value is None:
@@ -113,8 +124,8 @@ class ImageClassifier(FTPropMixin, LightningModule):
             default ``soft_hinge``); ignored by the float baselines.
         num_classes: number of classes.
         in_channels: image channels (1 for Fashion-MNIST, 3 otherwise).
-        steps: shorthand for ``ftprop["unit_kwargs"]["steps"]``: ``qrelu`` thresholds (3, the default:
-            the paper's 2-bit qReLU; 5: its ResNet-18 runs).
+        thresholds: shorthand for ``ftprop["unit_kwargs"]["thresholds"]``: ``qrelu``'s number of
+            thresholds (3, the default: the paper's 2-bit qReLU; 5: its ResNet-18 runs).
         mode: shorthand for ``ftprop["unit_kwargs"]["mode"]``: ``qrelu`` backward, ``single`` (the
             default, the paper's code) or ``per_threshold``.
         optimizer: ``adam`` or ``sgd`` (momentum ``momentum``).
@@ -125,9 +136,10 @@ class ImageClassifier(FTPropMixin, LightningModule):
         gamma: the learning-rate decay factor.
         ftprop: the threshold units' spec, a dict with the keys of :class:`~lightning_ftprop.FTPropCallback`
             (see :class:`~lightning_ftprop.FTPropMixin`); the shorthands above fill it.
+        steps: the deprecated name of ``thresholds`` (it warns).
 
     ``hparams`` records the resolved ``activation`` and ``ftprop`` (None for a float baseline), not the
-    shorthands ``rule``, ``steps`` and ``mode``.
+    shorthands ``rule``, ``thresholds`` and ``mode``.
     """
 
     def __init__(
@@ -137,7 +149,7 @@ class ImageClassifier(FTPropMixin, LightningModule):
         rule: Optional[str] = None,
         num_classes: int = 10,
         in_channels: int = 3,
-        steps: Optional[int] = None,
+        thresholds: Optional[int] = None,
         mode: Optional[str] = None,
         optimizer: Literal["adam", "sgd"] = "adam",
         lr: float = 2.5e-4,
@@ -146,6 +158,7 @@ class ImageClassifier(FTPropMixin, LightningModule):
         milestones: Optional[List[int]] = None,
         gamma: float = 0.1,
         ftprop: Optional[Dict[str, Any]] = None,
+        steps: Optional[int] = None,
     ):
         super().__init__()
         if arch not in MODELS:
@@ -161,11 +174,11 @@ class ImageClassifier(FTPropMixin, LightningModule):
             raise ValueError(
                 f"milestones must be strictly increasing 1-based epochs >= 2 (the first epoch is 1), got {milestones!r}"
             )
-        activation, ftprop = resolve_ftprop(activation, rule, steps, mode, ftprop)
-        self.save_hyperparameters(ignore=["rule", "steps", "mode"])  # the shorthands live on in ftprop
+        activation, ftprop = resolve_ftprop(activation, rule, thresholds, mode, ftprop, steps=steps)
+        self.save_hyperparameters(ignore=["rule", "thresholds", "mode", "steps"])  # the shorthands live on in ftprop
         self.save_hyperparameters({**self.hparams, "activation": activation, "ftprop": ftprop})  # the resolved values
-        float_activation = activation if ftprop is None else "relu"
-        self.net = get_model(arch, activation=float_activation, num_classes=num_classes, in_channels=in_channels)
+        network_activation = activation if ftprop is None else "relu"
+        self.net = get_model(arch, activation=network_activation, num_classes=num_classes, in_channels=in_channels)
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

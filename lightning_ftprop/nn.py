@@ -4,25 +4,38 @@ Each unit wraps a function of :mod:`lightning_ftprop.functional`; the formulas a
 take the same keyword arguments (``rule``, ``weighted``, ``inplace``) so one can replace another, and
 all have no parameters and no buffers. ``levels`` and ``bits`` describe the output alphabet::
 
-    unit               output values                    levels   bits
-    Sign()             {-1, +1}                         2        1
-    Step()             {0, 1}                           2        1
-    QReLU(steps=3)     {0, 1/3, 2/3, 1}                 4        2
-    QReLU(steps=5)     {0, .2, .4, .6, .8, 1}           6        3
+    unit                    output values               levels   bits
+    Sign()                  {-1, +1}                    2        1
+    Step()                  {0, 1}                      2        1
+    QReLU(thresholds=3)     {0, 1/3, 2/3, 1}            4        2
+    QReLU(thresholds=5)     {0, .2, .4, .6, .8, 1}      6        3
+
+``levels`` always means the number of output values; ``thresholds`` (qrelu's) the number of
+thresholds, at ``k / (thresholds - 1)``.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Dict, Type, Union
+from typing import Any, Dict, Mapping, Optional, Type, Union
 
 from torch import Tensor, nn
 
 from lightning_ftprop import functional as F
+from lightning_ftprop._deprecated import renamed, warn_renamed
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
-__all__ = ["ThresholdUnit", "Sign", "Step", "QReLU", "UNIT_CLASSES", "make_unit", "check_activation_name"]
+__all__ = [
+    "ThresholdUnit",
+    "Sign",
+    "Step",
+    "QReLU",
+    "UNIT_CLASSES",
+    "make_unit",
+    "check_unit_name",
+    "normalise_unit_kwargs",
+]
 
 
 class ThresholdUnit(nn.Module):
@@ -34,15 +47,19 @@ class ThresholdUnit(nn.Module):
         weighted: weight each unit's loss by ``|g|`` (the paper's default). ``False`` uses only the
             sign of ``g``, scaled by ``1/batch``.
         inplace: accepted for drop-in compatibility with ``nn.ReLU(inplace=True)``; ignored.
-        saved: what the backward keeps: ``"exact"`` (default), or the compact ``"bf16"`` / ``"uint8"``
+        saved: what the backward keeps: ``"input"`` (default: ``z`` itself), or the compact ``"bf16"`` / ``"uint8"``
             forms of the surrogate (see :mod:`lightning_ftprop.functional`).
+
+    >>> unit = Sign("sste", saved="uint8")
+    >>> unit.levels, unit.bits, unit.spec()
+    (2, 1, {'activation': 'sign', 'rule': 'sste', 'weighted': True, 'saved': 'uint8'})
     """
 
     activation: str = ""
     levels: int = 2
 
     def __init__(
-        self, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, inplace: bool = False, saved: str = "exact"
+        self, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, inplace: bool = False, saved: str = "input"
     ):
         super().__init__()
         if not isinstance(weighted, bool):
@@ -59,15 +76,20 @@ class ThresholdUnit(nn.Module):
     def spec(self) -> Dict[str, object]:
         """The keyword arguments that rebuild this unit with :func:`make_unit`."""
         spec = {"activation": self.activation, "rule": self.rule.name, "weighted": self.weighted}
-        return spec if self.saved == "exact" else {**spec, "saved": self.saved}
+        return spec if self.saved == "input" else {**spec, "saved": self.saved}
 
     def extra_repr(self) -> str:
-        saved = "" if self.saved == "exact" else f", saved={self.saved!r}"
+        saved = "" if self.saved == "input" else f", saved={self.saved!r}"
         return f"rule={self.rule.name!r}, weighted={self.weighted}{saved}"
 
 
 class Sign(ThresholdUnit):
-    """``h = sign(z)`` in {-1, +1}; backward ``|g| * dL/dz(z, sign(-g))``."""
+    """``h = sign(z)`` in {-1, +1}; backward ``|g| * dL/dz(z, sign(-g))``.
+
+    >>> import torch
+    >>> Sign()(torch.tensor([-0.5, 0.0, 2.0]))
+    tensor([-1., -1.,  1.])
+    """
 
     activation = "sign"
 
@@ -76,7 +98,12 @@ class Sign(ThresholdUnit):
 
 
 class Step(ThresholdUnit):
-    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))``."""
+    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))``.
+
+    >>> import torch
+    >>> Step()(torch.tensor([-0.5, 0.0, 2.0]))
+    tensor([0., 0., 1.])
+    """
 
     activation = "step"
 
@@ -85,12 +112,19 @@ class Step(ThresholdUnit):
 
 
 class QReLU(ThresholdUnit):
-    """``h = clip(ceil((steps-1) z), 0, steps) / steps``, ``steps + 1`` levels.
+    """``h = clip(ceil((n-1) z), 0, n) / n`` with ``n = thresholds``: ``n + 1`` levels.
 
     Args:
-        steps: the number of thresholds, at ``k / (steps - 1)``. 3 is the paper's 2-bit qReLU; the
-            ResNet-18 runs used 5.
+        thresholds: the number of thresholds, at ``k / (n - 1)``. 3 is the paper's 2-bit qReLU;
+            the ResNet-18 runs used 5.
         mode: ``"single"`` (one rule centred at 0.5, the paper's code) or ``"per_threshold"``.
+        steps: the deprecated name of ``thresholds`` (it warns; "step" names the unit
+            :class:`Step` and, in Lightning, a training step).
+
+    >>> QReLU(thresholds=5)
+    QReLU(thresholds=5, mode='single', rule='soft_hinge', weighted=True)
+    >>> QReLU(thresholds=5).levels, QReLU(thresholds=5).bits
+    (6, 3)
     """
 
     activation = "qrelu"
@@ -100,26 +134,61 @@ class QReLU(ThresholdUnit):
         rule: Union[str, Rule] = DEFAULT_RULE,
         weighted: bool = True,
         inplace: bool = False,
-        saved: str = "exact",
-        steps: int = 3,
+        saved: str = "input",
+        thresholds: int = 3,
         mode: str = "single",
+        steps: Optional[int] = None,
     ):
         super().__init__(rule, weighted, inplace, saved)
-        self.steps = F.check_steps(steps)
+        self.thresholds = F.check_thresholds(F._thresholds_argument(thresholds, steps, "QReLU"))
         self.mode = F.check_mode(mode)
 
     @property
+    def steps(self) -> int:
+        """Deprecated: use :attr:`thresholds`."""
+        warn_renamed("QReLU.steps", "QReLU.thresholds")
+        return self.thresholds
+
+    @property
     def levels(self) -> int:  # type: ignore[override]
-        return self.steps + 1
+        return self.thresholds + 1
 
     def spec(self) -> Dict[str, object]:
-        return {**super().spec(), "steps": self.steps, "mode": self.mode}
+        return {**super().spec(), "thresholds": self.thresholds, "mode": self.mode}
 
     def extra_repr(self) -> str:
-        return f"steps={self.steps}, mode={self.mode!r}, {super().extra_repr()}"
+        return f"thresholds={self.thresholds}, mode={self.mode!r}, {super().extra_repr()}"
 
     def forward(self, z: Tensor) -> Tensor:
-        return F.qrelu(z, self.rule, self.weighted, self.steps, self.mode, self.saved)
+        return F.qrelu(z, self.rule, self.weighted, self.thresholds, self.mode, self.saved)
+
+
+_DEPRECATED_ARGUMENTS = {"steps"}  # accepted (they warn) but not listed as a unit's arguments
+
+
+def normalise_unit_kwargs(kwargs: Mapping[str, Any], warn: bool = True) -> Dict[str, Any]:
+    """Unit arguments under their current names: ``steps`` -> ``thresholds``, ``saved="exact"`` -> ``"input"``.
+
+    With ``warn`` each old name emits its DeprecationWarning; without, it is rewritten silently
+    (to compare a spec stored by an older release).
+
+    >>> normalise_unit_kwargs({"steps": 5, "mode": "single"}, warn=False)
+    {'mode': 'single', 'thresholds': 5}
+    """
+    out = dict(kwargs)
+    if "steps" in out:
+        if warn:
+            warn_renamed("the unit argument steps", "thresholds", stacklevel=4)
+        steps = out.pop("steps")
+        if out.setdefault("thresholds", steps) != steps:
+            raise TypeError(
+                f"got thresholds={out['thresholds']!r} and its deprecated name steps={steps!r}; give thresholds only"
+            )
+    if out.get("saved") == "exact":
+        if warn:
+            warn_renamed("saved='exact'", "saved='input'", stacklevel=4)
+        out["saved"] = "input"
+    return out
 
 
 #: Threshold unit name -> its class: the ``activation`` names :func:`make_unit` and ``convert`` accept.
@@ -127,7 +196,7 @@ UNIT_CLASSES: Dict[str, Type[ThresholdUnit]] = {"sign": Sign, "step": Step, "qre
 
 
 def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, **kwargs) -> ThresholdUnit:
-    """Build a threshold unit by name: ``make_unit("qrelu", "sste", steps=5)``.
+    """Build a threshold unit by name: ``make_unit("qrelu", "sste", thresholds=5)``.
 
     This is where unit arguments are checked, for every caller (convert, the spec, the callback).
 
@@ -135,10 +204,13 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
         ValueError: an unknown activation or rule (the message lists the valid names), or a bad
             unit argument value.
         TypeError: a keyword argument the unit does not take, or an argument of the wrong type.
+
+    >>> make_unit("qrelu", "sste", thresholds=5, mode="per_threshold")
+    QReLU(thresholds=5, mode='per_threshold', rule='sste', weighted=True)
     """
-    cls = UNIT_CLASSES[check_activation_name(activation)]
-    allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
-    unknown = sorted(set(kwargs) - set(allowed))
+    cls = UNIT_CLASSES[check_unit_name(activation)]
+    allowed = [p for p in inspect.signature(cls).parameters if p != "rule" and p not in _DEPRECATED_ARGUMENTS]
+    unknown = sorted(set(kwargs) - set(allowed) - (_DEPRECATED_ARGUMENTS & set(inspect.signature(cls).parameters)))
     if unknown:
         raise TypeError(
             f"{cls.__name__} does not take {', '.join(unknown)}; its arguments are: rule, {', '.join(allowed)}"
@@ -146,15 +218,28 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
     return cls(rule=rule, **kwargs)
 
 
-def check_activation_name(activation: str) -> str:
+def check_unit_name(activation: str) -> str:
     """Validate a threshold unit name (a key of :data:`UNIT_CLASSES`) and return it.
+
+    (Network activation names, which add the float baselines, are checked by
+    :func:`lightning_ftprop.models.activation.check_network_activation`.)
 
     Raises:
         TypeError: ``activation`` is not a string.
         ValueError: an unknown name; the message lists the valid ones.
+
+    >>> check_unit_name("qrelu")
+    'qrelu'
+    >>> check_unit_name("relu")
+    Traceback (most recent call last):
+    ValueError: unknown activation 'relu'; valid activations are: sign, step, qrelu
     """
     if not isinstance(activation, str):
         raise TypeError(f"activation must be a name, one of {', '.join(UNIT_CLASSES)}; got {activation!r}")
     if activation not in UNIT_CLASSES:
         raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(UNIT_CLASSES)}")
     return activation
+
+
+#: Deprecated name of :func:`check_unit_name` (warns; removed in the next release).
+check_activation_name = renamed(check_unit_name, "lightning_ftprop.nn.check_activation_name")

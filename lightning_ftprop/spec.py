@@ -4,9 +4,23 @@
 their swap with a spec and store it in checkpoints, so a resumed or reloaded model gets the same
 threshold units before its weights load::
 
-    spec = make_spec(activation="qrelu", rule="sste", unit_kwargs={"steps": 5})
+    spec = make_spec(activation="qrelu", rule="sste", unit_kwargs={"thresholds": 5})
     names = apply_spec(model, spec)              # lightning_ftprop.convert(model, ...) underneath
     spec_differences(saved, spec)                # [] when they agree
+
+For example, sign units everywhere except the ``Tanh`` modules, which get 5-threshold qrelu units:
+
+>>> from torch import nn
+>>> spec = make_spec("sign", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"thresholds": 5})})
+>>> spec["mapping"]
+{'ReLU': 'sign', 'Tanh': ['qrelu', {'thresholds': 5}]}
+>>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh())
+>>> apply_spec(model, spec)
+['1', '3']
+>>> model[3]
+QReLU(thresholds=5, mode='single', rule='soft_hinge', weighted=True)
+>>> spec_differences(spec, spec_from_dict(dict(spec)))
+[]
 
 ``memory`` is the training-memory mode (:mod:`lightning_ftprop.memory`); it changes no number, so
 :func:`spec_differences` ignores it and a run may resume under another mode.
@@ -15,7 +29,12 @@ A spec has exactly the keys of :data:`SPEC_KEYS`. Its values are plain Python (s
 dict, None), so it survives YAML, ``save_hyperparameters`` and ``torch.load(weights_only=True)``.
 ``mapping`` keys are ``torch.nn`` activation class names (``"ReLU"``), dotted class paths
 (``"mypkg.layers.MyAct"``, matched by name, never imported) or names of registered predicates;
-``nn.Module`` types are accepted and stored by name. Every argument is validated by the checks of
+``nn.Module`` types are accepted and stored by name. A mapping value is a unit name, ``None``, or
+a unit name with that target's own arguments, given as a pair ``("qrelu", {"thresholds": 5})`` and
+stored as the list ``["qrelu", {"thresholds": 5}]`` (YAML and JSON have no tuples). Unit arguments
+renamed since an older release (qrelu's ``steps``, now ``thresholds``; ``saved="exact"``, now
+``"input"``) are accepted with a DeprecationWarning and stored under the new names, and a spec
+stored by an older release compares equal to its renamed form. Every argument is validated by the checks of
 :mod:`lightning_ftprop.convert` and :func:`~lightning_ftprop.nn.make_unit`, so a bad value raises
 the same exception here, in ``convert``, in the callback and in the mixin.
 """
@@ -28,7 +47,7 @@ from torch import nn
 
 from lightning_ftprop.convert import check_convert_args, check_mapping, check_patterns, convert, mapping_key_name
 from lightning_ftprop.memory import DEFAULT_MEMORY, check_memory
-from lightning_ftprop.nn import check_activation_name
+from lightning_ftprop.nn import check_unit_name, normalise_unit_kwargs
 from lightning_ftprop.rules import DEFAULT_RULE, Rule
 
 __all__ = ["SPEC_KEYS", "make_spec", "spec_from_dict", "apply_spec", "spec_differences"]
@@ -38,9 +57,18 @@ SPEC_KEYS = ("activation", "rule", "weighted", "include", "exclude", "mapping", 
 _RUNTIME_KEYS = ("memory",)  # keys that change how a step runs, not what it computes
 
 
-def _mapping(value: Optional[Mapping]) -> Optional[Dict[str, Optional[str]]]:
+def _storable_target(target: Any, warn: bool = True) -> Any:
+    """A normalised mapping value as plain data: a ``(name, kwargs)`` pair becomes ``[name, kwargs]``."""
+    if isinstance(target, (tuple, list)) and len(target) == 2 and isinstance(target[1], Mapping):
+        return [target[0], normalise_unit_kwargs(target[1], warn=warn)]
+    return target
+
+
+def _mapping(value: Optional[Mapping]) -> Optional[Dict[str, Any]]:
     mapping = check_mapping(value, allow_factory=False)
-    return None if mapping is None else {mapping_key_name(key): target for key, target in mapping.items()}
+    if mapping is None:
+        return None
+    return {mapping_key_name(key): _storable_target(target) for key, target in mapping.items()}
 
 
 def _convert_kwargs(spec: Mapping[str, Any]) -> Dict[str, Any]:
@@ -69,15 +97,18 @@ def make_spec(
     """Validate the arguments of a swap and return them as a normalised spec.
 
     Args: as :func:`lightning_ftprop.convert`, except that ``activation`` must be a name (a spec must
-    be storable), ``weighted`` is its own key and other unit arguments (qrelu's ``steps``, ``mode``)
+    be storable), ``weighted`` is its own key and other unit arguments (qrelu's ``thresholds``, ``mode``)
     go in ``unit_kwargs``. ``memory`` is one of :data:`lightning_ftprop.memory.MEMORY_MODES`.
 
     Raises:
         ValueError: unknown activation, rule or mapping key, or bad unit argument values; the
             message lists what is allowed.
         TypeError: wrong argument types, or a unit argument the activation does not take.
+
+    >>> make_spec("qrelu", "sste", unit_kwargs={"thresholds": 5}, memory="exact")
+    {'activation': 'qrelu', 'rule': 'sste', 'weighted': True, 'include': None, 'exclude': None, 'mapping': None, 'unit_kwargs': {'thresholds': 5}, 'memory': 'exact'}
     """
-    check_activation_name(activation)  # a name: a spec must be storable (convert takes unit factories)
+    check_unit_name(activation)  # a name: a spec must be storable (convert takes unit factories)
     if unit_kwargs is None:
         unit_kwargs = {}
     if not isinstance(unit_kwargs, Mapping) or not all(isinstance(k, str) for k in unit_kwargs):
@@ -91,7 +122,7 @@ def make_spec(
         "include": check_patterns(include, "include"),
         "exclude": check_patterns(exclude, "exclude"),
         "mapping": _mapping(mapping),
-        "unit_kwargs": dict(unit_kwargs),
+        "unit_kwargs": normalise_unit_kwargs(unit_kwargs),
         "memory": check_memory(memory),
     }
     check_convert_args(**_convert_kwargs(spec))
@@ -105,6 +136,12 @@ def spec_from_dict(values: Mapping[str, Any], extra_keys: Sequence[str] = ()) ->
 
     Raises:
         ValueError: an unknown key (the message lists the allowed ones), or what :func:`make_spec` raises.
+
+    >>> spec_from_dict({"activation": "step", "log_every_n_steps": 10}, extra_keys=["log_every_n_steps"])["activation"]
+    'step'
+    >>> spec_from_dict({"activaton": "step"})
+    Traceback (most recent call last):
+    ValueError: unknown ftprop spec key(s) 'activaton'; allowed keys: activation, rule, weighted, include, exclude, mapping, unit_kwargs, memory
     """
     if not isinstance(values, Mapping):
         raise TypeError(f"an ftprop spec must be a dict with keys from {', '.join(SPEC_KEYS)}, got {values!r}")
@@ -120,12 +157,33 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
 
     Raises:
         ValueError: the model has nothing to swap (from :func:`lightning_ftprop.convert`).
+
+    >>> from torch import nn
+    >>> apply_spec(nn.Sequential(nn.Linear(2, 2), nn.GELU()), make_spec("qrelu", unit_kwargs={"thresholds": 5}))
+    ['1']
     """
     return convert(model, **_convert_kwargs(spec))
 
 
+def _current_names(spec: Mapping[str, Any]) -> Dict[str, Any]:
+    """``spec`` with renamed unit arguments under their current names (a spec stored by an older release)."""
+    out = dict(spec)
+    if isinstance(out.get("unit_kwargs"), Mapping):
+        out["unit_kwargs"] = normalise_unit_kwargs(out["unit_kwargs"], warn=False)
+    if isinstance(out.get("mapping"), Mapping):
+        out["mapping"] = {key: _storable_target(target, warn=False) for key, target in out["mapping"].items()}
+    return out
+
+
 def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> List[str]:
-    """``"key: expected != found"`` for every key on which two specs disagree (``memory`` aside)."""
+    """``"key: expected != found"`` for every key on which two specs disagree (``memory`` aside).
+
+    Unit arguments renamed since a spec was stored (``steps`` -> ``thresholds``) compare equal.
+
+    >>> spec_differences({"unit_kwargs": {"steps": 5}}, {"unit_kwargs": {"thresholds": 5}})
+    []
+    """
+    expected, found = _current_names(expected), _current_names(found)
     return [
         f"{key}: {expected.get(key)!r} != {found.get(key)!r}"
         for key in SPEC_KEYS

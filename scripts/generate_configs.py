@@ -37,11 +37,11 @@ def _paper_network(recipe: Recipe) -> Dict:
         milestones=list(recipe.milestones),
         batch=recipe.batch_size,
         wd={"full": full, "sign": sign, "qrelu": qrelu},
-        steps=recipe.qrelu_thresholds,
+        thresholds=recipe.qrelu_thresholds,
     )
 
 
-# name -> dataset, optimizer, lr, epochs, milestones, batch, weight decay by activation kind, qrelu steps, title:
+# name -> dataset, optimizer, lr, epochs, milestones, batch, weight decay by activation kind, qrelu thresholds, title:
 # the paper's four networks (lightning_ftprop.paper.RECIPES), then the offline set with the demo's settings.
 NETWORKS = {name: _paper_network(recipe) for name, recipe in RECIPES.items()}
 NETWORKS["convnet4_fashion_mnist"] = dict(
@@ -54,7 +54,7 @@ NETWORKS["convnet4_fashion_mnist"] = dict(
     milestones=[],
     batch=DEFAULT_BATCH_SIZE,
     wd={"full": 0.0, "sign": 0.0, "qrelu": 0.0},
-    steps=3,
+    thresholds=3,
 )
 
 
@@ -107,7 +107,7 @@ def data_lines(dataset: str, batch: int) -> list:
     ]
 
 
-def model_lines(net: Dict, arch: str, activation: str, rule, steps: int, wd: float) -> list:
+def model_lines(net: Dict, arch: str, activation: str, rule, thresholds: int, wd: float) -> list:
     lines = ["model:", f"  arch: {arch}"]
     if rule is None:
         lines += [f"  activation: {activation}  # full precision: no threshold units"]
@@ -118,7 +118,7 @@ def model_lines(net: Dict, arch: str, activation: str, rule, steps: int, wd: flo
             f"    rule: {rule}",
         ]
         if activation == "qrelu":
-            lines += [f"    unit_kwargs: {{steps: {steps}, mode: single}}"]
+            lines += [f"    unit_kwargs: {{thresholds: {thresholds}, mode: single}}"]
     lines += [
         f"  num_classes: {1000 if net['dataset'] == 'imagenet' else 10}",
         f"  in_channels: {1 if net['dataset'] == 'fashion_mnist' else 3}",
@@ -137,15 +137,19 @@ def render(key: str, activation: str, rule) -> str:
     arch = net.get("arch", key)
     kind = activation if activation in ("sign", "qrelu") else "full"
     wd = net["wd"][kind]
-    steps = net["steps"]
+    thresholds = net["thresholds"]
     imagenet = net["dataset"] == "imagenet"
     name = config_name(key, activation, rule)
     title = method(activation if rule is None else f"{activation}/{rule}").title
     qrelu_note = ""
     if activation == "qrelu":
         qrelu_note = (
-            f"# qReLU: {steps} thresholds, {steps + 1} levels"
-            + (" (the README's --nonlin=staircase for ResNet-18)" if steps == 5 else " (2 bits; --nonlin=staircase3)")
+            f"# qReLU: {thresholds} thresholds, {thresholds + 1} levels"
+            + (
+                " (the README's --nonlin=staircase for ResNet-18)"
+                if thresholds == 5
+                else " (2 bits; --nonlin=staircase3)"
+            )
             + "\n"
         )
     lines = [
@@ -193,7 +197,7 @@ def render(key: str, activation: str, rule) -> str:
             "      save_dir: lightning_logs",
             f"      name: {name}",
         ]
-    lines += model_lines(net, arch, activation, rule, steps, wd)
+    lines += model_lines(net, arch, activation, rule, thresholds, wd)
     lines += ["data:", *data_lines(net["dataset"], net["batch"])]
     return "\n".join(line for line in lines if line) + "\n"
 

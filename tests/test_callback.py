@@ -53,11 +53,11 @@ def test_callback_swaps_in_setup_before_optimizers_and_is_idempotent():
         (dict(rule="no_such_rule"), ValueError, "valid rules are:"),
         (dict(mapping={"ReLUU": "sign"}), ValueError, "unknown mapping key 'ReLUU'"),
         (dict(mapping={"ReLU": "tanh"}), ValueError, "unknown activation 'tanh'"),
-        (dict(activation="qrelu", unit_kwargs={"steps": 1}), ValueError, "steps must be an int >= 2"),
+        (dict(activation="qrelu", unit_kwargs={"thresholds": 1}), ValueError, "thresholds must be an int >= 2"),
         (
-            dict(activation="sign", unit_kwargs={"steps": 3}),
+            dict(activation="sign", unit_kwargs={"thresholds": 3}),
             TypeError,
-            "does not take steps; its arguments are: rule, weighted, inplace",
+            "does not take thresholds; its arguments are: rule, weighted, inplace",
         ),
         (dict(include=[1]), TypeError, "include must be"),
         (dict(weighted="yes"), TypeError, "weighted must be True or False"),
@@ -141,6 +141,52 @@ def test_resume_from_checkpoint_keeps_threshold_units(tmp_path):
         torch.testing.assert_close(start, saved.detach())
 
 
+class NamedCallback(ftp.FTPropCallback):
+    """A user's subclass: its own class name, the base's state key."""
+
+    def __init__(self, **kwargs):
+        super().__init__("qrelu", "sste", mapping={"ReLU": ("qrelu", {"thresholds": 5})}, log_every_n_steps=2, **kwargs)
+        self.fit_starts = 0
+
+    def on_fit_start(self, trainer, pl_module):
+        super().on_fit_start(trainer, pl_module)
+        self.fit_starts += 1
+
+
+def test_subclassed_callback_resumes_its_state_and_the_diagnostics_counters(tmp_path):
+    torch.manual_seed(0)
+    first = NamedCallback()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=3)
+    trained = TinyNet()
+    make_trainer(callbacks=[first, checkpoint], enable_checkpointing=True, max_steps=3).fit(trained, make_loader())
+    assert (first.diagnostics.logged_steps, first.diagnostics.last_logged_step) == (2, 2)  # steps 0 and 2
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert "FTPropCallback" in saved["callbacks"] and not any("Named" in str(k) for k in saved["callbacks"])
+    state = saved["callbacks"]["FTPropCallback"]
+    assert state["spec"]["mapping"] == {"ReLU": ["qrelu", {"thresholds": 5}]}
+    assert state["diagnostics"]["logged_steps"] == 2 and state["diagnostics"]["last_logged_step"] == 2
+
+    resumed = StartProbe()
+    second = NamedCallback()
+    trainer = make_trainer(callbacks=[second], max_steps=7)
+    trainer.fit(resumed, make_loader(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert resumed.step_at_start == 3 and second.fit_starts == 1
+    assert second.layers == ["net.2", "net.4"] and [u.thresholds for _, u in ftp.threshold_units(resumed)] == [5, 5]
+    for start, before in zip(resumed.params_at_start, trained.parameters()):
+        torch.testing.assert_close(start, before.detach())
+    # the counter continued: 2 logged before the checkpoint, then steps 4 and 6
+    assert (second.diagnostics.logged_steps, second.diagnostics.last_logged_step) == (4, 6)
+    # a changed spec in the subclass's saved state is still refused: the state was found
+    state["spec"]["rule"] = "hinge"
+    with pytest.raises(ValueError, match="rule: 'hinge' != 'sste'"):
+        NamedCallback().load_state_dict(state)
+    # the library loader finds the subclass's spec under the same key
+    from lightning_ftprop.checkpoint import load_checkpoint_model
+
+    loaded = load_checkpoint_model(str(tmp_path / "last.ckpt"), "lightning_helpers.TinyNet")
+    assert [type(u).__name__ for _, u in ftp.threshold_units(loaded)] == ["QReLU", "QReLU"]
+
+
 def test_checkpoint_with_a_different_spec_is_refused(tmp_path):
     _, path = _fit_and_checkpoint(tmp_path)
     trainer = make_trainer(callbacks=[ftp.FTPropCallback(rule="sste", log_every_n_steps=0)], max_steps=5)
@@ -177,7 +223,12 @@ def test_bf16_accumulation_checkpoint_and_early_stopping(tmp_path):
     trainer.fit(model, datamodule=TinyData())
     assert stopper.stopped_epoch > 0 and trainer.current_epoch < 10
     assert trainer.global_step == 2 * trainer.current_epoch  # 4 batches / 2 accumulated per step
-    assert (tmp_path / "last.ckpt").exists() and checkpoint.best_model_path
+    last_saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert 0 < last_saved["global_step"] <= trainer.global_step and checkpoint.best_model_path
+    # logging every step: the statistics saved with the checkpoint are those of its last optimizer step
+    saved_diagnostics = last_saved["callbacks"]["FTPropCallback"]["diagnostics"]
+    assert saved_diagnostics["last_logged_step"] == last_saved["global_step"] - 1
+    assert saved_diagnostics["logged_steps"] == last_saved["global_step"]
     saved = torch.load(checkpoint.best_model_path, weights_only=False)
     assert saved["callbacks"]["FTPropCallback"]["layers"] == ["net.2", "net.4"]
     # the last logged step gathered both accumulated micro-batches of bf16 pre-activations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI
 from lightning_helpers import TinyData, TinyNet
@@ -35,7 +36,7 @@ def test_callback_from_yaml_class_path_and_init_args(tmp_path):
                     "init_args": {
                         "activation": "qrelu",
                         "rule": "sste",
-                        "unit_kwargs": {"steps": 5},
+                        "unit_kwargs": {"thresholds": 5},
                         "exclude": ["net.4"],
                         "log_every_n_steps": 1,
                     },
@@ -47,11 +48,48 @@ def test_callback_from_yaml_class_path_and_init_args(tmp_path):
     path.write_text(yaml.safe_dump(config))
     cli = LightningCLI(TinyNet, TinyData, args=["fit", f"--config={path}", *TRAINER], save_config_callback=None)
     callback = _ftprop(cli)
-    assert callback.spec["unit_kwargs"] == {"steps": 5} and callback.layers == ["net.2"]
+    assert callback.spec["unit_kwargs"] == {"thresholds": 5} and callback.layers == ["net.2"]
     unit = cli.model.net[2]
-    assert isinstance(unit, ftp.QReLU) and unit.steps == 5 and unit.rule.name == "sste"
+    assert isinstance(unit, ftp.QReLU) and unit.thresholds == 5 and unit.rule.name == "sste"
     assert type(cli.model.net[4]).__name__ == "ReLU"
     assert "ftprop/net_2/saturated" in callback.latest and cli.trainer.global_step == 2
+
+
+class TwoActivationNet(TinyNet):
+    """TinyNet with a Tanh in place of its second ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net[4] = torch.nn.Tanh()
+
+
+def test_per_target_mapping_from_yaml_gives_each_target_its_own_arguments(tmp_path):
+    config = {
+        "trainer": {
+            "callbacks": [
+                {
+                    "class_path": "lightning_ftprop.FTPropCallback",
+                    "init_args": {
+                        "rule": "soft_hinge",
+                        "mapping": {"ReLU": "sign", "Tanh": ["qrelu", {"thresholds": 5, "rule": "sste"}]},
+                        "log_every_n_steps": 1,
+                    },
+                }
+            ]
+        }
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = LightningCLI(
+        TwoActivationNet, TinyData, args=["fit", f"--config={path}", *TRAINER], save_config_callback=None
+    )
+    callback = _ftprop(cli)
+    assert callback.spec["mapping"] == {"ReLU": "sign", "Tanh": ["qrelu", {"thresholds": 5, "rule": "sste"}]}
+    sign, qrelu = cli.model.net[2], cli.model.net[4]
+    assert isinstance(sign, ftp.Sign) and sign.rule.name == "soft_hinge"
+    assert isinstance(qrelu, ftp.QReLU) and qrelu.thresholds == 5 and qrelu.rule.name == "sste"
+    assert {"ftprop/net_2/mismatch", "ftprop/net_4/mismatch"} <= set(callback.latest)
+    assert cli.trainer.global_step == 2
 
 
 def test_callback_appended_on_the_command_line():

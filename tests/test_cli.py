@@ -63,7 +63,7 @@ def test_every_shipped_config_parses_with_the_reference_hyperparameters(capsys, 
     )
     assert model["weight_decay"] == decays[{"sign": 1, "qrelu": 2}.get(activation, 0)]
     if activation == "qrelu":
-        assert ftprop["unit_kwargs"] == {"steps": RECIPES[arch].qrelu_thresholds, "mode": "single"}
+        assert ftprop["unit_kwargs"] == {"thresholds": RECIPES[arch].qrelu_thresholds, "mode": "single"}
     if DATASET[arch] == "imagenet":
         assert data["class_path"] == "lightning_ftprop.data.ImageNetDataModule"
         assert data["init_args"]["global_batch_size"] == batch and model["num_classes"] == 1000
@@ -130,7 +130,7 @@ def test_help_mentions_the_extra_subcommands(capsys):
         ("--model.arch=vgg16", "unknown arch 'vgg16'"),
         ("--model.activation=tanh", "unknown activation 'tanh'"),
         ("--model.ftprop.rule=magic", "unknown rule 'magic'"),
-        ("--model.ftprop.unit_kwargs.steps=5", "Sign does not take steps"),
+        ("--model.ftprop.unit_kwargs.thresholds=5", "Sign does not take thresholds"),
     ],
 )
 def test_unknown_model_or_activation_on_the_command_line_is_a_clear_error(tmp_path, override, match):
@@ -139,6 +139,13 @@ def test_unknown_model_or_activation_on_the_command_line_is_a_clear_error(tmp_pa
 
 
 def test_cifar_config_trains_on_written_batches(tmp_path):
+    import csv
+
+    import torch
+
+    import lightning_ftprop as ftp
+    from lightning_ftprop.checkpoint import load_checkpoint_model
+
     write_cifar10(str(tmp_path / "cifar"), per_batch=8, test_size=8)
     main(
         [
@@ -154,11 +161,40 @@ def test_cifar_config_trains_on_written_batches(tmp_path):
             "--trainer.limit_val_batches=1",
             "--trainer.accelerator=cpu",
             "--trainer.enable_progress_bar=false",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path / 'logs'}",
             f"--trainer.default_root_dir={tmp_path / 'run'}",
         ]
     )
-    checkpoints = sorted(p.name for p in (tmp_path / "run").rglob("*.ckpt"))
+    checkpoints = sorted(p.name for p in tmp_path.rglob("*.ckpt"))
     assert "last.ckpt" in checkpoints and len(checkpoints) == 2  # best by val/acc, and last
+    (last,) = tmp_path.rglob("last.ckpt")
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2 and saved["epoch"] == 0
+    assert saved["ftprop"]["spec"]["activation"] == "sign" and saved["ftprop"]["spec"]["rule"] == "soft_hinge"
+
+    # the trained model comes back as a threshold network: Sign units with the soft_hinge rule, its weights
+    for model in (ftp.ImageClassifier.load_from_checkpoint(last, map_location="cpu"), load_checkpoint_model(str(last))):
+        units = ftp.threshold_units(model)
+        assert [name for name, _ in units] == saved["ftprop"]["layers"] and len(units) == 3
+        assert all(type(u) is ftp.Sign and u.rule.name == "soft_hinge" and u.weighted for _, u in units)
+        assert not ftp.float_activations(model)
+        for key, value in saved["state_dict"].items():
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+        logits = model.eval()(torch.zeros(2, 3, 32, 32))
+        assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+    # the metrics were logged: the classifier's and the per-layer ftprop statistics of step 0
+    (metrics_csv,) = (tmp_path / "logs").rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics_csv.open()))
+    logged = {key for row in rows for key, value in row.items() if value}
+    assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc"} <= logged
+    layers = [key.replace(".", "_") for key in saved["ftprop"]["layers"]]
+    expected = {f"ftprop/{layer}/{stat}" for layer in layers for stat in ftp.diagnostics.STATS}
+    assert expected <= logged
+    (step0,) = [row for row in rows if row.get(f"ftprop/{layers[0]}/mismatch")]
+    assert int(step0["step"]) == 0 and 0.0 <= float(step0[f"ftprop/{layers[0]}/mismatch"]) <= 1.0
+    assert 0.0 <= float(next(row["val/acc"] for row in rows if row["val/acc"])) <= 1.0
 
 
 def test_cifar_config_on_a_missing_data_dir_names_the_path(tmp_path):
@@ -217,8 +253,8 @@ def test_imagenet_resnet18_config_trains_two_steps_with_ddp_on_two_cpu_processes
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2
     assert checkpoint["hyper_parameters"]["activation"] == "qrelu"
-    assert checkpoint["hyper_parameters"]["ftprop"]["unit_kwargs"] == {"steps": 5, "mode": "single"}
-    assert checkpoint["ftprop"]["spec"]["unit_kwargs"] == {"steps": 5, "mode": "single"}
+    assert checkpoint["hyper_parameters"]["ftprop"]["unit_kwargs"] == {"thresholds": 5, "mode": "single"}
+    assert checkpoint["ftprop"]["spec"]["unit_kwargs"] == {"thresholds": 5, "mode": "single"}
     (config,) = run_dir.rglob("config.yaml")
     saved = yaml.safe_load(config.read_text())
     assert saved["trainer"]["strategy"] == "ddp" and str(saved["trainer"]["devices"]) == "2"

@@ -6,6 +6,7 @@ import torchvision
 from torch import nn
 
 import lightning_ftprop as ftp
+from lightning_ftprop.spec import apply_spec, make_spec, spec_differences, spec_from_dict
 
 BUILDERS = {
     "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
@@ -81,9 +82,64 @@ def test_mapping_overrides_default_table():
     assert isinstance(model[4], nn.GELU)
 
 
+def test_per_target_mapping_gives_each_target_its_own_unit_arguments():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3), nn.GELU())
+    mapping = {
+        "ReLU": "sign",
+        "Tanh": ("qrelu", {"thresholds": 5, "mode": "per_threshold"}),
+        "GELU": ["step", {"rule": "hinge"}],  # a list, as YAML gives it; a target's own rule wins
+    }
+    assert ftp.convert(model, rule="sste", mapping=mapping, weighted=False) == ["1", "3", "5"]
+    sign, qrelu, step = model[1], model[3], model[5]
+    assert isinstance(sign, ftp.Sign) and sign.rule.name == "sste" and not sign.weighted
+    assert isinstance(qrelu, ftp.QReLU) and (qrelu.thresholds, qrelu.mode, qrelu.rule.name) == (
+        5,
+        "per_threshold",
+        "sste",
+    )
+    assert isinstance(step, ftp.Step) and step.rule.name == "hinge" and not step.weighted
+    x = torch.randn(4, 3, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # the same table stored in a spec survives a YAML-like round trip and converts the same way
+    spec = make_spec("sign", "sste", weighted=False, mapping=mapping)
+    assert spec["mapping"]["Tanh"] == ["qrelu", {"thresholds": 5, "mode": "per_threshold"}]
+    assert spec_differences(spec, spec_from_dict(dict(spec))) == []
+    again = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3), nn.GELU())
+    apply_spec(again, spec)
+    assert [u.spec() for _, u in ftp.threshold_units(again)] == [u.spec() for _, u in ftp.threshold_units(model)]
+
+
+@pytest.mark.parametrize(
+    "target, error, match",
+    [
+        (("qrelu", {"thresholds": 1}), ValueError, "thresholds must be an int >= 2"),
+        (("qrelu", {"stepz": 5}), TypeError, r"mapping\['Tanh'\] -> 'qrelu': QReLU does not take stepz"),
+        (("binary", {"thresholds": 5}), ValueError, "unknown activation 'binary'"),
+        (("qrelu", 5), TypeError, r"mapping\['Tanh'\] must be a unit name or a pair"),
+        (("qrelu", {"thresholds": 5}, "x"), TypeError, "must be a unit name or a pair"),
+    ],
+)
+def test_bad_per_target_arguments_are_refused_when_validated(target, error, match):
+    model = nn.Sequential(nn.Tanh())
+    with pytest.raises(error, match=match):
+        ftp.convert(model, mapping={"Tanh": target})
+    with pytest.raises(error, match=match):
+        make_spec(mapping={"Tanh": target})
+    assert isinstance(model[0], nn.Tanh)  # nothing half-swapped
+
+
+def test_unit_arguments_outside_mapping_that_one_target_does_not_take_name_the_target():
+    model = nn.Sequential(nn.ReLU(), nn.Tanh())
+    with pytest.raises(TypeError, match=r"mapping\['ReLU'\] -> 'sign': Sign does not take thresholds.*pair in mapping"):
+        ftp.convert(model, mapping={"ReLU": "sign", "Tanh": "qrelu"}, thresholds=5)
+    with pytest.raises(TypeError, match=r"takes unit arguments as keywords.*not as unit_kwargs=\{'thresholds': 5\}"):
+        ftp.convert(model, mapping={"ReLU": "sign", "Tanh": "qrelu"}, unit_kwargs={"thresholds": 5})
+
+
 def test_unit_argument_that_a_unit_does_not_take_is_an_error():
-    with pytest.raises(TypeError, match="Sign does not take steps; its arguments are: rule, weighted, inplace"):
-        ftp.convert(nn.Sequential(nn.ReLU()), "sign", steps=5)
+    with pytest.raises(TypeError, match="Sign does not take thresholds; its arguments are: rule, weighted, inplace"):
+        ftp.convert(nn.Sequential(nn.ReLU()), "sign", thresholds=5)
 
 
 def test_model_with_nothing_to_swap_is_an_error():

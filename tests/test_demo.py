@@ -49,7 +49,17 @@ def test_fast_demo_trains_every_method_and_writes_table_csv_and_plot(tmp_path, c
         assert len(list(csv.DictReader(handle))) == len(METHODS)
     png = (out / "test_accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert (out / "logs" / "sign-soft_hinge" / "metrics.csv").is_file()
+    # each method's CSV log holds what the table reports, and the threshold runs their ftprop statistics
+    for row in rows:
+        with open(out / "logs" / row["method"].replace("/", "-") / "metrics.csv") as handle:
+            logged = list(csv.DictReader(handle))
+        val_acc = [float(r["val/acc"]) for r in logged if r.get("val/acc")]
+        assert val_acc and val_acc[-1] == pytest.approx(float(row["final_test_acc"]), abs=1e-4)
+        ftprop_keys = {k for r in logged for k, v in r.items() if v and k.startswith("ftprop/")}
+        if row["method"].startswith(("sign", "qrelu")):
+            assert any(k.endswith("/mismatch") for k in ftprop_keys) and any(k.endswith("/loss") for k in ftprop_keys)
+        else:
+            assert not ftprop_keys  # the float baseline has no threshold units to diagnose
 
 
 def test_demo_with_wandb_logs_offline_without_an_api_key(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from lightning_helpers import (
 )
 
 import lightning_ftprop as ftp
-from lightning_ftprop.diagnostics import layer_key, rule_coordinate, stats_from_counts, target_counts
+from lightning_ftprop.diagnostics import layer_key, rule_coordinate, rule_coordinates, stats_from_counts, target_counts
 from lightning_ftprop.rules import get_rule
 
 
@@ -47,11 +47,73 @@ def test_hinge_saturates_where_the_target_is_met_with_margin():
     assert loss.item() == pytest.approx(0 + 0.5 + 4.0)
 
 
-def test_rule_coordinate_of_qrelu_follows_its_mode():
+def test_rule_coordinates_of_qrelu_follow_its_backward_mode():
     z = torch.tensor([0.0, 0.25, 1.0])
-    assert rule_coordinate(ftp.QReLU(mode="single"), z).tolist() == [-1.0, -0.5, 1.0]
-    assert rule_coordinate(ftp.QReLU(mode="per_threshold"), z).tolist() == z.tolist()
-    assert rule_coordinate(ftp.Sign(), z).tolist() == z.tolist()
+    assert [u.tolist() for u in rule_coordinates(ftp.QReLU(mode="single"), z)] == [[-1.0, -0.5, 1.0]]
+    per_threshold = rule_coordinates(ftp.QReLU(thresholds=3, mode="per_threshold"), z)
+    assert [u.tolist() for u in per_threshold] == [[0.0, 0.25, 1.0], [-0.5, -0.25, 0.5], [-1.0, -0.75, 0.0]]
+    assert [u.tolist() for u in rule_coordinates(ftp.Sign(), z)] == [z.tolist()]
+
+
+def test_rule_coordinate_is_deprecated_and_refuses_several_coordinates():
+    z = torch.tensor([0.0, 0.25])
+    with pytest.warns(DeprecationWarning, match="rule_coordinate is deprecated.*use .*rule_coordinates"):
+        assert rule_coordinate(ftp.QReLU(mode="single"), z).tolist() == [-1.0, -0.5]
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="3 coordinates"):
+        rule_coordinate(ftp.QReLU(mode="per_threshold"), z)
+
+
+def _per_threshold_reference(records, thresholds, rule):
+    """Raw sums per layer over the backward's own coordinates ``u_k = z - k/(thresholds-1)``, in float64.
+
+    Each coordinate is first checked against the unit's actual backward: ``dz`` must equal
+    ``(1/thresholds) * sum_k |g| * dL/du(u_k, sign(-g))``, so these are the coordinates the backward uses.
+    """
+    out = {}
+    for name, z, g in records:
+        thetas = [k / (thresholds - 1) for k in range(thresholds)]
+        us = [z.double() - theta for theta in thetas]
+        t = -torch.sign(g.double())
+        zz = z.clone().requires_grad_(True)
+        ftp.functional.qrelu(zz, rule, thresholds=thresholds, mode="per_threshold").backward(g)
+        expected = sum(g.double().abs() * rule.grad(u, t) for u in us) / thresholds
+        torch.testing.assert_close(zz.grad.double(), expected, rtol=1e-5, atol=1e-7)
+        c = out.setdefault(name, dict(n=0, ignored=0, mismatch=0, saturated=0, loss=0.0))
+        active = t != 0
+        for u in us:
+            side = torch.where(u > 0, 1.0, -1.0).double()
+            c["n"] += u.numel()
+            c["ignored"] += int((~active).sum())
+            c["mismatch"] += int((active & (t != side)).sum())
+            c["saturated"] += int((active & (rule.grad(u, t) == 0)).sum())
+            c["loss"] += float(torch.where(active, g.double().abs() * rule.loss(u, t), 0.0).sum())
+    return out
+
+
+def test_qrelu_per_threshold_statistics_count_in_the_backward_coordinates(tmp_path):
+    torch.manual_seed(0)
+    probe = GradProbe()
+    callback = ftp.FTPropCallback(
+        "qrelu", "sste", unit_kwargs={"thresholds": 3, "mode": "per_threshold"}, log_every_n_steps=1
+    )
+    logger = CSVLogger(tmp_path)
+    make_trainer(callbacks=[probe, callback], logger=logger, max_steps=3).fit(TinyNet(lr=0.5), make_loader())
+    rows = _csv_rows(logger)
+    assert [int(row["step"]) for row in rows] == [0, 1, 2]
+    rule = get_rule("sste")
+    saw_saturated = False
+    for row in rows:
+        reference = _per_threshold_reference(probe.records[int(row["step"])], 3, rule)
+        for name, c in reference.items():
+            key = name.replace(".", "_")
+            assert c["n"] == 3 * 8 * 8  # batch 8 x 8 hidden units x 3 thresholds
+            assert float(row[f"ftprop/{key}/mismatch"]) == pytest.approx(c["mismatch"] / c["n"], abs=1e-7)
+            assert float(row[f"ftprop/{key}/ignored"]) == pytest.approx(c["ignored"] / c["n"], abs=1e-7)
+            active = c["n"] - c["ignored"]
+            assert float(row[f"ftprop/{key}/saturated"]) == pytest.approx(c["saturated"] / active, abs=1e-7)
+            assert float(row[f"ftprop/{key}/loss"]) == pytest.approx(c["loss"] / c["n"], rel=1e-5, abs=1e-7)
+            saw_saturated |= c["saturated"] > 0
+    assert saw_saturated  # the saturation count is exercised, not only zeros
 
 
 def test_layer_keys_are_sanitised():
@@ -79,7 +141,7 @@ def test_logged_statistics_equal_an_independent_recomputation(tmp_path):
     torch.manual_seed(0)
     probe = GradProbe()
     diagnostics = ftp.FTPropCallback("sign", "soft_hinge", log_every_n_steps=3)
-    state = StateProbe(diagnostics)
+    state = StateProbe(diagnostics.diagnostics)
     logger = CSVLogger(tmp_path)
     make_trainer(callbacks=[probe, state, diagnostics], logger=logger, max_steps=7).fit(TinyNet(), make_loader())
 

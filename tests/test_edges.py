@@ -70,7 +70,7 @@ def run(activation, mode, z, rule, weighted, g):
     """The backward at every element of ``z`` with upstream gradient ``g``; one sample (``B = 1``)."""
     z = z.reshape(1, -1).clone().requires_grad_()
     if activation == "qrelu":
-        out = F.qrelu(z, rule, weighted, steps=STEPS, mode=mode)
+        out = F.qrelu(z, rule, weighted, thresholds=STEPS, mode=mode)
     else:
         out = getattr(F, activation)(z, rule, weighted)
     (grad,) = torch.autograd.grad(out, z, torch.full_like(out, g))
@@ -133,7 +133,7 @@ def test_edge_exact_backward_compiles_from_a_cold_cache():
     torch._dynamo.reset()
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
     net = torch.nn.Sequential(
-        torch.nn.Linear(6, 6), ftp.QReLU("hinge"), ftp.QReLU("sste", steps=4, mode="per_threshold")
+        torch.nn.Linear(6, 6), ftp.QReLU("hinge"), ftp.QReLU("sste", thresholds=4, mode="per_threshold")
     )
     torch.compile(net, fullgraph=True, backend="aot_eager")(x).square().sum().backward()
     compiled = [p.grad.clone() for p in net.parameters()]

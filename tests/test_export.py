@@ -29,7 +29,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 #: (activation, unit kwargs) for the four threshold activations the issue names.
-ACTS = {"sign": {}, "step": {}, "qrelu3": {"steps": 3}, "qrelu5": {"steps": 5}}
+ACTS = {"sign": {}, "step": {}, "qrelu3": {"thresholds": 3}, "qrelu5": {"thresholds": 5}}
 #: arch -> (input side, number of random inputs). The DoReFa AlexNet takes 64x64 here: its convs, BNs, pools
 #: and units are unchanged and the maps end at 1x1, so its first FC layer gets 256 inputs instead of 9216.
 #: Even so it costs ~120 M multiply-adds per image, so it is checked on 128 inputs to keep the suite fast.
@@ -80,7 +80,11 @@ def _ort_logits(path: str, x: torch.Tensor) -> torch.Tensor:
 
 def test_frozen_units_compute_the_training_forward_including_ties_and_nan():
     z = torch.tensor([-1.0, -0.0, 0.0, 1e-30, 0.25, 0.5, 1 / 3, 2 / 3, 1.0, 2.0, float("nan"), float("inf")])
-    for frozen, unit in [(FrozenSign(), ftp.Sign()), (FrozenStep(), ftp.Step()), (FrozenQReLU(5), ftp.QReLU(steps=5))]:
+    for frozen, unit in [
+        (FrozenSign(), ftp.Sign()),
+        (FrozenStep(), ftp.Step()),
+        (FrozenQReLU(5), ftp.QReLU(thresholds=5)),
+    ]:
         assert torch.allclose(frozen(z), unit(z), equal_nan=True, rtol=0, atol=0)
     assert FrozenSign()(torch.zeros(1)).item() == -1 and FrozenStep()(torch.zeros(1)).item() == 0
     assert torch.isnan(FrozenQReLU(3)(torch.tensor([float("nan")]))).all()
@@ -93,7 +97,7 @@ def test_freeze_leaves_no_autograd_function_and_scripts_and_exports_with_identic
     x = torch.randn(4, 3, 32, 32)
     frozen = freeze(model)
     assert not list(ftp.threshold_units(frozen)) and list(ftp.threshold_units(model))  # original untouched
-    assert isinstance(frozen.layer1[0].relu, FrozenQReLU) and frozen.layer1[0].relu.steps == 5
+    assert isinstance(frozen.layer1[0].relu, FrozenQReLU) and frozen.layer1[0].relu.thresholds == 5
     shared = ftp.Sign()
     twice = freeze(nn.Sequential(nn.Linear(2, 2), shared, nn.Linear(2, 2), shared))
     assert twice[1] is twice[3] and isinstance(twice[1], FrozenSign)  # a shared unit stays one module
@@ -111,14 +115,14 @@ def test_freeze_leaves_no_autograd_function_and_scripts_and_exports_with_identic
 # --- folding ------------------------------------------------------------------------------------------
 
 
-def _bn_chain(activation: str, gamma, beta, mean, var, steps: int = 3, eps: float = 1e-5):
+def _bn_chain(activation: str, gamma, beta, mean, var, thresholds: int = 3, eps: float = 1e-5):
     bn = nn.BatchNorm1d(len(gamma), eps=eps).eval()
     with torch.no_grad():
         bn.weight.copy_(torch.tensor(gamma))
         bn.bias.copy_(torch.tensor(beta))
         bn.running_mean.copy_(torch.tensor(mean))
         bn.running_var.copy_(torch.tensor(var))
-    unit = ftp.make_unit(activation, steps=steps) if activation == "qrelu" else ftp.make_unit(activation)
+    unit = ftp.make_unit(activation, thresholds=thresholds) if activation == "qrelu" else ftp.make_unit(activation)
     return nn.Sequential(nn.Linear(len(gamma), len(gamma)), bn, unit).eval()
 
 
@@ -146,7 +150,7 @@ def test_fold_handles_negative_and_zero_gamma_ties_and_nan(activation):
         assert out[0, :2].tolist() == [off, off]  # z == 0 exactly: the unit is off (sign(0) = -1, step(0) = 0)
         if activation == "qrelu":
             assert torch.equal(out[1, :2], torch.full((2,), 1 / 3))  # z == 1/2 exactly is not above level 1/2
-        constant_on = 2 / 3 if activation == "qrelu" else 1.0  # unit(0.7): qrelu steps 3: ceil(1.4) / 3
+        constant_on = 2 / 3 if activation == "qrelu" else 1.0  # unit(0.7): qrelu with 3 thresholds: ceil(1.4) / 3
         assert torch.equal(out[:, 2], torch.full((3,), constant_on))  # gamma = 0, beta > 0: constant, whatever x is
         assert out[:, 3].tolist() == [off] * 3  # gamma = 0, beta < 0: constant off
         nan = folded(torch.full((1, 4), float("nan")))
@@ -182,16 +186,18 @@ def test_folded_thresholds_are_exact_and_the_float_bn_flips_only_near_a_threshol
     """
     torch.manual_seed(0)
     channels, n = 64, 20000
-    for activation, steps in [("sign", 0), ("qrelu", 5)]:
+    for activation, thresholds in [("sign", 0), ("qrelu", 5)]:
         gamma = torch.randn(channels)
         beta, mean, var = torch.randn(channels) * 0.5, torch.randn(channels) * 0.3, torch.rand(channels) + 0.5
-        model = _bn_chain(activation, gamma.tolist(), beta.tolist(), mean.tolist(), var.tolist(), steps=steps or 3)
+        model = _bn_chain(
+            activation, gamma.tolist(), beta.tolist(), mean.tolist(), var.tolist(), thresholds=thresholds or 3
+        )
         model[0] = nn.Identity()
         folded = fold_thresholds(model)
-        levels = [k / (steps - 1) for k in range(steps)] if steps else [0.0]
+        thetas = [k / (thresholds - 1) for k in range(thresholds)] if thresholds else [0.0]
         a = gamma.double() / torch.sqrt(var.double() + 1e-5)
         b = beta.double() - a * mean.double()
-        theta = torch.tensor(levels, dtype=torch.float64)[torch.randint(len(levels), (n, channels))]
+        theta = torch.tensor(thetas, dtype=torch.float64)[torch.randint(len(thetas), (n, channels))]
         t = ((theta - b) / a).float()
         ulp = torch.nextafter(t.abs(), torch.full_like(t, float("inf"))) - t.abs()
         near = t + ulp * torch.randint(-4, 5, t.shape)  # within 4 ulp of a threshold
@@ -200,7 +206,7 @@ def test_folded_thresholds_are_exact_and_the_float_bn_flips_only_near_a_threshol
             if activation == "sign":
                 exact = ((z64 > 0).double() * 2 - 1).float()
             else:
-                exact = (torch.ceil((steps - 1) * z64).clamp(0, steps) / steps).float()
+                exact = (torch.ceil((thresholds - 1) * z64).clamp(0, thresholds) / thresholds).float()
             with torch.no_grad():
                 out_folded, out_float = folded(x), model(x)
             assert torch.equal(out_folded, exact)  # the fold is exact
@@ -321,7 +327,7 @@ def test_bad_export_arguments_are_refused(kwargs, error, match, tmp_path):
 
 
 def test_summary_reports_inference_bits_beside_float32():
-    model = get_model("convnet4", activation="qrelu", steps=5)
+    model = get_model("convnet4", activation="qrelu", thresholds=5)
     table = ftp.summary(model, torch.randn(2, 3, 32, 32))
     first = table.layers[0]
     assert first.bits == 3 and first.inference_bits == 3 * first.elements and first.float32_bits == 32 * first.elements
@@ -392,7 +398,7 @@ def test_cli_exports_checkpoints_of_the_callback_the_mixin_and_image_classifier(
     _check_cli_export(tmp_path / "a.ckpt", trained, tmp_path)
     # FTPropCallback on a user's float LightningModule: the spec lives in the callback state
     callback = ftp.FTPropCallback(
-        "qrelu", "sste", unit_kwargs={"steps": 5}, log_every_n_steps=0, histogram_every_n_steps=0
+        "qrelu", "sste", unit_kwargs={"thresholds": 5}, log_every_n_steps=0, histogram_every_n_steps=0
     )
     trained = _fit_and_save(FloatClassifier(), tmp_path / "b.ckpt", [callback])
     assert list(ftp.threshold_units(trained))
@@ -424,7 +430,7 @@ def test_cli_export_of_an_unknown_checkpoint_is_a_clear_error(tmp_path, capsys):
 
     missing = tmp_path / "nope.ckpt"
     assert main(["export", "--ckpt_path", str(missing), "--output", str(tmp_path / "m.onnx")]) == 2
-    assert f"--ckpt_path '{missing}' does not exist" in capsys.readouterr().err
+    assert f"checkpoint '{missing}' does not exist" in capsys.readouterr().err
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
     assert main(["export", "--ckpt_path", str(junk), "--output", str(tmp_path / "m.onnx")]) == 2

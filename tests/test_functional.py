@@ -26,8 +26,8 @@ def test_qrelu_forward_is_right_closed_two_bit_staircase():
 
 def test_qrelu_five_steps_has_six_levels_at_quarter_thresholds():
     z = torch.tensor([0.0, 0.25, 0.26, 0.5, 0.75, 1.0, 1.2])
-    assert torch.equal(F.qrelu(z, steps=5) * 5, torch.tensor([0.0, 1, 2, 2, 3, 4, 5]))
-    assert ftp.QReLU(steps=5).levels == 6 and ftp.QReLU(steps=5).bits == 3
+    assert torch.equal(F.qrelu(z, thresholds=5) * 5, torch.tensor([0.0, 1, 2, 2, 3, 4, 5]))
+    assert ftp.QReLU(thresholds=5).levels == 6 and ftp.QReLU(thresholds=5).bits == 3
 
 
 @pytest.mark.parametrize("fn", [F.sign, F.step, F.qrelu])
@@ -54,11 +54,11 @@ def test_qrelu_single_sste_passes_gradient_on_unit_interval():
     torch.testing.assert_close(_grad(F.qrelu, Z, G, rule="sste"), G * ((Z >= 0) & (Z <= 1)))
 
 
-@pytest.mark.parametrize("steps", [3, 5])
-def test_qrelu_per_threshold_soft_hinge_sums_one_bump_per_threshold(steps):
-    bumps = sum(1 - torch.tanh(Z - k / (steps - 1)) ** 2 for k in range(steps))
-    got = _grad(F.qrelu, Z, G, steps=steps, mode="per_threshold")
-    torch.testing.assert_close(got, G * bumps / steps)
+@pytest.mark.parametrize("thresholds", [3, 5])
+def test_qrelu_per_threshold_soft_hinge_sums_one_bump_per_threshold(thresholds):
+    bumps = sum(1 - torch.tanh(Z - k / (thresholds - 1)) ** 2 for k in range(thresholds))
+    got = _grad(F.qrelu, Z, G, thresholds=thresholds, mode="per_threshold")
+    torch.testing.assert_close(got, G * bumps / thresholds)
 
 
 def test_qrelu_per_threshold_sste_counts_thresholds_within_one():
@@ -82,7 +82,7 @@ def _tiny_net(unit):
         ftp.Sign("sste"),
         ftp.Step("hinge"),
         ftp.QReLU(),
-        ftp.QReLU("sste", mode="per_threshold", steps=5),
+        ftp.QReLU("sste", mode="per_threshold", thresholds=5),
         ftp.Sign("log_loss", weighted=False),
         ftp.Sign(saved="uint8"),
         ftp.QReLU("sste", saved="bf16"),
@@ -135,14 +135,15 @@ def test_integer_input_raises_type_error(fn):
 def test_bad_qrelu_arguments_name_the_value():
     with pytest.raises(ValueError, match="'middle'.*single, per_threshold"):
         F.qrelu(torch.zeros(2), mode="middle")
-    with pytest.raises(ValueError, match="steps must be an int >= 2, got 1"):
-        ftp.QReLU(steps=1)
+    with pytest.raises(ValueError, match="thresholds must be an int >= 2, got 1"):
+        ftp.QReLU(thresholds=1)
 
 
 def test_unit_repr_shows_configuration():
     assert repr(ftp.Sign("sste")) == "Sign(rule='sste', weighted=True)"
     assert (
-        repr(ftp.QReLU(weighted=False, steps=5)) == "QReLU(steps=5, mode='single', rule='soft_hinge', weighted=False)"
+        repr(ftp.QReLU(weighted=False, thresholds=5))
+        == "QReLU(thresholds=5, mode='single', rule='soft_hinge', weighted=False)"
     )
 
 
@@ -179,7 +180,7 @@ def _saved_bytes(fn, z, **kwargs):
         (F.sign, dict(rule="sste")),
         (F.step, dict(rule="sste")),
         (F.qrelu, dict(rule="sste")),
-        (F.qrelu, dict(rule="sste", mode="per_threshold", steps=5)),
+        (F.qrelu, dict(rule="sste", mode="per_threshold", thresholds=5)),
         (F.sign, dict(rule="ste")),
     ],
 )
@@ -211,5 +212,5 @@ def test_target_dependent_rules_keep_z_whatever_the_saved_form():
 
 
 def test_unknown_saved_form_lists_valid_ones():
-    with pytest.raises(ValueError, match="'int4'.*exact, bf16, uint8"):
+    with pytest.raises(ValueError, match="'int4'.*input, bf16, uint8"):
         ftp.Sign(saved="int4")

@@ -39,12 +39,12 @@ def test_models_map_images_to_logits_for_every_activation(name, shape, kwargs, a
 
 
 def test_resnet18_keeps_torchvision_layout_and_parameter_count():
-    ours = get_model("resnet18", activation="qrelu", steps=5)
+    ours = get_model("resnet18", activation="qrelu", thresholds=5)
     reference = torchvision.models.resnet18()
     assert n_params(ours) == n_params(reference)
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in reference.named_parameters()]
     units = ftp.threshold_units(ours)
-    assert len(units) == 9 and all(isinstance(u, ftp.QReLU) and u.steps == 5 for _, u in units)
+    assert len(units) == 9 and all(isinstance(u, ftp.QReLU) and u.thresholds == 5 for _, u in units)
 
 
 def test_alexnet_dorefa_layout():

@@ -28,13 +28,13 @@ def test_milestones_must_be_increasing_epochs_after_the_first(milestones):
         ImageClassifier(milestones=milestones)
 
 
-def test_qrelu_steps_reach_the_units_and_sign_refuses_them():
-    qrelu = ImageClassifier("convnet4", activation="qrelu", rule="sste", in_channels=1, steps=5)
+def test_qrelu_thresholds_reach_the_units_and_sign_refuses_them():
+    qrelu = ImageClassifier("convnet4", activation="qrelu", rule="sste", in_channels=1, thresholds=5)
     units = [m for m in qrelu.modules() if isinstance(m, QReLU)]
-    assert len(units) == 3 and all(u.steps == 5 and u.rule.name == "sste" for u in units)
-    assert qrelu.hparams.ftprop == {"activation": "qrelu", "rule": "sste", "unit_kwargs": {"steps": 5}}
-    with pytest.raises(TypeError, match="Sign does not take steps"):
-        ImageClassifier("convnet4", activation="sign", rule="soft_hinge", in_channels=1, steps=5)
+    assert len(units) == 3 and all(u.thresholds == 5 and u.rule.name == "sste" for u in units)
+    assert qrelu.hparams.ftprop == {"activation": "qrelu", "rule": "sste", "unit_kwargs": {"thresholds": 5}}
+    with pytest.raises(TypeError, match="Sign does not take thresholds"):
+        ImageClassifier("convnet4", activation="sign", rule="soft_hinge", in_channels=1, thresholds=5)
 
 
 def test_optimisers_use_coupled_weight_decay_on_every_parameter():
@@ -148,15 +148,20 @@ def test_threshold_units_leave_the_random_init_of_the_float_network_unchanged():
         return ImageClassifier("convnet8", in_channels=1, **kwargs).net.state_dict()
 
     relu = weights(activation="relu")
-    for kwargs in (dict(activation="sign"), dict(activation="qrelu", steps=5), dict(ftprop={"activation": "step"})):
+    for kwargs in (
+        dict(activation="sign"),
+        dict(activation="qrelu", thresholds=5),
+        dict(ftprop={"activation": "step"}),
+    ):
         other = weights(**kwargs)
         assert list(other) == list(relu) and all(torch.equal(other[k], relu[k]) for k in relu), kwargs
 
 
 def test_shorthands_and_ftprop_dict_build_the_same_spec():
-    short = ImageClassifier("convnet4", activation="qrelu", rule="sste", steps=5, mode="per_threshold")
+    short = ImageClassifier("convnet4", activation="qrelu", rule="sste", thresholds=5, mode="per_threshold")
     spelled = ImageClassifier(
-        "convnet4", ftprop={"activation": "qrelu", "rule": "sste", "unit_kwargs": {"steps": 5, "mode": "per_threshold"}}
+        "convnet4",
+        ftprop={"activation": "qrelu", "rule": "sste", "unit_kwargs": {"thresholds": 5, "mode": "per_threshold"}},
     )
     assert short.ftprop_spec == spelled.ftprop_spec and short.hparams.activation == spelled.hparams.activation
     merged = ImageClassifier("convnet4", activation="sign", ftprop={"exclude": "net.8", "log_every_n_steps": 1})
@@ -169,7 +174,7 @@ def test_shorthands_and_ftprop_dict_build_the_same_spec():
     [
         (dict(activation="qrelu", ftprop={"activation": "sign"}), ValueError, "activation='qrelu' disagrees"),
         (dict(rule="sste", ftprop={"rule": "ste"}), ValueError, "rule='sste' disagrees with ftprop's rule='ste'"),
-        (dict(activation="relu", steps=5), ValueError, "float baseline.*steps=5"),
+        (dict(activation="relu", thresholds=5), ValueError, "float baseline.*thresholds=5"),
         (dict(ftprop={"activation": "relu"}), ValueError, "ftprop's activation must be a threshold unit"),
         (dict(ftprop="sign"), TypeError, "ftprop must be a dict"),
         (dict(ftprop={"rule": "magic"}), ValueError, "unknown rule 'magic'"),

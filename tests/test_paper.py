@@ -26,7 +26,7 @@ def test_the_six_methods_are_table_1s_in_its_order():
 
 
 def test_recipes_are_the_reference_readmes_hyperparameters():
-    # digest sections 3.2-3.5: optimizer, lr, epochs, milestones, batch, weight decay (full, sign, qrelu), qrelu steps
+    # digest sections 3.2-3.5: optimizer, lr, epochs, milestones, batch, weight decay (full, sign, qrelu), qrelu thresholds
     expected = {
         "convnet4": ("adam", 2.5e-4, 300, (200, 250), 64, (5e-4, 5e-4, 5e-4), 3),
         "convnet8": ("adam", 1e-3, 300, (200, 250), 64, (5e-4, 5e-4, 5e-4), 3),

@@ -213,8 +213,8 @@ BAD_ARGUMENTS = [
     ({"rule": "perceptron"}, ValueError, "unknown rule 'perceptron'"),
     ({"rule": 5}, TypeError, "rule must be a name or a Rule"),
     ({"weighted": "yes"}, TypeError, "weighted must be True or False"),
-    ({"unit_kwargs": {"steps": 5}}, TypeError, "Sign does not take steps"),
-    ({"activation": "qrelu", "unit_kwargs": {"steps": 1}}, ValueError, "steps must be an int >= 2"),
+    ({"unit_kwargs": {"thresholds": 5}}, TypeError, "Sign does not take thresholds"),
+    ({"activation": "qrelu", "unit_kwargs": {"thresholds": 1}}, ValueError, "thresholds must be an int >= 2"),
 ]
 
 

@@ -15,8 +15,8 @@ from lightning_ftprop import functional as F
 UNITS = {
     "sign": lambda z, rule, weighted: F.sign(z, rule, weighted),
     "step": lambda z, rule, weighted: F.step(z, rule, weighted),
-    "qrelu": lambda z, rule, weighted: F.qrelu(z, rule, weighted, steps=3),
-    "qrelu_per_threshold": lambda z, rule, weighted: F.qrelu(z, rule, weighted, steps=4, mode="per_threshold"),
+    "qrelu": lambda z, rule, weighted: F.qrelu(z, rule, weighted, thresholds=3),
+    "qrelu_per_threshold": lambda z, rule, weighted: F.qrelu(z, rule, weighted, thresholds=4, mode="per_threshold"),
 }
 RULES = ("ste", "sste", "soft_hinge")
 

@@ -5,7 +5,7 @@
 
 ``activation`` is one of :data:`NETWORK_ACTIVATION_NAMES`: ``relu``, ``saturated_relu``, ``sign``, ``step``,
 ``qrelu``. Every network is built as a float network and its threshold units come from a spec, through
-:func:`lightning_ftprop.convert` (see :mod:`.activation`); extra keywords (``steps=5``,
+:func:`lightning_ftprop.convert` (see :mod:`.activation`); extra keywords (``thresholds=5``,
 ``mode="per_threshold"``, ``weighted=False``) go to the threshold units.
 """
 
@@ -18,7 +18,8 @@ from torch import nn
 from lightning_ftprop.models.activation import (
     FLOAT_ACTIVATION_NAMES,
     NETWORK_ACTIVATION_NAMES,
-    float_activation,
+    float_activation,  # noqa: F401 (deprecated alias of make_float_activation)
+    make_float_activation,
     paper_network,
     unit_spec,
 )
@@ -45,7 +46,7 @@ __all__ = [
     "MODELS",
     "FLOAT_ACTIVATION_NAMES",
     "NETWORK_ACTIVATION_NAMES",
-    "float_activation",
+    "make_float_activation",
     "paper_network",
     "unit_spec",
     "alexnet_dorefa",

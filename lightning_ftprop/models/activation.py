@@ -5,10 +5,10 @@ saturated-ReLU baseline) after each hidden layer. A threshold activation (``sign
 ``qrelu``) is then put in by :func:`lightning_ftprop.spec.apply_spec`, the path that
 :class:`~lightning_ftprop.FTPropCallback` and :class:`~lightning_ftprop.FTPropMixin` use too::
 
-    float_activation("relu")               -> nn.ReLU()
-    float_activation("saturated_relu")     -> nn.Hardtanh(0, 1)      min(max(z, 0), 1)
-    float_activation("sign")               -> nn.ReLU()              (swapped afterwards)
-    unit_spec("qrelu", "sste", steps=5)    -> the spec that swaps every ReLU for QReLU(steps=5, rule="sste")
+    make_float_activation("relu")            -> nn.ReLU()
+    make_float_activation("saturated_relu")  -> nn.Hardtanh(0, 1)    min(max(z, 0), 1)
+    make_float_activation("sign")            -> nn.ReLU()            (swapped afterwards)
+    unit_spec("qrelu", "sste", thresholds=5)    -> the spec that swaps every ReLU for QReLU(thresholds=5, rule="sste")
 
 Threshold units have no parameters, so a network gets the same random weights for every activation.
 """
@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from torch import nn
 
+from lightning_ftprop._deprecated import renamed
 from lightning_ftprop.nn import UNIT_CLASSES
 from lightning_ftprop.rules import DEFAULT_RULE, Rule
 from lightning_ftprop.spec import apply_spec, make_spec
@@ -28,8 +29,8 @@ from lightning_ftprop.spec import apply_spec, make_spec
 __all__ = [
     "FLOAT_ACTIVATION_NAMES",
     "NETWORK_ACTIVATION_NAMES",
-    "check_activation",
-    "float_activation",
+    "check_network_activation",
+    "make_float_activation",
     "paper_network",
     "to_threshold",
     "unit_spec",
@@ -41,8 +42,14 @@ FLOAT_ACTIVATION_NAMES: Tuple[str, ...] = ("relu", "saturated_relu")
 NETWORK_ACTIVATION_NAMES: Tuple[str, ...] = (*FLOAT_ACTIVATION_NAMES, *UNIT_CLASSES)
 
 
-def check_activation(activation: str) -> str:
-    """Return ``activation`` if it is in :data:`NETWORK_ACTIVATION_NAMES`; raise ValueError otherwise."""
+def check_network_activation(activation: str) -> str:
+    """Return ``activation`` if it is in :data:`NETWORK_ACTIVATION_NAMES`; raise ValueError otherwise.
+
+    (Threshold unit names alone are checked by :func:`lightning_ftprop.nn.check_unit_name`.)
+
+    >>> check_network_activation("saturated_relu")
+    'saturated_relu'
+    """
     if activation not in NETWORK_ACTIVATION_NAMES:
         raise ValueError(
             f"unknown activation {activation!r}; valid activations are: {', '.join(NETWORK_ACTIVATION_NAMES)}"
@@ -50,9 +57,16 @@ def check_activation(activation: str) -> str:
     return activation
 
 
-def float_activation(activation: str = "relu") -> nn.Module:
-    """A fresh float activation module: ``Hardtanh(0, 1)`` for ``saturated_relu``, ``ReLU`` for all others."""
-    check_activation(activation)
+def make_float_activation(activation: str = "relu") -> nn.Module:
+    """A fresh float activation module: ``Hardtanh(0, 1)`` for ``saturated_relu``, ``ReLU`` for all others.
+
+    (Not to be confused with :func:`lightning_ftprop.float_activations`, which lists the activations
+    of a model still in float.)
+
+    >>> make_float_activation("saturated_relu")
+    Hardtanh(min_val=0.0, max_val=1.0, inplace=True)
+    """
+    check_network_activation(activation)
     if activation == "saturated_relu":
         return nn.Hardtanh(0.0, 1.0, inplace=True)
     return nn.ReLU(inplace=True)
@@ -63,10 +77,10 @@ def unit_spec(
 ) -> Optional[Dict[str, Any]]:
     """The spec that swaps a float network's activations for ``activation`` units; None for a float baseline.
 
-    ``rule``, ``weighted`` and ``unit_kwargs`` (qrelu's ``steps``, ``mode``; ``saved``) matter only for
+    ``rule``, ``weighted`` and ``unit_kwargs`` (qrelu's ``thresholds``, ``mode``; ``saved``) matter only for
     threshold units; a float baseline ignores them.
     """
-    check_activation(activation)
+    check_network_activation(activation)
     if activation in FLOAT_ACTIVATION_NAMES:
         return None
     return make_spec(activation, rule, weighted, unit_kwargs=unit_kwargs)
@@ -84,17 +98,17 @@ def paper_network(build_float: Callable[..., nn.Module]) -> Callable[..., nn.Mod
     """Turn ``build_float(act, **shape)`` into ``network(activation, rule, **shape, **unit_kwargs)``.
 
     ``build_float`` calls ``act()`` for every hidden activation. The network is built with
-    :func:`float_activation`, then :func:`to_threshold` swaps in the units; keyword arguments that
-    ``build_float`` does not take (``steps``, ``mode``, ``weighted``, ``saved``) go to the units.
+    :func:`make_float_activation`, then :func:`to_threshold` swaps in the units; keyword arguments that
+    ``build_float`` does not take (``thresholds``, ``mode``, ``weighted``, ``saved``) go to the units.
     """
     own = [p for p in inspect.signature(build_float).parameters.values() if p.name != "act"]
     shape_names = {p.name for p in own}
 
     @functools.wraps(build_float)
     def network(activation: str = "relu", rule: Union[str, Rule] = DEFAULT_RULE, **kwargs: Any) -> nn.Module:
-        check_activation(activation)
+        check_network_activation(activation)
         shape = {k: kwargs.pop(k) for k in list(kwargs) if k in shape_names}
-        net = build_float(functools.partial(float_activation, activation), **shape)
+        net = build_float(functools.partial(make_float_activation, activation), **shape)
         return to_threshold(net, activation, rule, **kwargs)
 
     head = [
@@ -105,3 +119,8 @@ def paper_network(build_float: Callable[..., nn.Module]) -> Callable[..., nn.Mod
     shape_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
     network.__signature__ = inspect.Signature(head + shape_params + tail)  # what help() shows
     return network
+
+
+#: Deprecated names (they warn; removed in the next release).
+check_activation = renamed(check_network_activation, "lightning_ftprop.models.activation.check_activation")
+float_activation = renamed(make_float_activation, "lightning_ftprop.models.activation.float_activation")

@@ -3,7 +3,7 @@
 Every hidden activation is ``act``: the network is built with ReLUs (``Hardtanh(0, 1)`` for
 ``saturated_relu``) and a threshold ``activation`` is swapped in from a spec (see
 :mod:`lightning_ftprop.models.activation`). The input and the logits stay real-valued, and all weights
-are full precision. ``convnet4(activation="sign", rule="soft_hinge", in_channels=1, steps=...)``.
+are full precision. ``convnet4(activation="sign", rule="soft_hinge", in_channels=1, thresholds=...)``.
 
 convnet4 (no BN, biases on; pooling before the activation)::
 

@@ -2,7 +2,7 @@
 
 Each BasicBlock is ``conv-BN-act-conv-BN, + shortcut, act``, so with ``sign`` the identity shortcuts carry
 +-1 values. torchvision already initialises convs with N(0, sqrt(2 / (k^2 C_out))) and BN with
-gamma = 1, beta = 0, as the paper's code did. The paper's qReLU ResNet-18 runs used ``steps=5``.
+gamma = 1, beta = 0, as the paper's code did. The paper's qReLU ResNet-18 runs used ``thresholds=5``.
 """
 
 from __future__ import annotations
