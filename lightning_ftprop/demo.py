@@ -98,6 +98,7 @@ def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
 
     from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
     from lightning_ftprop.module import ImageClassifier
+    from lightning_ftprop.progress import progress_bar_for_output
 
     class EpochTestAccuracy(pl.Callback):
         def __init__(self, result: DemoResult):
@@ -133,12 +134,13 @@ def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
     )
     data = EmbeddedFashionMNISTDataModule(batch_size=args.batch_size)  # val_split=0: validate on the test split
     limit = args.limit_batches
+    bar = None if args.no_progress else progress_bar_for_output()  # off a terminal: one line per epoch
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
         devices=1,
         logger=loggers,
-        callbacks=[EpochTestAccuracy(result)],
+        callbacks=[EpochTestAccuracy(result)] + ([bar] if bar else []),
         enable_checkpointing=False,
         enable_progress_bar=not args.no_progress,
         enable_model_summary=False,
