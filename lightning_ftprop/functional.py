@@ -70,7 +70,9 @@ __all__ = [
     "SAVED_FORMS",
 ]
 
+#: The backward modes of :func:`qrelu` (see its docstring).
 QRELU_MODES: Tuple[str, ...] = ("single", "per_threshold")
+#: How a unit stores its pre-activation for the backward: as is, in bfloat16, or as a uint8 code.
 SAVED_FORMS: Tuple[str, ...] = ("exact", "bf16", "uint8")
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "FUNCTION_SLOTS",
 ]
 
+#: What :func:`register_activation` takes: a module class, a class path string, or a predicate on a module.
 Recogniser = Union[Type[nn.Module], str, Callable[[nn.Module], bool]]
 
 _PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")

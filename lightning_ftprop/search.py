@@ -77,6 +77,7 @@ except ImportError as err:  # scipy is the optional "search" extra
 
 __all__ = ["fit", "SearchResult", "LayerLog", "SOLVERS"]
 
+#: The scipy HiGHS methods the linear-separability test may use.
 SOLVERS: Tuple[str, ...] = ("highs", "highs-ds", "highs-ipm")
 """``linprog`` methods for the separability LP: HiGHS choosing itself, dual simplex, interior point."""
 

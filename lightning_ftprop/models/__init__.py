@@ -26,6 +26,7 @@ from lightning_ftprop.models.alexnet import alexnet_dorefa
 from lightning_ftprop.models.convnets import convnet4, convnet8
 from lightning_ftprop.models.resnet import resnet18
 
+#: Network name -> its builder; :func:`get_model` looks names up here.
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "convnet4": convnet4,
     "convnet8": convnet8,
