@@ -80,6 +80,13 @@ def target_prop_grad(g: Tensor, u: Tensor, rule: Rule, weighted: bool) -> Tensor
     """The FTPROP-MB backward of one threshold unit: ``|g| * dL/du(u, sign(-g))``.
 
     Without weighting, ``|t| * dL/du(u, t) / B`` with ``B = g.shape[0]``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop.rules import get_rule
+        >>> g, u = torch.tensor([0.5, -2.0, 0.0]), torch.tensor([0.0, 3.0, 1.0])
+        >>> target_prop_grad(g, u, get_rule("sste"), weighted=True)  # |u| > 1 saturates; g = 0 ignores
+        tensor([0.5000, 0.0000, 0.0000])
     """
     if weighted:
         if rule.fused is not None:
@@ -188,6 +195,14 @@ def edge_exact_affine(z: Tensor, a: int, b: Union[int, Fraction], edges: Sequenc
     ``1[|u| <= 1]`` equals its closed form in ``z``'s own coordinate for every float input.
     Elsewhere ``u`` is the plain rounded value. Edges that rounding cannot get wrong for this
     ``(a, b, dtype)`` (qrelu's ``u = 2z - 1`` at ``+1``) cost nothing.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([-1e-8, 0.25])
+        >>> 2 * z - 1  # rounding puts the first value on the edge -1
+        tensor([-1.0000, -0.5000])
+        >>> (edge_exact_affine(z, 2, -1, (-1.0, 1.0))[0] < -1).item()  # the true 2z - 1 lies below it
+        True
     """
     b = Fraction(b)
     u = _affine(z, a, b)
@@ -293,7 +308,16 @@ class _BinaryFunction(torch.autograd.Function):
 
 
 class SignFunction(_BinaryFunction):
-    """``h = sign(z)`` in {-1, +1} (sign(0) = -1); backward ``|g| * dL/dz(z, sign(-g))``."""
+    """``h = sign(z)`` in {-1, +1} (sign(0) = -1); backward ``|g| * dL/dz(z, sign(-g))``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop.rules import get_rule
+        >>> z = torch.tensor([0.3, -1.5], requires_grad=True)
+        >>> SignFunction.apply(z, get_rule("ste"), True, "exact").sum().backward()
+        >>> z.grad  # ste: the gradient passes unchanged
+        tensor([1., 1.])
+    """
 
     @staticmethod
     def forward(z, rule, weighted, saved):
@@ -301,7 +325,14 @@ class SignFunction(_BinaryFunction):
 
 
 class StepFunction(_BinaryFunction):
-    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))`` (the rule is centred at 0)."""
+    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))`` (the rule is centred at 0).
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop.rules import get_rule
+        >>> StepFunction.apply(torch.tensor([-0.3, 0.0, 0.7]), get_rule("sste"), True, "exact")
+        tensor([0., 0., 1.])
+    """
 
     @staticmethod
     def forward(z, rule, weighted, saved):
@@ -309,7 +340,14 @@ class StepFunction(_BinaryFunction):
 
 
 class QReLUFunction(torch.autograd.Function):
-    """``h = clip(ceil((n-1) z), 0, n) / n``; backward per ``mode`` (see the module docstring)."""
+    """``h = clip(ceil((n-1) z), 0, n) / n``; backward per ``mode`` (see the module docstring).
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop.rules import get_rule
+        >>> QReLUFunction.apply(torch.tensor([0.2, 0.6]), get_rule("sste"), True, "exact", 3, "single")
+        tensor([0.3333, 0.6667])
+    """
 
     generate_vmap_rule = True
 
@@ -360,13 +398,31 @@ def check_saved(saved: str) -> str:
 
 
 def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "exact") -> Tensor:
-    """``sign(z)`` in {-1, +1} with an FTPROP-MB backward under ``rule``."""
+    """``sign(z)`` in {-1, +1} with an FTPROP-MB backward under ``rule``.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([-2.0, -0.5, 0.5, 2.0], requires_grad=True)
+        >>> h = sign(z, "sste")
+        >>> h.backward(torch.ones(4))  # g = dL/dh = 1 everywhere
+        >>> h.detach(), z.grad  # sste passes g where |z| <= 1
+        (tensor([-1., -1.,  1.,  1.]), tensor([0., 1., 1., 0.]))
+    """
     _check_input(z, "sign")
     return SignFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
 
 
 def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "exact") -> Tensor:
-    """``1[z > 0]`` in {0, 1} with an FTPROP-MB backward under ``rule``."""
+    """``1[z > 0]`` in {0, 1} with an FTPROP-MB backward under ``rule``.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([-0.5, 0.0, 0.5], requires_grad=True)
+        >>> h = step(z)  # the soft hinge: backward g * (1 - tanh(z)^2)
+        >>> h.backward(torch.tensor([1.0, -1.0, 0.0]))
+        >>> h.detach(), z.grad
+        (tensor([0., 0., 1.]), tensor([ 0.7864, -1.0000,  0.0000]))
+    """
     _check_input(z, "step")
     return StepFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
 
@@ -379,7 +435,13 @@ def qrelu(
     mode: str = "single",
     saved: str = "exact",
 ) -> Tensor:
-    """Quantized ReLU ``clip(ceil((steps-1) z), 0, steps) / steps`` with an FTPROP-MB backward."""
+    """Quantized ReLU ``clip(ceil((steps-1) z), 0, steps) / steps`` with an FTPROP-MB backward.
+
+    Example:
+        >>> import torch
+        >>> qrelu(torch.tensor([0.1, 0.4, 0.9, 1.5]), "sste", steps=3)  # the 2-bit levels 0, 1/3, 2/3, 1
+        tensor([0.3333, 0.3333, 0.6667, 1.0000])
+    """
     _check_input(z, "qrelu")
     return QReLUFunction.apply(
         z, get_rule(rule), bool(weighted), check_saved(saved), check_steps(steps), check_mode(mode)
