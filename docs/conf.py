@@ -8,7 +8,7 @@ Build it strictly (what ``.ci/run`` runs)::
   (``docs/_api/``, not committed), so a new module appears without editing anything here.
 * Strict: ``-W`` turns every warning into an error, ``-n`` reports every cross-reference that does not
   resolve (references into other projects are exempt: the build runs offline, without intersphinx), and
-  :func:`_require_docstring` warns about every public module, class or function without a docstring.
+  :func:`_require_docstrings` warns about every public module, class or function without a docstring.
 * The guides are the Markdown files beside this one (myst-parser); the quickstart notebook is rendered
   with its stored outputs and never re-executed (myst-nb, ``nb_execution_mode = "off"``).
 """
@@ -61,11 +61,10 @@ suppress_warnings = ["myst.xref_missing"]
 _log = logging.getLogger("lightning_ftprop.docs")
 
 
-def _require_docstring(app, what, name, obj, options, lines) -> None:
-    """A public module, class, exception or function without a docstring fails the strict build."""
-    public = not any(part.startswith("_") for part in name.split("."))
-    if public and what in ("module", "class", "exception", "function") and not any(line.strip() for line in lines):
-        _log.warning(f"{what} {name} has no docstring; every public {what} needs one (with an example)")
+def _require_docstrings(app) -> None:
+    """A public module, class or function without a docstring fails the strict build."""
+    for name in api_pages.missing_docstrings():
+        _log.warning(f"{name} is public and has no docstring; every public module, class and function needs one")
 
 
 _DATA_DOCS: dict = {}
@@ -101,6 +100,6 @@ def setup(app):
     app.connect("builder-inited", _write_api_pages)
     app.connect("autodoc-process-docstring", _keep_data_docstring, priority=400)  # before napoleon (500)
     app.connect("autodoc-process-docstring", _restore_data_docstring, priority=600)
-    app.connect("autodoc-process-docstring", _require_docstring)
+    app.connect("builder-inited", _require_docstrings)
     app.connect("missing-reference", _resolve_reexport)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

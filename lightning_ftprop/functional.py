@@ -1,7 +1,7 @@
 """Hard-threshold activations whose backward pass does feasible target propagation (FTPROP-MB).
 
 Each activation is a static-method :class:`torch.autograd.Function`. The forward is the hard
-threshold; the backward receives ``g = dL/dh`` and returns the gradient of the unit's layer loss:
+threshold; the backward receives ``g = dL/dh`` and returns the gradient of the unit's layer loss::
 
     t  = sign(-g)                                   the unit's target; t = 0 ignores the unit
     dz = |g| * dL/dz(u, t)                          weighted=True (the paper's default)
@@ -13,7 +13,7 @@ of the rule's edges (sste and hinge: ``u = +-1``) exactly as the real number doe
 their closed form in ``z`` for every float input (see :func:`edge_exact_affine`); sste's window
 ``1[|u| <= 1]`` is tested on ``z`` itself. For symmetric rules the weighted backward equals
 ``g * s(u)`` for the rule's surrogate ``s`` (``soft_hinge``: ``s = 1 - tanh^2``), and that form is
-used. Forward values:
+used. Forward values::
 
     sign(z)  = +1 if z > 0 else -1
     step(z)  =  1 if z > 0 else 0
