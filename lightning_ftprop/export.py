@@ -20,9 +20,9 @@ lies above a level ``theta``, so ``unit(BN(x))`` is a per-channel compare of ``x
     a < 0:   z > theta  <=>  x < t        (the direction flips)
     a = 0:   z = b is constant             the unit outputs the constant unit(b)
 
-Sign and step have one level (``theta = 0``); qrelu with ``n`` steps has ``n`` levels
-``theta_k = k / (n - 1)`` and outputs ``(1/n) * #{k : z > theta_k}``, which equals
-``clip(ceil((n - 1) z), 0, n) / n``. :class:`FoldedThreshold` computes, per level and channel,
+Sign and step have one threshold (``theta = 0``) and two output values (``levels = 2`` in nn.py);
+qrelu with ``n`` steps has ``n`` thresholds ``theta_k = k / (n - 1)`` and outputs ``(1/n) * #{k : z > theta_k}``,
+which equals ``clip(ceil((n - 1) z), 0, n) / n``. :class:`FoldedThreshold` computes, per threshold and channel,
 
     d = s * (x - t)              s = -1 where a < 0, else +1 (the multiply is left out when no s is -1)
     on = 1 if d > 0 else 0       (as clip(ceil(d), 0, 1), so NaN stays NaN)

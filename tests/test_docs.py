@@ -117,3 +117,26 @@ def test_guides_and_readme_link_only_to_files_that_exist():
             if "://" not in target and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(REPO)} -> {target}")
     assert not broken, broken
+
+
+def test_package_map_in_units_guide_names_every_public_top_level_module():
+    import pkgutil
+
+    import lightning_ftprop
+
+    table = (REPO / "docs" / "units.md").read_text().split("## Package layout")[1].split("\n## ")[0]
+    named = set(re.findall(r"`(?:lightning_ftprop)?\.(\w+)`", table))
+    modules = {info.name for info in pkgutil.iter_modules(lightning_ftprop.__path__) if not info.name.startswith("_")}
+    assert not modules - named, f"docs/units.md's package map omits {sorted(modules - named)}"
+
+
+def test_package_docstring_names_every_module_that_import_loads():
+    import subprocess
+
+    probe = "import sys, lightning_ftprop; print(' '.join(sorted(m.split('.')[1] for m in sys.modules "
+    probe += "if m.startswith('lightning_ftprop.'))))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    import lightning_ftprop
+
+    sentence = lightning_ftprop.__doc__.split("``import lightning_ftprop`` loads")[1].split(".")[0]
+    assert loaded.stdout.split() and all(name in sentence for name in loaded.stdout.split()), (loaded.stdout, sentence)
