@@ -100,3 +100,15 @@ def test_epoch_line_bar_prints_one_line_per_epoch_with_the_progress_bar_metrics(
     for line in lines[:3]:
         assert "train/loss_epoch=" in line and "val/loss=" in line and "_step=" not in line and "v_num" not in line
         assert line.endswith(" s)")
+
+
+def test_cli_trainer_gets_the_epoch_line_bar_off_a_terminal_unless_bars_are_disabled(tmp_path, monkeypatch):
+    from lightning_ftprop.cli import FTPropCLI, resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", resolve_config("convnet4_fashion_mnist_sign_sste"), "--trainer.logger=false"]
+    assert not sys.stdout.isatty()  # pytest captures stdout
+    cli = FTPropCLI(args=args, run=False)
+    assert isinstance(cli.trainer.progress_bar_callback, EpochLineProgressBar)
+    cli = FTPropCLI(args=[*args, "--trainer.enable_progress_bar=false"], run=False)
+    assert cli.trainer.progress_bar_callback is None
