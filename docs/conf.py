@@ -85,8 +85,8 @@ _DATA_DOCS: dict = {}
 
 
 def _keep_data_docstring(app, what, name, obj, options, lines) -> None:
-    """Napoleon reads ``#: text: more`` on a constant as ``type: description``; keep the text as written."""
-    if what in ("data", "attribute"):
+    """Napoleon reads ``text: more`` on a constant or property as ``type: description``; keep the text as written."""
+    if what in ("data", "attribute", "property"):
         _DATA_DOCS[name] = list(lines)
 
 
