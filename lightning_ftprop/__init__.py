@@ -1,15 +1,26 @@
 """lightning_ftprop: train hard-threshold networks with feasible target propagation in Lightning.
 
-    import lightning_ftprop as ftp
-    names = ftp.convert(model, "sign", "soft_hinge")   # swap activations for threshold units
-    print(ftp.summary(model, example_batch))
+>>> import torch
+>>> from torch import nn
+>>> import lightning_ftprop as ftp
+>>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+>>> ftp.convert(model, "sign", "soft_hinge")  # swap activations for threshold units
+['1']
+>>> print(ftp.summary(model, torch.zeros(1, 8)))
+name  activation  levels (bits)  rule        elements/sample  inference bits/sample (as float32)
+1     sign        2 (1)          soft_hinge  16               16 (512)
+total: 1 threshold layers, 16 elements/sample = 0.0 KB at their bit widths (0.1 KB as float32)
+>>> ftp.revert(model)  # the original ReLU is back
+['1']
+>>> model[1]
+ReLU()
 
 Data flows one way: rules -> functional -> nn -> convert -> spec -> (callback, mixin).
 
-``import lightning_ftprop`` loads only torch and the core modules (rules, functional, nn, convert and
-summary). The Lightning pieces (``FTPropCallback``, ``FTPropMixin``, ``FTPropDiagnostics``,
-``ImageClassifier``) and the ``models``/``data`` subpackages load on first use, so plain-PyTorch users
-never pay for Lightning, torchvision or torchmetrics.
+``import lightning_ftprop`` loads only torch and seven core modules: rules, functional, nn, memory,
+recognise, convert and summary. The Lightning pieces (``FTPropCallback``, ``FTPropMixin``,
+``FTPropDiagnostics``, ``ImageClassifier``) and the ``models``/``data`` subpackages load on first
+use, so plain-PyTorch users never pay for Lightning, torchvision or torchmetrics.
 """
 
 from __future__ import annotations

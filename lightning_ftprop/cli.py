@@ -100,6 +100,20 @@ def _cli_class():
                 **kwargs,
             )
 
+        def instantiate_trainer(self, **kwargs):
+            """The Trainer, with one line per epoch in place of a progress bar when stdout is not a terminal."""
+            from lightning.pytorch.callbacks import ProgressBar
+
+            from lightning_ftprop.progress import progress_bar_for_output
+
+            config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+            listed = config.get("callbacks") or []
+            listed = listed if isinstance(listed, list) else [listed]
+            bar = progress_bar_for_output() if config.get("enable_progress_bar") is not False else None
+            if bar is not None and not any(isinstance(c, ProgressBar) for c in listed):
+                kwargs["callbacks"] = [*listed, bar]
+            return super().instantiate_trainer(**kwargs)
+
     return FTPropCLI
 
 

@@ -40,7 +40,13 @@ DEFAULT_LR = 1e-3
 
 @dataclass
 class DemoResult:
-    """One trained method: test accuracy after each epoch and the wall time of its training."""
+    """One trained method: test accuracy after each epoch and the wall time of its training.
+
+    Example:
+        >>> result = DemoResult("sign/sste", test_acc=[0.80, 0.86, 0.85], seconds=12.0)
+        >>> result.best, result.best_epoch, result.final
+        (0.86, 2, 0.85)
+    """
 
     method: str
     test_acc: List[float] = field(default_factory=list)
@@ -98,6 +104,7 @@ def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
 
     from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
     from lightning_ftprop.module import ImageClassifier
+    from lightning_ftprop.progress import progress_bar_for_output
 
     class EpochTestAccuracy(pl.Callback):
         def __init__(self, result: DemoResult):
@@ -133,12 +140,13 @@ def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
     )
     data = EmbeddedFashionMNISTDataModule(batch_size=args.batch_size)  # val_split=0: validate on the test split
     limit = args.limit_batches
+    bar = None if args.no_progress else progress_bar_for_output()  # off a terminal: one line per epoch
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
         devices=1,
         logger=loggers,
-        callbacks=[EpochTestAccuracy(result)],
+        callbacks=[EpochTestAccuracy(result)] + ([bar] if bar else []),
         enable_checkpointing=False,
         enable_progress_bar=not args.no_progress,
         enable_model_summary=False,
@@ -159,7 +167,14 @@ def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
 
 
 def format_table(results: Sequence[DemoResult]) -> str:
-    """The results as a fixed-width text table."""
+    """The results as a fixed-width text table.
+
+    Example:
+        >>> print(format_table([DemoResult("sign/sste", [0.5, 0.75, 0.7], 12.0)]))
+        method             best test acc (epoch) final test acc  time (s)
+        -----------------------------------------------------------------
+        sign/sste                 75.00%       2         70.00%      12.0
+    """
     header = f"{'method':<18} {'best test acc':>13} {'(epoch)':>7} {'final test acc':>14} {'time (s)':>9}"
     lines = [header, "-" * len(header)]
     for r in results:
@@ -170,7 +185,17 @@ def format_table(results: Sequence[DemoResult]) -> str:
 
 
 def write_results(results: Sequence[DemoResult], output_dir: str) -> Tuple[str, str]:
-    """Write ``results.csv`` and ``test_accuracy.csv``; return their paths."""
+    """Write ``results.csv`` and ``test_accuracy.csv``; return their paths.
+
+    Example:
+        >>> import csv, os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> table, curves = write_results([DemoResult("relu", [0.8, 0.9], 3.0)], folder)
+        >>> with open(table) as handle:
+        ...     print(handle.read().strip())
+        method,best_test_acc,best_epoch,final_test_acc,epochs,seconds
+        relu,0.9000,2,0.9000,2,3.0
+    """
     table = os.path.join(output_dir, "results.csv")
     with open(table, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -200,7 +225,15 @@ def _matplotlib():
 
 
 def plot_accuracy(results: Sequence[DemoResult], path: str) -> str:
-    """Plot test accuracy per epoch for every method to ``path`` (PNG)."""
+    """Plot test accuracy per epoch for every method to ``path`` (PNG).
+
+    Example:
+        >>> import os, tempfile
+        >>> path = plot_accuracy([DemoResult("relu", [0.8, 0.9]), DemoResult("sign/sste", [0.7, 0.85])],
+        ...                      os.path.join(tempfile.mkdtemp(), "test_accuracy.png"))
+        >>> open(path, "rb").read(4)[1:]  # the PNG signature
+        b'PNG'
+    """
     matplotlib = _matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -232,7 +265,18 @@ def plot_accuracy(results: Sequence[DemoResult], path: str) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> List[DemoResult]:
-    """Train every method in ``args.methods``, then write the table, curves and plot."""
+    """Train every method in ``args.methods``, then write the table, curves and plot.
+
+    Example:
+        >>> results = run_demo(parse_args(["--fast", "--limit-batches", "1", "--methods", "sign/sste",
+        ...                                "--threads", "1", "--no-progress", "--output-dir", "demo-out"]))
+        <BLANKLINE>
+        === sign/sste: convnet4, activation=sign, rule=sste
+        ...
+        total training time ... s; wrote demo-out/results.csv and demo-out/test_accuracy.png
+        >>> [r.method for r in results], len(results[0].test_acc)
+        (['sign/sste'], 1)
+    """
     import torch
 
     from lightning_ftprop._quiet import silence_lightning_noise
@@ -262,6 +306,7 @@ def run_demo(args: argparse.Namespace) -> List[DemoResult]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser of ``lightning-ftprop demo`` (its options, without the checks of :func:`parse_args`)."""
     parser = argparse.ArgumentParser(
         prog="lightning-ftprop demo",
         description="Train convnet4 on the embedded Fashion-MNIST with ReLU, sign and qReLU (SSTE vs FTP-SH).",
@@ -290,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The demo's options from ``argv``; ``--fast`` sets 1 epoch of 5 batches (unless --limit-batches).
+
+    Example:
+        >>> args = parse_args(["--fast", "--methods", "relu", "sign/soft_hinge"])
+        >>> args.epochs, args.limit_batches, args.methods
+        (1, 5, ['relu', 'sign/soft_hinge'])
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
@@ -305,5 +357,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``lightning-ftprop demo [options]``: parse ``argv`` (default: the command line), run, return 0.
+
+    Example:
+        >>> main(["--fast", "--limit-batches", "1", "--methods", "relu", "--threads", "1", "--no-progress",
+        ...       "--output-dir", "demo-out"])
+        <BLANKLINE>
+        === relu: convnet4, activation=relu
+        ...
+        0
+    """
     run_demo(parse_args(argv))
     return 0

@@ -1,7 +1,7 @@
 """Hard-threshold activations whose backward pass does feasible target propagation (FTPROP-MB).
 
 Each activation is a static-method :class:`torch.autograd.Function`. The forward is the hard
-threshold; the backward receives ``g = dL/dh`` and returns the gradient of the unit's layer loss:
+threshold; the backward receives ``g = dL/dh`` and returns the gradient of the unit's layer loss::
 
     t  = sign(-g)                                   the unit's target; t = 0 ignores the unit
     dz = |g| * dL/dz(u, t)                          weighted=True (the paper's default)
@@ -13,7 +13,7 @@ of the rule's edges (sste and hinge: ``u = +-1``) exactly as the real number doe
 their closed form in ``z`` for every float input (see :func:`edge_exact_affine`); sste's window
 ``1[|u| <= 1]`` is tested on ``z`` itself. For symmetric rules the weighted backward equals
 ``g * s(u)`` for the rule's surrogate ``s`` (``soft_hinge``: ``s = 1 - tanh^2``), and that form is
-used. Forward values:
+used. Forward values::
 
     sign(z)  = +1 if z > 0 else -1
     step(z)  =  1 if z > 0 else 0
@@ -72,6 +72,7 @@ __all__ = [
     "SAVED_FORMS",
 ]
 
+#: The backward modes of :func:`qrelu` (see its docstring).
 QRELU_MODES: Tuple[str, ...] = ("single", "per_threshold")
 SAVED_FORMS: Tuple[str, ...] = ("input", "bf16", "uint8")
 
@@ -80,6 +81,13 @@ def target_prop_grad(g: Tensor, u: Tensor, rule: Rule, weighted: bool) -> Tensor
     """The FTPROP-MB backward of one threshold unit: ``|g| * dL/du(u, sign(-g))``.
 
     Without weighting, ``|t| * dL/du(u, t) / B`` with ``B = g.shape[0]``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop.rules import get_rule
+        >>> g, u = torch.tensor([0.5, -2.0, 0.0]), torch.tensor([0.0, 3.0, 1.0])
+        >>> target_prop_grad(g, u, get_rule("sste"), weighted=True)  # |u| > 1 saturates; g = 0 ignores
+        tensor([0.5000, 0.0000, 0.0000])
     """
     if weighted:
         if rule.fused is not None:
@@ -188,6 +196,14 @@ def edge_exact_affine(z: Tensor, a: int, b: Union[int, Fraction], edges: Sequenc
     ``1[|u| <= 1]`` equals its closed form in ``z``'s own coordinate for every float input.
     Elsewhere ``u`` is the plain rounded value. Edges that rounding cannot get wrong for this
     ``(a, b, dtype)`` (qrelu's ``u = 2z - 1`` at ``+1``) cost nothing.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([-1e-8, 0.25])
+        >>> 2 * z - 1  # rounding puts the first value on the edge -1
+        tensor([-1.0000, -0.5000])
+        >>> (edge_exact_affine(z, 2, -1, (-1.0, 1.0))[0] < -1).item()  # the true 2z - 1 lies below it
+        True
     """
     b = Fraction(b)
     u = _affine(z, a, b)
@@ -308,7 +324,16 @@ class _BinaryFunction(torch.autograd.Function):
 
 
 class SignFunction(_BinaryFunction):
-    """``h = sign(z)`` in {-1, +1} (sign(0) = -1); backward ``|g| * dL/dz(z, sign(-g))``."""
+    """``h = sign(z)`` in {-1, +1} (sign(0) = -1); backward ``|g| * dL/dz(z, sign(-g))``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop.rules import get_rule
+        >>> z = torch.tensor([0.3, -1.5], requires_grad=True)
+        >>> SignFunction.apply(z, get_rule("ste"), True, "input").sum().backward()
+        >>> z.grad  # ste: the gradient passes unchanged
+        tensor([1., 1.])
+    """
 
     @staticmethod
     def forward(z, rule, weighted, saved):
@@ -316,7 +341,14 @@ class SignFunction(_BinaryFunction):
 
 
 class StepFunction(_BinaryFunction):
-    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))`` (the rule is centred at 0)."""
+    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))`` (the rule is centred at 0).
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop.rules import get_rule
+        >>> StepFunction.apply(torch.tensor([-0.3, 0.0, 0.7]), get_rule("sste"), True, "input")
+        tensor([0., 0., 1.])
+    """
 
     @staticmethod
     def forward(z, rule, weighted, saved):
@@ -324,7 +356,14 @@ class StepFunction(_BinaryFunction):
 
 
 class QReLUFunction(torch.autograd.Function):
-    """``h = clip(ceil((n-1) z), 0, n) / n``; backward per ``mode`` (see the module docstring)."""
+    """``h = clip(ceil((n-1) z), 0, n) / n``; backward per ``mode`` (see the module docstring).
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop.rules import get_rule
+        >>> QReLUFunction.apply(torch.tensor([0.2, 0.6]), get_rule("sste"), True, "input", 3, "single")
+        tensor([0.3333, 0.6667])
+    """
 
     generate_vmap_rule = True
 
@@ -399,13 +438,31 @@ def check_saved(saved: str) -> str:
 
 
 def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "input") -> Tensor:
-    """``sign(z)`` in {-1, +1} with an FTPROP-MB backward under ``rule``."""
+    """``sign(z)`` in {-1, +1} with an FTPROP-MB backward under ``rule``.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([-2.0, -0.5, 0.5, 2.0], requires_grad=True)
+        >>> h = sign(z, "sste")
+        >>> h.backward(torch.ones(4))  # g = dL/dh = 1 everywhere
+        >>> h.detach(), z.grad  # sste passes g where |z| <= 1
+        (tensor([-1., -1.,  1.,  1.]), tensor([0., 1., 1., 0.]))
+    """
     _check_input(z, "sign")
     return SignFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
 
 
 def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "input") -> Tensor:
-    """``1[z > 0]`` in {0, 1} with an FTPROP-MB backward under ``rule``."""
+    """``1[z > 0]`` in {0, 1} with an FTPROP-MB backward under ``rule``.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([-0.5, 0.0, 0.5], requires_grad=True)
+        >>> h = step(z)  # the soft hinge: backward g * (1 - tanh(z)^2)
+        >>> h.backward(torch.tensor([1.0, -1.0, 0.0]))
+        >>> h.detach(), z.grad
+        (tensor([0., 0., 1.]), tensor([ 0.7864, -1.0000,  0.0000]))
+    """
     _check_input(z, "step")
     return StepFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
 

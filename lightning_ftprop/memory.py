@@ -340,7 +340,7 @@ def _unit_hook(hook: Optional[Callable]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def packed() -> Iterator[None]:
-    """Store every saved threshold output, mask and index tensor compactly (see the module docstring).
+    """Store every saved threshold output, mask and index tensor compactly (see the module docstring)::
 
         with lightning_ftprop.memory.packed():
             loss = criterion(model(x), y)

@@ -1,4 +1,4 @@
-"""``ImageClassifier``: one of the paper's networks plus its optimiser and schedule, as a LightningModule.
+"""``ImageClassifier``: one of the paper's networks plus its optimiser and schedule, as a LightningModule::
 
     model = ImageClassifier("convnet4", activation="sign", rule="soft_hinge", optimizer="adam",
                             lr=2.5e-4, weight_decay=5e-4, milestones=[200, 250])
@@ -66,6 +66,12 @@ def resolve_ftprop(
         ValueError: an unknown activation, a shorthand that disagrees with ``ftprop``, or unit
             arguments or an ``ftprop`` dict given to a float baseline.
         TypeError: ``ftprop`` is not a dict.
+
+    Example:
+        >>> resolve_ftprop("qrelu", "sste", thresholds=5)
+        ('qrelu', {'activation': 'qrelu', 'rule': 'sste', 'unit_kwargs': {'thresholds': 5}})
+        >>> resolve_ftprop("relu")  # a float baseline has no spec
+        ('relu', None)
     """
     if ftprop is not None and not isinstance(ftprop, Mapping):
         raise TypeError(f"ftprop must be a dict with the keys of FTPropCallback or None, got {ftprop!r}")
@@ -140,6 +146,18 @@ class ImageClassifier(FTPropMixin, LightningModule):
 
     ``hparams`` records the resolved ``activation`` and ``ftprop`` (None for a float baseline), not the
     shorthands ``rule``, ``thresholds`` and ``mode``.
+
+    Example:
+        >>> import torch
+        >>> model = ImageClassifier("convnet4", activation="sign", rule="sste", in_channels=1)
+        >>> model.hparams.ftprop  # the spec FTPropMixin converts from, and checkpoints keep
+        {'activation': 'sign', 'rule': 'sste'}
+        >>> model.configure_model()  # Lightning calls this; the ReLUs become Sign units
+        >>> from lightning_ftprop import threshold_units
+        >>> [unit.activation for _, unit in threshold_units(model)]
+        ['sign', 'sign', 'sign']
+        >>> model(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(

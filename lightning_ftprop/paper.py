@@ -98,6 +98,10 @@ class Recipe:
 
     ``weight_decay`` is ``(full precision, sign, qrelu)``: the paper decays threshold networks' weights less
     on ImageNet. ``milestones`` are the epochs at whose start the learning rate is multiplied by ``gamma``.
+
+    >>> recipe = RECIPES["resnet18"]
+    >>> recipe.optimizer, recipe.lr, recipe.epochs, recipe.milestones, recipe.qrelu_thresholds
+    ('sgd', 0.1, 90, (30, 60), 5)
     """
 
     dataset: str

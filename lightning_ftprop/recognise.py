@@ -47,13 +47,20 @@ __all__ = [
     "FUNCTION_SLOTS",
 ]
 
+#: What :func:`register_activation` takes: a module class, a class path string, or a predicate on a module.
 Recogniser = Union[Type[nn.Module], str, Callable[[nn.Module], bool]]
 
 _PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
 def class_path(cls: type) -> str:
-    """``"package.module.Class"``: the dotted path recognisers match on."""
+    """``"package.module.Class"``: the dotted path recognisers match on.
+
+    Example:
+        >>> from torch import nn
+        >>> class_path(nn.ReLU)
+        'torch.nn.modules.activation.ReLU'
+    """
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -67,6 +74,10 @@ def check_class_path(path: str) -> str:
     Raises:
         TypeError: ``path`` is not a string.
         ValueError: ``path`` is not a dotted path, or names a missing or non-``nn.Module`` class.
+
+    Example:
+        >>> check_class_path("torch.nn.ReLU")  # an alias becomes the class's own path
+        'torch.nn.modules.activation.ReLU'
     """
     import sys
 
@@ -103,6 +114,19 @@ def register_activation(recogniser: Recogniser, *, name: Optional[str] = None, o
     Raises:
         TypeError: ``recogniser`` is none of the three kinds.
         ValueError: a malformed class path, or a predicate name already taken.
+
+    Example:
+        >>> from torch import nn
+        >>> class Squash(nn.Module):  # x / (1 + |x|): an activation no recogniser knows yet
+        ...     def forward(self, x):
+        ...         return x / (1 + x.abs())
+        >>> match_activation(Squash()) is None
+        True
+        >>> register_activation(Squash)
+        '...Squash'
+        >>> match_activation(Squash())  # convert() now swaps it too
+        '...Squash'
+        >>> unregister_activation(Squash)
     """
     if isinstance(recogniser, type):
         if not issubclass(recogniser, nn.Module):
@@ -131,6 +155,13 @@ def unregister_activation(key: Union[str, type]) -> None:
 
     Raises:
         ValueError: nothing is registered under ``key``.
+
+    Example:
+        >>> register_activation(lambda m: type(m).__name__ == "MyAct", name="my_act")
+        'my_act'
+        >>> unregister_activation("my_act")
+        >>> "my_act" in registered_activations()
+        False
     """
     if isinstance(key, type):
         key = class_path(key)
@@ -140,12 +171,23 @@ def unregister_activation(key: Union[str, type]) -> None:
 
 
 def registered_activations() -> List[str]:
-    """The keys of every registered recogniser, in match order (class paths, then predicate names)."""
+    """The keys of every registered recogniser, in match order (class paths, then predicate names).
+
+    Example:
+        >>> keys = registered_activations()
+        >>> keys[0], "torch.nn.modules.activation.GELU" in keys
+        ('torch.nn.modules.activation.ReLU', True)
+    """
     return list(_REGISTRY)
 
 
 def recognisers() -> List[Tuple[str, Optional[Callable[[nn.Module], bool]]]]:
-    """``(key, predicate)`` for every recogniser in match order; ``predicate`` is None for a class path."""
+    """``(key, predicate)`` for every recogniser in match order; ``predicate`` is None for a class path.
+
+    Example:
+        >>> recognisers()[0]  # a class path has no predicate
+        ('torch.nn.modules.activation.ReLU', None)
+    """
     return list(_REGISTRY.items())
 
 
@@ -154,7 +196,13 @@ def _predicates() -> List[Tuple[str, Callable[[nn.Module], bool]]]:
 
 
 def match_activation(module: nn.Module) -> Optional[str]:
-    """The key of the recogniser that matches ``module`` (its exact class first, then predicates), or None."""
+    """The key of the recogniser that matches ``module`` (its exact class first, then predicates), or None.
+
+    Example:
+        >>> from torch import nn
+        >>> match_activation(nn.GELU()), match_activation(nn.Linear(2, 2))
+        ('torch.nn.modules.activation.GELU', None)
+    """
     if not isinstance(module, nn.Module) or next(iter(module.children()), None) is not None:
         return None
     path = class_path(type(module))
@@ -183,6 +231,11 @@ def looks_like_activation(module: nn.Module) -> bool:
     The name test: ``LU`` or ``Act`` ending a CamelCase word, or one of relu, gelu, silu, swish,
     mish, sigmoid, tanh, softplus, softsign, shrink, activation (any case). Softmax, GLU and
     attention are not elementwise and never count.
+
+    Example:
+        >>> from torch import nn
+        >>> looks_like_activation(nn.Hardswish()), looks_like_activation(nn.Softmax(dim=1))
+        (True, False)
     """
     if isinstance(module, _NOT_ELEMENTWISE) or next(iter(module.children()), None) is not None:
         return False
@@ -192,7 +245,13 @@ def looks_like_activation(module: nn.Module) -> bool:
 
 
 def torch_activation_names() -> Dict[str, Type[nn.Module]]:
-    """Every elementwise activation class of ``torch.nn`` by name: the short string keys of ``mapping``."""
+    """Every elementwise activation class of ``torch.nn`` by name: the short string keys of ``mapping``.
+
+    Example:
+        >>> names = torch_activation_names()
+        >>> names["GELU"].__name__, "Softmax" in names
+        ('GELU', False)
+    """
     import torch.nn.modules.activation as act
 
     return {

@@ -77,6 +77,7 @@ except ImportError as err:  # scipy is the optional "search" extra
 
 __all__ = ["fit", "SearchResult", "LayerLog", "SOLVERS"]
 
+#: The scipy HiGHS methods the linear-separability test may use.
 SOLVERS: Tuple[str, ...] = ("highs", "highs-ds", "highs-ipm")
 """``linprog`` methods for the separability LP: HiGHS choosing itself, dual simplex, interior point."""
 
@@ -85,7 +86,15 @@ Params = List[Tuple[np.ndarray, np.ndarray]]  # [(W_d, b_d)] for d = 1..L
 
 @dataclass
 class LayerLog:
-    """What the search did at one layer (``layer`` is 1-based; ``layer == L`` is the output unit)."""
+    """What the search did at one layer (``layer`` is 1-based; ``layer == L`` is the output unit).
+
+    Example:
+        >>> import numpy as np
+        >>> result = fit(np.array([[0.0], [1.0]]), np.array([-1, 1]), hidden_sizes=[2])
+        >>> first = result.log[0]
+        >>> first.layer, first.units
+        (1, 2)
+    """
 
     layer: int
     units: int
@@ -104,6 +113,12 @@ class SearchResult:
     ``model`` maps a float32 ``(m, n_0)`` tensor to ``(m, 1)`` predictions in {-1, +1}.
     ``feasible`` is True iff the search found targets that make every layer separable, i.e. the
     model fits every training label. ``train_accuracy`` is measured by running ``model`` on ``X``.
+
+    Example:
+        >>> import numpy as np
+        >>> result = fit(np.array([[0.0], [1.0]]), np.array([-1, 1]), hidden_sizes=[1])
+        >>> isinstance(result, SearchResult), result.feasible, len(result.log)  # one log per layer
+        (True, True, 2)
     """
 
     model: nn.Sequential
@@ -415,6 +430,16 @@ def fit(
         ValueError: for ``X`` not 2-D, ``y`` of the wrong length or with labels outside {-1, +1} and
             {0, 1}, empty or non-positive ``hidden_sizes``, ``budget``/``patience`` not positive
             ints, ``reg <= 0``, or an unknown ``solver``.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
+        >>> y = np.array([-1, 1, 1, -1])  # XOR: no single sign unit separates it
+        >>> result = fit(X, y, hidden_sizes=[4], seed=0)
+        >>> result.feasible, result.train_accuracy
+        (True, 1.0)
+        >>> result.model(torch.tensor(X, dtype=torch.float32)).flatten()
+        tensor([-1.,  1.,  1., -1.], grad_fn=<ViewBackward0>)
     """
     X, y, hidden = _check_inputs(X, y, hidden_sizes, budget, patience, solver, reg)
     began = time.perf_counter()

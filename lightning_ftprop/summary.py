@@ -1,11 +1,16 @@
 """A table of a model's threshold layers, in the spirit of ``larq.models.summary``.
 
->>> print(summary(model, torch.randn(1, 3, 32, 32)))
-name    activation  levels (bits)  rule        elements/sample  inference bits/sample (as float32)
-act1    sign        2 (1)          soft_hinge  9,248            9,248 (295,936)
-...
-total: 3 threshold layers, 14,368 elements/sample = 1.8 KB at their bit widths (56.1 KB as float32)
-left in float: 1 activation: head.act (torch.nn.modules.activation.GELU)
+>>> import torch
+>>> from torch import nn
+>>> import lightning_ftprop as ftp
+>>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 16), nn.ReLU())
+>>> ftp.convert(net, "sign", "sste")
+[...]
+>>> print(summary(net, torch.zeros(1, 1, 8, 8)))
+name  activation  levels (bits)  rule  elements/sample  inference bits/sample (as float32)
+1     sign        2 (1)          sste  256              256 (8,192)
+4     sign        2 (1)          sste  16               16 (512)
+total: 2 threshold layers, 272 elements/sample = 0.0 KB at their bit widths (1.1 KB as float32)
 """
 
 from __future__ import annotations
@@ -23,6 +28,17 @@ __all__ = ["LayerSummary", "ModelSummary", "summary"]
 
 @dataclass
 class LayerSummary:
+    """One threshold layer in a :class:`ModelSummary`: its name, unit, rule and activation size.
+
+    ``levels`` is the number of output values of the unit (sign: 2) and ``bits`` the bits one output
+    needs (``ceil(log2(levels))``); ``elements`` counts the unit's outputs per sample.
+
+    Example:
+        >>> layer = LayerSummary("act1", "qrelu", levels=4, bits=2, rule="sste", elements=1000)
+        >>> layer.inference_bits, layer.float32_bits
+        (2000, 32000)
+    """
+
     name: str
     activation: str
     levels: int
@@ -43,12 +59,22 @@ class LayerSummary:
 
 @dataclass
 class ModelSummary:
+    """What :func:`summary` returns: the threshold layers in call order; ``str()`` is the table.
+
+    Example:
+        >>> layers = [LayerSummary("act1", "sign", 2, 1, "sste", 4096), LayerSummary("act2", "sign", 2, 1, "sste", 512)]
+        >>> result = ModelSummary(layers)
+        >>> result.total_elements, result.total_bits // 8  # bytes per sample at one bit each
+        (4608, 576)
+    """
+
     layers: List[LayerSummary]
     #: ``(name, class path or function)`` of every activation still in float (excluded or unmatched).
     left_in_float: List[Tuple[str, str]] = field(default_factory=list)
 
     @property
     def total_elements(self) -> int:
+        """Threshold activations per sample, over all layers."""
         return sum(layer.elements for layer in self.layers)
 
     @property
@@ -99,6 +125,19 @@ def summary(model: nn.Module, example_input: Any) -> ModelSummary:
     A unit called several times (a shared ``relu``) counts the elements of every call. Activations
     still in float (excluded, or matched by nothing) are listed in ``left_in_float``.
     ``example_input`` may be a tensor or a tuple of positional arguments; dim 0 is the batch.
+
+    Raises:
+        ValueError: ``model`` has no threshold units (convert it first).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_ftprop import convert
+        >>> net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+        >>> names = convert(net, "qrelu", thresholds=3)
+        >>> layer = summary(net, torch.zeros(5, 8)).layers[0]
+        >>> layer.name, layer.activation, layer.levels, layer.bits, layer.elements
+        ('1', 'qrelu', 4, 2, 32)
     """
     units = threshold_units(model)
     if not units:

@@ -35,7 +35,15 @@ __all__ = ["ArrayImageDataset", "DownloadError", "ImageDataModule", "download_ar
 
 
 class DownloadError(ConnectionError):
-    """A data module needed a download and could not get it; the one-line message says what to do instead."""
+    """A data module needed a download and could not get it; the one-line message says what to do instead.
+
+    Example:
+        >>> try:
+        ...     raise DownloadError("CIFAR-10 needs cifar-10-batches-py/ in ./data; copy it there")
+        ... except DownloadError as err:
+        ...     print(err)
+        CIFAR-10 needs cifar-10-batches-py/ in ./data; copy it there
+    """
 
 
 def download_archive(url: str, folder: str, md5: Optional[str], dataset: str, expected: str, extract: bool) -> None:
@@ -45,6 +53,15 @@ def download_archive(url: str, folder: str, md5: Optional[str], dataset: str, ex
         DownloadError: the fetch failed (no network, host unreachable, time-out); the message names
             ``url``, where ``expected`` must go, and how to fetch it elsewhere. No urllib traceback
             is attached (``from None``).
+
+    Example:
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> try:  # nothing listens on this port: the error says what to do instead
+        ...     download_archive("http://127.0.0.1:9/x.tar.gz", folder, None, "X", "x/", extract=True)
+        ... except DownloadError as err:
+        ...     print("X" in str(err) and "127.0.0.1:9" in str(err))
+        True
     """
     from torchvision.datasets.utils import download_and_extract_archive, download_url
 
@@ -74,6 +91,14 @@ class ArrayImageDataset(Dataset):
         labels: integer tensor ``(N,)``.
         mean, std: per-channel normalisation of pixel / 255.
         augment: optional transform applied to the ``uint8`` image before normalisation.
+
+    Example:
+        >>> import torch
+        >>> images = torch.full((2, 1, 2, 2), 255, dtype=torch.uint8)
+        >>> data = ArrayImageDataset(images, torch.tensor([3, 7]), mean=(0.5,), std=(0.5,))
+        >>> x, label = data[1]
+        >>> x.shape, x.max().item(), label
+        (torch.Size([1, 2, 2]), 1.0, 7)
     """
 
     def __init__(
@@ -108,7 +133,12 @@ class ArrayImageDataset(Dataset):
 
 
 def last_fraction_split(n: int, fraction: float) -> Tuple[List[int], List[int]]:
-    """Indices ``(first 1-fraction, last fraction)`` of ``range(n)``, in order (no shuffling)."""
+    """Indices ``(first 1-fraction, last fraction)`` of ``range(n)``, in order (no shuffling).
+
+    Example:
+        >>> last_fraction_split(10, 0.2)
+        ([0, 1, 2, 3, 4, 5, 6, 7], [8, 9])
+    """
     n_val = int(n * fraction)
     return list(range(n - n_val)), list(range(n - n_val, n))
 
@@ -124,6 +154,18 @@ class ImageDataModule(LightningDataModule):
         global_batch_size: if set, the batch summed over devices, nodes and accumulation steps;
             ``batch_size`` is then derived from it at ``setup``.
         pin_memory: pin host memory; ``None`` pins when CUDA is available.
+
+    Example:
+        >>> import torch
+        >>> class Tiny(ImageDataModule):
+        ...     def build_datasets(self):
+        ...         images, labels = torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10) % 2
+        ...         data = ArrayImageDataset(images, labels, mean=(0.0,), std=(1.0,))
+        ...         return data, data, data  # train (augmented), train (plain), test
+        >>> dm = Tiny(batch_size=4, val_split=0.2)
+        >>> dm.setup("fit")
+        >>> len(dm.train_dataloader().dataset), len(dm.val_dataloader().dataset)
+        (8, 2)
     """
 
     def __init__(

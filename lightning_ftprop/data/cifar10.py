@@ -2,7 +2,7 @@
 
 The files are the "python version" batches (``cifar-10-batches-py/data_batch_1..5``, ``test_batch``;
 pickled dicts with ``data``, an ``(N, 3072)`` uint8 array in CHW order, and ``labels``). With
-``download=True`` and the batches missing, :meth:`prepare_data` fetches and unpacks the archive
+``download=True`` and the batches missing, :meth:`CIFAR10DataModule.prepare_data` fetches and unpacks the archive
 (``url``, md5-checked); without a network that is a :class:`~lightning_ftprop.data.base.DownloadError`
 saying where to put the files. Reading is done here, so any copy of the batches works.
 """
@@ -22,6 +22,7 @@ from lightning_ftprop.data.base import ArrayImageDataset, ImageDataModule, downl
 
 __all__ = ["CIFAR10DataModule", "read_cifar10", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_URL"]
 
+#: Per-channel mean and standard deviation of the CIFAR-10 training images (pixel/255).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -61,6 +62,17 @@ def read_cifar10(data_dir: str, train: bool) -> Tuple[torch.Tensor, torch.Tensor
     Raises:
         FileNotFoundError: naming the folder and the missing batch files.
         ValueError: if a batch file is not a CIFAR-10 python batch.
+
+    Example:
+        >>> import numpy as np, os, pickle, tempfile
+        >>> folder = os.path.join(tempfile.mkdtemp(), "cifar-10-batches-py")
+        >>> os.makedirs(folder)
+        >>> batch = {"data": np.zeros((2, 3072), dtype=np.uint8), "labels": [6, 9]}
+        >>> with open(os.path.join(folder, "test_batch"), "wb") as handle:
+        ...     pickle.dump(batch, handle)
+        >>> images, labels = read_cifar10(os.path.dirname(folder), train=False)
+        >>> images.shape, labels.tolist()
+        (torch.Size([2, 3, 32, 32]), [6, 9])
     """
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(
@@ -89,6 +101,15 @@ class CIFAR10DataModule(ImageDataModule):
         url: where ``download`` fetches ``cifar-10-python.tar.gz`` from (a mirror, for example).
         **kwargs: ``batch_size``, ``num_workers``, ``val_split``, ``global_batch_size``,
             ``pin_memory``; see :class:`~lightning_ftprop.data.base.ImageDataModule`.
+
+    Example:
+        >>> import tempfile
+        >>> dm = CIFAR10DataModule(data_dir=tempfile.mkdtemp(), batch_size=128, val_split=0.1)
+        >>> try:  # without the batches (and without download=True) setup says where to put them
+        ...     dm.setup("fit")
+        ... except FileNotFoundError as err:
+        ...     print("cifar-10-batches-py" in str(err))
+        True
     """
 
     num_classes = 10
@@ -109,6 +130,7 @@ class CIFAR10DataModule(ImageDataModule):
         self.url = url
 
     def prepare_data(self) -> None:
+        """With ``download=True`` and a batch file missing, fetch the archive and unpack it into ``data_dir``."""
         folder = os.path.join(self.data_dir, CIFAR10_FOLDER)
         if not self.download or all(os.path.isfile(os.path.join(folder, n)) for n in TRAIN_BATCHES + TEST_BATCHES):
             return

@@ -36,8 +36,10 @@ __all__ = [
     "FASHION_MNIST_URL",
 ]
 
+#: Mean and standard deviation of the Fashion-MNIST training images (pixel/255).
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
+#: The ten class names, in label order.
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -51,6 +53,7 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+#: The class-balanced subset shipped with the package (12,000 training and 2,000 test images).
 EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_subset.npz")
 _FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -82,6 +85,16 @@ def read_fashion_mnist(data_dir: str, train: bool) -> Tuple[np.ndarray, np.ndarr
     Raises:
         FileNotFoundError: naming ``data_dir`` and the expected file names.
         ValueError: if a file is not a valid IDX file or images and labels disagree.
+
+    Example:
+        >>> import numpy as np, os, tempfile
+        >>> from lightning_ftprop.data.idx import write_idx
+        >>> folder = tempfile.mkdtemp()
+        >>> write_idx(os.path.join(folder, "t10k-images-idx3-ubyte.gz"), np.zeros((3, 28, 28), dtype=np.uint8))
+        >>> write_idx(os.path.join(folder, "t10k-labels-idx1-ubyte.gz"), np.array([0, 9, 5], dtype=np.uint8))
+        >>> images, labels = read_fashion_mnist(folder, train=False)
+        >>> images.shape, labels.tolist()
+        ((3, 28, 28), [0, 9, 5])
     """
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(
@@ -109,7 +122,15 @@ def read_fashion_mnist(data_dir: str, train: bool) -> Tuple[np.ndarray, np.ndarr
 
 def load_embedded_fashion_mnist(path: str = EMBEDDED_PATH) -> Dict[str, np.ndarray]:
     """The embedded subset: a dict with uint8 ``train_images (N, 28, 28)``, ``train_labels``,
-    ``test_images`` and ``test_labels``."""
+    ``test_images`` and ``test_labels``.
+
+    Example:
+        >>> data = load_embedded_fashion_mnist()
+        >>> data["train_images"].shape, data["test_images"].shape
+        ((12000, 28, 28), (2000, 28, 28))
+        >>> FASHION_MNIST_CLASSES[data["train_labels"][0]] in FASHION_MNIST_CLASSES
+        True
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"embedded Fashion-MNIST subset not found at {path!r}; rebuild it with scripts/build_embedded_dataset.py"
@@ -140,6 +161,15 @@ class FashionMNISTDataModule(ImageDataModule):
         url: the folder URL ``download`` fetches ``<file>.gz`` from (a mirror, for example).
         **kwargs: ``batch_size``, ``num_workers``, ``val_split``, ``global_batch_size``,
             ``pin_memory``; see :class:`~lightning_ftprop.data.base.ImageDataModule`.
+
+    Example:
+        >>> import os, tempfile
+        >>> dm = FashionMNISTDataModule(data_dir=tempfile.mkdtemp(), batch_size=128)
+        >>> try:  # without the IDX files (and without download=True) setup says what is missing
+        ...     dm.setup("fit")
+        ... except FileNotFoundError as err:
+        ...     print("train-images-idx3-ubyte" in str(err))
+        True
     """
 
     num_classes = 10
@@ -178,6 +208,13 @@ class EmbeddedFashionMNISTDataModule(ImageDataModule):
         path: the ``.npz`` file; the packaged subset by default.
         **kwargs: ``batch_size``, ``num_workers``, ``val_split``, ``global_batch_size``,
             ``pin_memory``; see :class:`~lightning_ftprop.data.base.ImageDataModule`.
+
+    Example:
+        >>> dm = EmbeddedFashionMNISTDataModule(batch_size=64)
+        >>> dm.setup("fit")
+        >>> images, labels = next(iter(dm.train_dataloader()))
+        >>> images.shape, labels.shape
+        (torch.Size([64, 1, 28, 28]), torch.Size([64]))
     """
 
     num_classes = 10

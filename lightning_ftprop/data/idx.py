@@ -42,6 +42,13 @@ def read_idx(path: PathLike) -> np.ndarray:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: if the file is not an IDX file, or its size does not match its header; the
             message names the path.
+
+    Example:
+        >>> import numpy as np, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte.gz")
+        >>> write_idx(path, np.array([3, 1, 4], dtype=np.uint8))
+        >>> read_idx(path)
+        array([3, 1, 4], dtype=uint8)
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"IDX file not found: {os.fspath(path)!r}")
@@ -67,7 +74,15 @@ def read_idx(path: PathLike) -> np.ndarray:
 
 
 def write_idx(path: PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as an IDX file (gzip-compressed when ``path`` ends in ``.gz``)."""
+    """Write ``array`` as an IDX file (gzip-compressed when ``path`` ends in ``.gz``).
+
+    Example:
+        >>> import numpy as np, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "images-idx3-ubyte")
+        >>> write_idx(path, np.zeros((2, 28, 28), dtype=np.uint8))
+        >>> os.path.getsize(path)  # a 16-byte header (magic and three sizes), then the bytes
+        1584
+    """
     array = np.asarray(array)
     big = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
     if big not in _CODES:

@@ -27,6 +27,7 @@ from lightning_ftprop.data.base import ImageDataModule, last_fraction_split
 
 __all__ = ["ImageNetDataModule", "check_image_folder", "IMAGENET_MEAN", "IMAGENET_STD"]
 
+#: Per-channel mean and standard deviation of the ImageNet training images (pixel/255).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,6 +39,15 @@ def check_image_folder(data_dir: str, splits: Tuple[str, ...] = ("train", "val")
         FileNotFoundError: ``data_dir`` or a split folder is missing (the message names the path).
         ValueError: ``data_dir`` is empty, a split has no class folders, or the splits disagree on
             the classes.
+
+    Example:
+        >>> import os, tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> for split in ("train", "val"):
+        ...     for name in ("n01443537", "n01440764"):
+        ...         os.makedirs(os.path.join(root, split, name))
+        >>> check_image_folder(root)
+        ['n01440764', 'n01443537']
     """
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(
@@ -95,6 +105,19 @@ class ImageNetDataModule(ImageDataModule):
             on ``val/``.
         global_batch_size: if set, the batch over all devices, nodes and accumulation steps.
         pin_memory: pin host memory; ``None`` pins when CUDA is available.
+
+    Example:
+        >>> import os, tempfile
+        >>> from PIL import Image
+        >>> root = tempfile.mkdtemp()
+        >>> for split in ("train", "val"):
+        ...     for name in ("n01440764", "n01443537"):
+        ...         os.makedirs(os.path.join(root, split, name))
+        ...         Image.new("RGB", (40, 30)).save(os.path.join(root, split, name, "0.jpeg"))
+        >>> dm = ImageNetDataModule(root, batch_size=2, num_workers=0, image_size=24, resize=32)
+        >>> dm.setup("fit")
+        >>> next(iter(dm.train_dataloader()))[0].shape
+        torch.Size([2, 3, 24, 24])
     """
 
     num_classes = 1000

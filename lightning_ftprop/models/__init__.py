@@ -27,6 +27,7 @@ from lightning_ftprop.models.alexnet import alexnet_dorefa
 from lightning_ftprop.models.convnets import convnet4, convnet8
 from lightning_ftprop.models.resnet import resnet18
 
+#: Network name -> its builder; :func:`get_model` looks names up here.
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "convnet4": convnet4,
     "convnet8": convnet8,
@@ -36,7 +37,16 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
-    """Build a network from :data:`MODELS` by name."""
+    """Build a network from :data:`MODELS` by name.
+
+    Example:
+        >>> import torch
+        >>> sorted(MODELS)
+        ['alexnet_dorefa', 'convnet4', 'convnet8', 'resnet18']
+        >>> net = get_model("convnet4", activation="sign", rule="sste", in_channels=1)
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(MODELS)}")
     return MODELS[name](**kwargs)

@@ -79,6 +79,12 @@ def unit_spec(
 
     ``rule``, ``weighted`` and ``unit_kwargs`` (qrelu's ``thresholds``, ``mode``; ``saved``) matter only for
     threshold units; a float baseline ignores them.
+
+    Example:
+        >>> unit_spec("qrelu", "sste", thresholds=5)["unit_kwargs"]
+        {'thresholds': 5}
+        >>> unit_spec("relu") is None  # a float baseline swaps nothing
+        True
     """
     check_network_activation(activation)
     if activation in FLOAT_ACTIVATION_NAMES:
@@ -87,7 +93,16 @@ def unit_spec(
 
 
 def to_threshold(net: nn.Module, activation: str, rule: Union[str, Rule], **unit_kwargs: Any) -> nn.Module:
-    """Swap the float ``net``'s activations for ``activation`` units (nothing for a float baseline); returns ``net``."""
+    """Swap the float ``net``'s activations for ``activation`` units (nothing for a float baseline); returns ``net``.
+
+    Example:
+        >>> from torch import nn
+        >>> to_threshold(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), "sign", "sste")
+        Sequential(
+          (0): Linear(in_features=4, out_features=4, bias=True)
+          (1): Sign(rule='sste', weighted=True)
+        )
+    """
     spec = unit_spec(activation, rule, **unit_kwargs)
     if spec is not None:
         apply_spec(net, spec)
@@ -100,6 +115,18 @@ def paper_network(build_float: Callable[..., nn.Module]) -> Callable[..., nn.Mod
     ``build_float`` calls ``act()`` for every hidden activation. The network is built with
     :func:`make_float_activation`, then :func:`to_threshold` swaps in the units; keyword arguments that
     ``build_float`` does not take (``thresholds``, ``mode``, ``weighted``, ``saved``) go to the units.
+
+    Example:
+        >>> from torch import nn
+        >>> @paper_network
+        ... def tiny(act, width=8):
+        ...     return nn.Sequential(nn.Linear(4, width), act(), nn.Linear(width, 2))
+        >>> tiny("sign", "sste", width=3)
+        Sequential(
+          (0): Linear(in_features=4, out_features=3, bias=True)
+          (1): Sign(rule='sste', weighted=True)
+          (2): Linear(in_features=3, out_features=2, bias=True)
+        )
     """
     own = [p for p in inspect.signature(build_float).parameters.values() if p.name != "act"]
     shape_names = {p.name for p in own}

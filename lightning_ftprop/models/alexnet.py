@@ -28,7 +28,14 @@ def fc_bn(cin: int, cout: int) -> list:
 
 @paper_network
 def alexnet_dorefa(act: Callable[[], nn.Module], num_classes: int = 1000, in_channels: int = 3) -> nn.Sequential:
-    """The DoReFa AlexNet; every hidden activation is ``act()``."""
+    """The DoReFa AlexNet; every hidden activation is ``act()``.
+
+    Example:
+        >>> from lightning_ftprop import threshold_units
+        >>> net = alexnet_dorefa("sign", "sste", num_classes=10)
+        >>> len(threshold_units(net))
+        7
+    """
     return nn.Sequential(
         nn.Conv2d(in_channels, 96, 12, stride=4),
         act(),

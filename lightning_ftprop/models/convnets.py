@@ -44,6 +44,15 @@ def convnet4(
     """The 4-layer convnet (4,259,274 parameters on CIFAR-10).
 
     ``input_size`` is the image side; it defaults to 28 for one channel and 32 otherwise.
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop import threshold_units
+        >>> net = convnet4("sign", "soft_hinge")
+        >>> sum(p.numel() for p in net.parameters()), len(threshold_units(net))
+        (4259274, 3)
+        >>> net(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
     """
     side = ((_default_size(in_channels, input_size) + 2) // 2) // 2  # conv pad 3 grows the map by 2, two 2x2 pools
     return nn.Sequential(
@@ -69,7 +78,15 @@ def conv_bn(cin: int, cout: int, k: int, pad: int) -> list:
 def convnet8(
     act: Callable[[], nn.Module], num_classes: int = 10, in_channels: int = 3, input_size: Optional[int] = None
 ) -> nn.Sequential:
-    """The 8-layer convnet of DoReFa-Net's SVHN experiments, as used by the paper on CIFAR-10."""
+    """The 8-layer convnet of DoReFa-Net's SVHN experiments, as used by the paper on CIFAR-10.
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop import threshold_units
+        >>> net = convnet8("qrelu", "sste", thresholds=3)
+        >>> len(threshold_units(net)), net(torch.zeros(2, 3, 32, 32)).shape
+        (7, torch.Size([2, 10]))
+    """
     last = (_default_size(in_channels, input_size) // 2) // 2 - 4  # two pools, then two unpadded 3x3 convs
     return nn.Sequential(
         nn.Conv2d(in_channels, 48, 5, padding=2),

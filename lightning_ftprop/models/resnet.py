@@ -19,7 +19,15 @@ __all__ = ["resnet18"]
 
 @paper_network
 def resnet18(act: Callable[[], nn.Module], num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
-    """torchvision's ``resnet18`` (random init), with ``act()`` in place of its ReLUs where it differs."""
+    """torchvision's ``resnet18`` (random init), with ``act()`` in place of its ReLUs where it differs.
+
+    Example:
+        >>> import torch
+        >>> from lightning_ftprop import threshold_units
+        >>> net = resnet18("sign", num_classes=10).eval()
+        >>> len(threshold_units(net)), net(torch.zeros(1, 3, 64, 64)).shape  # the stem's unit and one per block
+        (9, torch.Size([1, 10]))
+    """
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
