@@ -47,6 +47,16 @@ def load_checkpoint_model(ckpt_path: str, model_class: Optional[str] = None, all
     Raises:
         ValueError: a missing file, a file that is not a checkpoint, or a checkpoint without what is
             needed to rebuild the model; the message says which.
+
+    Typical use, on a checkpoint that ``lightning-ftprop fit`` or a Trainer wrote::
+
+        model = load_checkpoint_model("lightning_logs/version_0/checkpoints/last.ckpt")
+        logits = model(images)
+
+    >>> load_checkpoint_model("no/such/last.ckpt")
+    Traceback (most recent call last):
+    ...
+    ValueError: checkpoint 'no/such/last.ckpt' does not exist or is not a file
     """
     import torch
 

@@ -94,6 +94,10 @@ def training_step_parts(spec: Mapping[str, Any], **log_options: int) -> List[Cal
     """The per-step callbacks for ``spec``: diagnostics unless both logging options are 0, memory unless ``"exact"``.
 
     ``log_options`` are ``log_every_n_steps`` and ``histogram_every_n_steps`` (defaults: :data:`LOG_DEFAULTS`).
+
+    >>> from lightning_ftprop.spec import make_spec
+    >>> [type(part).__name__ for part in training_step_parts(make_spec(memory="recompute"))]
+    ['FTPropDiagnostics', 'TrainingStepMemory']
     """
     options: Dict[str, int] = {**LOG_DEFAULTS, **log_options}
     parts: List[Callback] = []

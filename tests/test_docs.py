@@ -26,17 +26,7 @@ sys.path.remove(str(REPO / "docs"))
 
 #: Modules whose examples other branches are writing now (issues 16 and 19, API part). Each entry
 #: goes when its branch has landed; until then its names need a docstring but not yet an example.
-EXAMPLES_PENDING = (
-    "lightning_ftprop.memory",
-    "lightning_ftprop.callback",
-    "lightning_ftprop.mixin",
-    "lightning_ftprop.diagnostics",
-    "lightning_ftprop.spec",
-    "lightning_ftprop.convert",
-    "lightning_ftprop.nn",
-    "lightning_ftprop.export",
-    "lightning_ftprop.cli",
-)
+EXAMPLES_PENDING = ("lightning_ftprop.memory",)
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
@@ -134,7 +124,7 @@ def test_package_docstring_names_every_module_that_import_loads():
     import subprocess
 
     probe = "import sys, lightning_ftprop; print(' '.join(sorted(m.split('.')[1] for m in sys.modules "
-    probe += "if m.startswith('lightning_ftprop.'))))"
+    probe += "if m.startswith('lightning_ftprop.') and not m.split('.')[1].startswith('_'))))"  # private helpers aside
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
     import lightning_ftprop
 
