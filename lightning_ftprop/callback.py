@@ -104,7 +104,9 @@ class FTPropCallback(FTPropDiagnostics):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # namespace and single-instance checks
-        if getattr(pl_module, "_ftprop_mixin", False):
+        if (
+            getattr(pl_module, "_ftprop_mixin", False) and pl_module.ftprop_spec is not None
+        ):  # a float mixin model is fine
             raise ValueError(
                 f"{type(pl_module).__name__} uses FTPropMixin, which converts the model itself from "
                 "hparams['ftprop']; remove FTPropCallback from the Trainer (or the mixin from the model)"
