@@ -84,8 +84,11 @@ def _job_args(variant: str, memory: str, logs: Path) -> Tuple[str, List[str]]:
     return "convnet4_fashion_mnist_relu", common + callback
 
 
-def submit(work: Path, variant: str, memory: str, sleep: float = 0.0, extra: List[str] = ()) -> str:
-    """Submit ``train.sbatch`` for the tests' workload from ``work``; returns the job id."""
+def submit(work: Path, variant: str, memory: str, sleep: float = 0.0, slow_after: int = PREEMPT_AFTER - 1) -> str:
+    """Submit ``train.sbatch`` for the tests' workload from ``work``; returns the job id.
+
+    With ``sleep``, every rank sleeps that long after each step from ``slow_after`` on (see slurm_probe.py).
+    """
     work.mkdir(parents=True, exist_ok=True)
     config, args = _job_args(variant, memory, work / "logs")
     env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS and not k.startswith("SLURM_")}
@@ -100,12 +103,12 @@ def submit(work: Path, variant: str, memory: str, sleep: float = 0.0, extra: Lis
         FTPROP=f"{sys.executable} -m lightning_ftprop.cli",
         FTPROP_PROBE_DIR=str(work),
         FTPROP_PROBE_SLEEP=str(sleep),
-        FTPROP_PROBE_SLOW_AFTER=str(PREEMPT_AFTER - 1),
+        FTPROP_PROBE_SLOW_AFTER=str(slow_after),
     )
     resources = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=0"]
     command = ["sbatch", "--parsable", f"--chdir={work}", f"--output={work / 'slurm.out'}", "--time=15"]
     proc = subprocess.run(
-        command + resources + [str(SCRIPT), *args, *extra], env=env, capture_output=True, text=True, timeout=60
+        command + resources + [str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
@@ -243,13 +246,7 @@ def test_preempted_job_requeues_resumes_and_ends_bitwise_equal_to_uninterrupted(
 
 
 def test_dead_rank_fails_the_job_within_a_minute_naming_the_task(cluster, tmp_path):
-    job = submit(tmp_path, "mixin", "packed", sleep=1.0)
-    wait_for(
-        lambda: (tmp_path / "pids").exists() and len((tmp_path / "pids").read_text().split()) == 2,
-        240,
-        "pids",
-        tmp_path,
-    )
+    job = submit(tmp_path, "mixin", "packed", sleep=1.0, slow_after=0)
     wait_for(lambda: any(e == "step" and s >= 2 for e, _, _, s in progress(tmp_path)), 240, "2 steps", tmp_path)
     pids = dict(line.split() for line in (tmp_path / "pids").read_text().splitlines())
     killed = time.monotonic()

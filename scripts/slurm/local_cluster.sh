@@ -8,7 +8,8 @@
 #   scripts/slurm/local_cluster.sh status   # the daemons' pids and `sinfo`
 #
 # The node is this host (`hostname -s`) with all of its CPUs, in one partition `debug`. The plugins need
-# no cgroups (proctrack/linuxproc, task/none), so it also runs in containers. Daemon state, spool, logs
+# no cgroups (proctrack/linuxproc, task/none), so it also runs in containers; the node's CPUs are taken
+# from slurm.conf, not from slurmd's hardware probe (SlurmdParameters=config_overrides). Daemon state, spool, logs
 # and pid files live in $FTPROP_SLURM_DIR (default /tmp/ftprop-slurm); /etc/slurm/slurm.conf is written
 # by this script and refused if someone else wrote it. KillWait is 5 s (SLURM's default is 30 s): the time a
 # requeued job's processes get between SIGTERM and SIGKILL.
@@ -60,6 +61,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
+SlurmdParameters=config_overrides
 KillWait=5
 StateSaveLocation=$STATE_DIR/state
 SlurmdSpoolDir=$STATE_DIR/spool
@@ -67,7 +69,7 @@ SlurmctldPidFile=$STATE_DIR/slurmctld.pid
 SlurmdPidFile=$STATE_DIR/slurmd.pid
 SlurmctldLogFile=$STATE_DIR/slurmctld.log
 SlurmdLogFile=$STATE_DIR/slurmd.log
-NodeName=$HOST CPUs=$(nproc) State=UNKNOWN
+NodeName=$HOST CPUs=$(nproc) Boards=1 SocketsPerBoard=1 CoresPerSocket=$(nproc) ThreadsPerCore=1 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -105,6 +107,9 @@ start() {
     alive "$STATE_DIR/slurmctld.pid" || /usr/sbin/slurmctld -c
     alive "$STATE_DIR/slurmd.pid" || /usr/sbin/slurmd -c
     wait_idle
+    # a one-task-per-CPU job step must run: proves munge, slurmctld and slurmd talk to each other
+    timeout 60 srun --nodes=1 --ntasks="$(nproc)" --time=1 true ||
+        die "a test job step (srun -n $(nproc) true) failed; logs: $STATE_DIR/slurmctld.log, $STATE_DIR/slurmd.log"
     echo "local_cluster.sh: node $HOST idle ($(nproc) CPUs, partition debug); state in $STATE_DIR"
 }
 
