@@ -74,11 +74,11 @@ def test_resume_under_another_memory_mode_ends_bitwise_equal(tmp_path):
     _assert_bitwise_equal(resumed, uninterrupted)
 
 
-def test_cli_resume_with_a_different_spec_on_the_command_line_is_refused(tmp_path):
+def test_cli_resume_with_another_spec_or_memory_on_the_command_line_is_refused(tmp_path):
+    """LightningCLI would quietly replace the command line's model arguments by the checkpoint's."""
     common = [
         "--config",
         "convnet4_fashion_mnist_sign_soft_hinge",
-        "--trainer.max_steps=2",
         "--trainer.limit_val_batches=0",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
@@ -86,7 +86,12 @@ def test_cli_resume_with_a_different_spec_on_the_command_line_is_refused(tmp_pat
         f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
     ]
-    assert main(["fit", *common]) == 0
+    assert main(["fit", *common, "--trainer.max_steps=2"]) == 0
     (last,) = tmp_path.rglob("last.ckpt")
-    with pytest.raises(ValueError, match=r"checkpoint's ftprop spec differs .*rule: 'soft_hinge' != 'sste'"):
-        main(["fit", *common, "--trainer.max_steps=3", "--model.ftprop.rule=sste", f"--ckpt_path={last}"])
+    resume = ["fit", *common, "--trainer.max_steps=3", f"--ckpt_path={last}"]
+    expected = r"checkpoint was trained with another ftprop spec .*\(checkpoint != command line\): "
+    with pytest.raises(ValueError, match=expected + "rule: 'soft_hinge' != 'sste'"):
+        main([*resume, "--model.ftprop.rule=sste"])
+    with pytest.raises(ValueError, match=expected + "memory: 'packed' != 'recompute'"):
+        main([*resume, "--model.ftprop.memory=recompute"])
+    assert main(resume) == 0  # the checkpoint's own settings resume
