@@ -20,6 +20,7 @@ CONF=/etc/slurm/slurm.conf
 MARKER="# written by lightning_ftprop scripts/slurm/local_cluster.sh"
 MUNGE_PID=/run/munge/munged.pid
 HOST=$(hostname -s)
+CPUS=$(getconf _NPROCESSORS_ONLN)  # not nproc, which follows OMP_NUM_THREADS
 
 die() {
     echo "local_cluster.sh: $*" >&2
@@ -44,7 +45,7 @@ write_conf() {
         die "$CONF exists and was not written by this script; move it away first"
     fi
     mkdir -p /etc/slurm "$STATE_DIR/state" "$STATE_DIR/spool"
-    cat >"$CONF" <<EOF
+    cat >"$CONF.new" <<EOF
 $MARKER
 ClusterName=ftprop
 SlurmctldHost=$HOST
@@ -69,9 +70,15 @@ SlurmctldPidFile=$STATE_DIR/slurmctld.pid
 SlurmdPidFile=$STATE_DIR/slurmd.pid
 SlurmctldLogFile=$STATE_DIR/slurmctld.log
 SlurmdLogFile=$STATE_DIR/slurmd.log
-NodeName=$HOST CPUs=$(nproc) Boards=1 SocketsPerBoard=1 CoresPerSocket=$(nproc) ThreadsPerCore=1 State=UNKNOWN
+NodeName=$HOST CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
+    if [[ -f $CONF ]] && cmp -s "$CONF" "$CONF.new"; then
+        rm "$CONF.new"
+        return
+    fi
+    stop_daemons  # running daemons would keep the old configuration
+    mv "$CONF.new" "$CONF"
 }
 
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -92,11 +99,11 @@ start_munge() {
 wait_idle() {
     local state=""
     for _ in $(seq 120); do
-        state=$(sinfo -h -n "$HOST" -o %T 2>/dev/null || true)
-        [[ $state == idle ]] && return
+        state=$(sinfo -h -n "$HOST" -o "%T %c" 2>/dev/null || true)
+        [[ $state == "idle $CPUS" ]] && return
         sleep 0.5
     done
-    die "node $HOST is not idle after 60 s (sinfo says '${state}'); logs: $STATE_DIR/slurmctld.log, $STATE_DIR/slurmd.log"
+    die "node $HOST is not idle with $CPUS CPUs after 60 s (sinfo says '${state}'); logs: $STATE_DIR/slurmctld.log, $STATE_DIR/slurmd.log"
 }
 
 start() {
@@ -108,9 +115,9 @@ start() {
     alive "$STATE_DIR/slurmd.pid" || /usr/sbin/slurmd -c
     wait_idle
     # a one-task-per-CPU job step must run: proves munge, slurmctld and slurmd talk to each other
-    timeout 60 srun --nodes=1 --ntasks="$(nproc)" --time=1 true ||
-        die "a test job step (srun -n $(nproc) true) failed; logs: $STATE_DIR/slurmctld.log, $STATE_DIR/slurmd.log"
-    echo "local_cluster.sh: node $HOST idle ($(nproc) CPUs, partition debug); state in $STATE_DIR"
+    timeout 60 srun --nodes=1 --ntasks="$CPUS" --time=1 true ||
+        die "a test job step (srun -n $CPUS true) failed; logs: $STATE_DIR/slurmctld.log, $STATE_DIR/slurmd.log"
+    echo "local_cluster.sh: node $HOST idle ($CPUS CPUs, partition debug); state in $STATE_DIR"
 }
 
 stop_pid() {  # stop_pid PIDFILE NAME: SIGTERM, wait up to 10 s, then SIGKILL
@@ -128,7 +135,7 @@ stop_pid() {  # stop_pid PIDFILE NAME: SIGTERM, wait up to 10 s, then SIGKILL
     rm -f "$file"
 }
 
-stop() {
+stop_daemons() {
     if alive "$STATE_DIR/slurmctld.pid"; then
         scancel --full --quiet --user=root 2>/dev/null || true
         for _ in $(seq 50); do  # let slurmd end the jobs' processes
@@ -139,6 +146,10 @@ stop() {
     stop_pid "$STATE_DIR/slurmd.pid"
     stop_pid "$STATE_DIR/slurmctld.pid"
     stop_pid "$MUNGE_PID"
+}
+
+stop() {
+    stop_daemons
     echo "local_cluster.sh: stopped"
 }
 
