@@ -114,7 +114,36 @@ def _cli_class():
                 kwargs["callbacks"] = [*listed, bar]
             return super().instantiate_trainer(**kwargs)
 
+        def _parse_ckpt_path(self) -> None:
+            # With --ckpt_path, LightningCLI replaces the model's arguments by the checkpoint's hyper-parameters,
+            # which would drop an ftprop spec (memory included) given on the command line without a word.
+            given = _model_ftprop(self.config)
+            super()._parse_ckpt_path()
+            _check_same_ftprop(given, _model_ftprop(self.config))
+
     return FTPropCLI
+
+
+def _model_ftprop(config) -> Optional[dict]:
+    model = config[config.subcommand].get("model") if config.get("subcommand") else None
+    value = None if model is None else model.get("ftprop")
+    return None if value is None else dict(value)
+
+
+def _check_same_ftprop(given: Optional[dict], saved: Optional[dict]) -> None:
+    """Refuse a command-line ``--model.ftprop`` that differs from the ``--ckpt_path`` checkpoint's (any spec key)."""
+    from lightning_ftprop.spec import SPEC_KEYS, spec_from_dict
+
+    extra = ("log_every_n_steps", "histogram_every_n_steps")
+    a, b = (None if x is None else spec_from_dict(x, extra_keys=extra) for x in (given, saved))
+    differences = [
+        f"{k}: {(b or {}).get(k)!r} != {(a or {}).get(k)!r}" for k in SPEC_KEYS if (a or {}).get(k) != (b or {}).get(k)
+    ]
+    if differences:
+        raise ValueError(
+            "the --ckpt_path checkpoint was trained with another ftprop spec than the command line's "
+            f"(checkpoint != command line): {'; '.join(differences)}. Resume with the checkpoint's settings"
+        )
 
 
 def __getattr__(name: str):  # FTPropCLI is built lazily: importing Lightning takes seconds

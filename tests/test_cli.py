@@ -260,30 +260,30 @@ def test_imagenet_resnet18_config_trains_two_steps_with_ddp_on_two_cpu_processes
     assert saved["trainer"]["strategy"] == "ddp" and str(saved["trainer"]["devices"]) == "2"
 
 
-def test_slurm_template_command_parses_with_matching_devices_and_nodes(capsys):
+def test_slurm_script_command_parses_with_matching_devices_nodes_and_requeue(capsys):
     import shlex
 
-    text = open(os.path.join(ROOT, "scripts", "slurm", "imagenet_resnet18.sbatch")).read()
+    script = os.path.join(ROOT, "scripts", "slurm", "train.sbatch")
+    text = open(script).read()
     sbatch = dict(
         line[len("#SBATCH --") :].split("=", 1)
         for line in text.splitlines()
         if line.startswith("#SBATCH --") and "=" in line
     )
-    command = text[text.index("srun lightning-ftprop") :].replace("\\\n", " ").splitlines()[0]
-    values = {
-        "$CONFIG": "resnet18_imagenet_sign_soft_hinge",
-        "$DATA_DIR": "/datasets/imagenet-256",
-        "$GPUS": sbatch["ntasks-per-node"],
-        "$NODES": sbatch["nodes"],
-        "${SLURM_CPUS_PER_TASK:-8}": "8",
-    }
-    for key, value in values.items():
-        command = command.replace(key, value)
-    args = shlex.split(command)[2:]  # drop "srun lightning-ftprop"
-    config = _print_config(capsys, *args[1:])
+    assert sbatch["signal"] == "USR1@90" and "#SBATCH --requeue" in text
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("CONFIG", "DATA_DIR")}
+    env["FTPROP_PRINT_COMMAND"] = "1"
+    out = subprocess.run(["bash", script], env=env, capture_output=True, text=True, check=True).stdout
+    words = shlex.split(out)
+    assert words[:3] == ["srun", "--kill-on-bad-exit=1", "lightning-ftprop"] and words[3] == "fit"
+    config = _print_config(capsys, *words[4:])
     trainer = config["trainer"]
     assert str(trainer["devices"]) == sbatch["ntasks-per-node"] and trainer["num_nodes"] == int(sbatch["nodes"])
     assert trainer["strategy"] == "ddp" and config["data"]["init_args"]["global_batch_size"] == 256
+    plugins = {p["class_path"]: p.get("init_args") for p in trainer["plugins"]}
+    assert plugins["lightning.pytorch.plugins.environments.SLURMEnvironment"]["auto_requeue"] is True
+    assert "lightning_ftprop.checkpoint_io.AtomicCheckpointIO" in plugins
+    assert "lightning_ftprop.requeue.StepBoundaryRequeue" in [c["class_path"] for c in trainer["callbacks"]]
 
 
 def test_per_device_batch_can_replace_the_global_batch(capsys):

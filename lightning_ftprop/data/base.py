@@ -12,6 +12,12 @@ Batch size: ``batch_size`` is per device. ``global_batch_size``, when set, repla
 ``global_batch_size / (world_size * accumulate_grad_batches)``, read from the attached Trainer at
 ``setup``, so a config can state the paper's batch independently of the number of GPUs and nodes.
 
+Resume in the middle of an epoch: the loaders are torchdata's ``StatefulDataLoader`` (a drop-in
+``DataLoader`` with ``state_dict``/``load_state_dict``). Lightning saves their state in every
+checkpoint and restores it on resume, so a run resumed from a mid-epoch checkpoint (a preempted
+SLURM job, ``ModelCheckpoint(every_n_train_steps=...)``) continues with the next batch of the
+interrupted epoch, in the same order, instead of starting the epoch over (see docs/distributed.md).
+
 Subclasses take their own arguments and pass the ones above on as ``**kwargs``
 (``super().__init__(**kwargs)``), so every data module accepts them by keyword with the same defaults.
 
@@ -29,7 +35,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, RandomSampler, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 __all__ = ["ArrayImageDataset", "DownloadError", "ImageDataModule", "download_archive", "last_fraction_split"]
 
@@ -245,23 +252,32 @@ class ImageDataModule(LightningDataModule):
             self.train_set, self.val_set = train_aug, test
         self.test_set = test
 
-    def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> StatefulDataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders are requested")
-        return DataLoader(
+        sampler = None
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if shuffle and world_size > 1:
+            # Lightning replaces torch's RandomSampler by a DistributedSampler (seeded, reshuffled by epoch,
+            # which the stateful loader can fast-forward). StatefulDataLoader's own shuffling sampler is no
+            # torch RandomSampler, so Lightning would wrap it instead, and the wrapped permutation, drawn
+            # from the global RNG, would change on resume.
+            sampler, shuffle = RandomSampler(dataset), False
+        return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.test_set, shuffle=False)
