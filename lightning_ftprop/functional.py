@@ -110,10 +110,18 @@ def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
 
 Coordinates = List[Tuple[Tensor, float]]  # (u, scale): dz = sum of scale * backward(g, u)
 
-#: Set by :func:`lightning_ftprop.memory.packed` (None otherwise): ``_save_hook(ctx, z, rule, weighted,
-#: saved, steps, mode)`` may keep a compact form itself (a bit-packed 0/1 surrogate, with
-#: ``ctx.compact = True`` and ``ctx.mask_backward(kept, g)`` computing the backward) and returns True.
-_save_hook = None
+
+def _unit_policy():
+    """The unit-state policy of the current thread (:mod:`lightning_ftprop.memory.unit_state`), or None.
+
+    A policy (set by :func:`lightning_ftprop.memory.packed`) may keep a compact state instead of ``z``.
+    Under ``torch.compile`` none applies: the traced units keep ``z``.
+    """
+    if torch.compiler.is_compiling():
+        return None
+    from lightning_ftprop.memory.unit_state import active_policy  # memory imports this module
+
+    return active_policy()
 
 
 def _affine(z: Tensor, a: int, b: Fraction) -> Tensor:
@@ -237,7 +245,8 @@ def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], steps: i
 
 def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0, mode: str = "single") -> None:
     ctx.rule, ctx.weighted, ctx.steps, ctx.mode = rule, weighted, steps, mode
-    if _save_hook is not None and _save_hook(ctx, z, rule, weighted, saved, steps, mode):
+    policy = _unit_policy()
+    if policy is not None and policy(ctx, z, rule, weighted, saved, steps, mode):
         return
     symmetric = weighted and rule.surrogate is not None
     ctx.compact = symmetric and rule.uses_input and saved != "exact"  # keeps S(z), not z
@@ -262,8 +271,8 @@ def _backward(ctx, g: Tensor) -> Tensor:
     if ctx.weighted and ctx.steps and rule.window is not None and not ctx.compact:
         return _window_backward(g, kept, rule.window, ctx.steps, ctx.mode)
     if ctx.compact:
-        if getattr(ctx, "mask_backward", None) is not None:  # set by _save_hook (lightning_ftprop.memory)
-            return ctx.mask_backward(kept, g)
+        if getattr(ctx, "state_backward", None) is not None:  # set by a unit-state policy (memory)
+            return ctx.state_backward(kept, g)
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
     grads = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import warnings
 
 import pytest
@@ -268,7 +269,7 @@ def test_recompute_keeps_only_packed_segment_inputs(monkeypatch):
         sizes.append(t.numel())
         return saved
 
-    monkeypatch.setattr(memory, "pack", spy)
+    monkeypatch.setattr(sys.modules["lightning_ftprop.memory.recompute"], "pack", spy)
     with torch.autograd.graph.saved_tensors_hooks(spy, memory.unpack):
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
