@@ -13,7 +13,8 @@ from lightning_helpers import TinyNet, make_loader, make_trainer, run_ddp_script
 from torch import nn
 
 import lightning_ftprop as ftp
-from lightning_ftprop import functional, memory
+from lightning_ftprop import memory
+from lightning_ftprop.memory import unit_state
 
 TESTS = Path(__file__).resolve().parent
 
@@ -26,7 +27,7 @@ class WatchedNet(TinyNet):
         self.seen = []
 
     def training_step(self, batch, batch_idx):
-        self.seen.append((functional._save_hook is memory._save_mask, "forward" in self.net.__dict__))
+        self.seen.append((unit_state.active_policy() is unit_state.packed_state, "forward" in self.net.__dict__))
         return super().training_step(batch, batch_idx)
 
 
@@ -59,7 +60,7 @@ def test_each_training_step_runs_in_its_memory_mode(fitted):
     assert fitted["exact"][0].seen == [(False, False)] * 4
     assert fitted["packed"][0].seen == [(True, False)] * 4
     assert fitted["recompute"][0].seen == [(True, True)] * 4
-    assert functional._save_hook is None  # nothing leaks out of the training steps
+    assert unit_state.active_policy() is None  # nothing leaks out of the training steps
 
 
 def test_diagnostics_are_the_same_under_recompute(fitted):

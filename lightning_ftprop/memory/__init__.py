@@ -1,0 +1,68 @@
+"""Training memory: keep threshold outputs as bits between the forward and the backward.
+
+A threshold unit's output ``h`` takes one of ``levels`` values (see :mod:`lightning_ftprop.nn`), so
+any tensor that a later layer saves for its backward (a conv's input, a linear's input, a max-pool's
+input) is stored exactly in ``bits = ceil(log2(levels))`` bits per element instead of 32:
+
+    code(h) = 1[h > 0]                  sign, step            h = 2 code - 1  /  h = code
+    code(h) = round(n h)                qrelu, n = steps      h = code / n
+
+Three memory modes, from most to least held memory:
+
+* ``"exact"``: plain autograd; every saved tensor as it is.
+* ``"packed"``: :func:`packed`, a context manager used like ``torch.autograd.graph.save_on_cpu``.
+  Inside it every saved tensor that is a threshold output (or a max-pool, view or transpose of one)
+  is bit-packed, a saved ``bool`` mask is bit-packed, and a saved ``int64`` tensor (max-pool indices)
+  is kept in the smallest integer type that holds its range. The units' own state is compact too:
+  ``ste`` keeps nothing, ``sste`` keeps the 1-bit mask ``1[|u| <= 1]``, other rules keep their
+  ``saved=`` form. Everything is lossless, so the gradients are bitwise identical to ``"exact"``.
+* ``"recompute"``: :func:`recompute` on the model, then training under :func:`packed`. Each segment
+  between threshold units (``conv -> BN -> pool -> unit``) runs under non-reentrant
+  ``torch.utils.checkpoint`` and keeps only its input, packed; the backward recomputes the segment
+  from those bits. ``z`` is recomputed exactly, so every rule, ``soft_hinge`` included, keeps its
+  exact gradient (equal to ``"exact"`` up to float reassociation; in practice bitwise).
+
+The package, one module per part:
+
+* :mod:`~lightning_ftprop.memory.codec`: the bit codec (:func:`pack_bits`, :func:`unpack_bits`);
+* :mod:`~lightning_ftprop.memory.hooks`: the packed saved-tensor hooks (:func:`pack`, :func:`unpack`,
+  :func:`packed`);
+* :mod:`~lightning_ftprop.memory.unit_state`: the unit-state protocol, what a threshold unit keeps for
+  its backward, decided per thread (:func:`recomputing` among it);
+* :mod:`~lightning_ftprop.memory.recompute`: segmenting a model and recomputing it in the backward
+  (:func:`recompute`);
+* :mod:`~lightning_ftprop.memory.modes`: :data:`MEMORY_MODES`, :data:`DEFAULT_MEMORY` and
+  :class:`MemoryMode`.
+
+>>> import torch
+>>> from torch import nn
+>>> import lightning_ftprop as ftp
+>>> from lightning_ftprop import memory
+>>> model = nn.Sequential(nn.Linear(8, 16), ftp.Sign(rule="sste"), nn.Linear(16, 2))
+>>> x = torch.randn(4, 8)
+>>> with memory.packed():
+...     loss = model(x).square().sum()
+>>> loss.backward()                     # bitwise the gradients of plain autograd
+"""
+
+from __future__ import annotations
+
+from lightning_ftprop.memory.codec import pack_bits, unpack_bits
+from lightning_ftprop.memory.hooks import _Packed, pack, packed, unpack  # noqa: F401  (_Packed: tests)
+from lightning_ftprop.memory.modes import DEFAULT_MEMORY, MEMORY_MODES, MemoryMode, check_memory
+from lightning_ftprop.memory.recompute import _SEGMENTS, recompute  # noqa: F401  (_SEGMENTS: tests)
+from lightning_ftprop.memory.unit_state import recomputing
+
+__all__ = [
+    "MEMORY_MODES",
+    "check_memory",
+    "pack_bits",
+    "unpack_bits",
+    "pack",
+    "unpack",
+    "packed",
+    "recompute",
+    "MemoryMode",
+    "DEFAULT_MEMORY",
+    "recomputing",
+]
