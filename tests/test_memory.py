@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-import sys
 import warnings
 
 import pytest
