@@ -127,3 +127,12 @@ def test_recompute_reruns_a_float_in_place_relu_on_a_copy():
     )  # fmt: skip
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(4))
     _assert_recompute_is_exact(model, lambda m: nn.functional.cross_entropy(m(x), torch.tensor([0, 1, 2, 0, 1])))
+
+
+def test_recompute_docstring_examples_run():
+    import doctest
+    import importlib
+
+    module = importlib.import_module("lightning_ftprop.memory.recompute")
+    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert tried and not failures

@@ -97,7 +97,7 @@ _state = _State()
 class _Ref:
     """A saved tensor stored as slot ``index`` of ``record``'s re-run (``kind`` "out" or "saved").
 
-    ``view`` is ``(size, stride, offset)`` when the tensor is a view of that slot.
+    ``view`` is ``(size, stride, offset, base stride)`` when the tensor is a view of that slot.
     """
 
     __slots__ = ("record", "kind", "index", "view", "__weakref__")
@@ -116,7 +116,9 @@ class _Ref:
         outputs, saved = self.record.rerun()
         t = outputs[self.index] if self.kind == "out" else saved[self.index]
         if self.view is not None:
-            size, stride, offset = self.view
+            size, stride, offset, base_stride = self.view
+            if t.stride() != base_stride:  # lay the re-run output out as the forward's was
+                t = torch.empty_strided(t.shape, base_stride, dtype=t.dtype, device=t.device).copy_(t)
             t = t.as_strided(size, stride, t.storage_offset() + offset)
         return t
 
@@ -141,7 +143,8 @@ def _reference(x: Tensor) -> Optional[_Ref]:
     hit = _state.outputs.get(base)
     if hit is None or hit[2] != base._version:
         return None
-    return _Ref(hit[0], "out", hit[1], (x.size(), x.stride(), x.storage_offset() - base.storage_offset()))
+    view = (x.size(), x.stride(), x.storage_offset() - base.storage_offset(), base.stride())
+    return _Ref(hit[0], "out", hit[1], view)
 
 
 def _store(x: Tensor):
@@ -159,7 +162,7 @@ def _store(x: Tensor):
 class _Record:
     """A leaf module call that can be run again: module, stored inputs, RNG and unit state."""
 
-    __slots__ = ("module", "spec", "leaves", "grads", "rng", "policy", "clone", "saved", "pending", "cache")
+    __slots__ = ("module", "spec", "leaves", "grads", "rng", "policy", "clone", "saved", "wanted", "pending", "cache")
 
     def __init__(self, module: nn.Module, spec, leaves: List[Any], grads: List[bool]):
         self.module, self.spec, self.leaves, self.grads = module, spec, leaves, grads
@@ -167,6 +170,7 @@ class _Record:
         self.policy = unit_state.active_policy()
         self.clone = False  # the call changed an input in place: re-run on a copy
         self.saved = 0  # how many tensors the call saved
+        self.wanted: set = set()  # which of them are stored as references to this re-run
         self.pending = 0  # live references to this call's re-run
         self.cache = None
 
@@ -210,7 +214,7 @@ class _Record:
                 "between the two (turn recompute off for this model)"
             )
         outputs = [t.detach() for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
-        return outputs, [t.detach() for t in saved]
+        return outputs, [t.detach() if i in self.wanted else None for i, t in enumerate(saved)]
 
 
 def _call(module: nn.Module, args, kwargs):
@@ -253,6 +257,7 @@ class _Saver:
             return x
         if x.dtype in (torch.bool, torch.uint8):
             return pack(x)
+        record.wanted.add(record.saved - 1)
         return _Ref(record, "saved", record.saved - 1)
 
 
