@@ -16,9 +16,7 @@ import lightning_ftprop as ftp
 from lightning_ftprop import memory
 from lightning_ftprop.models import get_model
 
-RECOMPUTE = importlib.import_module(
-    "lightning_ftprop.memory.recompute"
-)  # the module (memory.recompute is the function)
+CALLS = importlib.import_module("lightning_ftprop.memory.calls")
 
 UNITS = {  # label -> (activation, unit kwargs)
     "sign": ("sign", {}),
@@ -281,8 +279,8 @@ def test_recompute_keeps_only_bits_references_and_the_image(monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(RECOMPUTE, "_store", spy(RECOMPUTE._store))
-    monkeypatch.setattr(RECOMPUTE._Saver, "__call__", spy(RECOMPUTE._Saver.__call__))
+    monkeypatch.setattr(CALLS, "store", spy(CALLS.store))
+    monkeypatch.setattr(CALLS._Saver, "__call__", spy(CALLS._Saver.__call__))
     logits = model(x)
     floats = [t for t in kept if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > logits.numel()]
     params = {id(p) for p in model.parameters()}
