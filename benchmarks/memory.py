@@ -17,8 +17,11 @@ Three measurements, side by side in one run:
    ``memory="recompute"``; the test accuracies must agree to the last digit.
 
 ``resnet18+stem`` is resnet18 with its stem (conv1, bn1, relu, maxpool) regrouped as one
-``nn.Sequential`` so that :func:`~lightning_ftprop.memory.recompute` can segment it too (torchvision's
-``ResNet.forward`` calls the stem modules itself): how low held memory goes when every unit is covered.
+``nn.Sequential``: the layout the first ``recompute`` (which segmented only ``nn.Sequential``) needed to
+cover the stem. :func:`~lightning_ftprop.memory.recompute` now works from the module calls, so plain
+``resnet18`` (torchvision's, unmodified) should hold the same; the row stays for comparison.
+``timm_resnet18``, ``bert`` and ``gpt2`` (:func:`third_party`) are models as their authors wrote them,
+converted by ``convert`` and nothing else; their float twin keeps the authors' ReLU/GELU.
 
     MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/memory.py            # everything (about 10 min, 1 core)
     python benchmarks/memory.py --nets convnet4 --skip-time --skip-budget
