@@ -16,7 +16,8 @@ one) as
   uint8 tensors as :func:`~lightning_ftprop.memory.hooks.pack` keeps them).
 
 In the backward, the first use of a reference runs the call again (:meth:`_Record.rerun`): the
-module's own ``forward`` under ``enable_grad``, with the stored inputs (rebuilt the same way,
+module's own ``forward`` (under ``enable_grad`` when saved tensors of the call are asked for, else
+under ``no_grad``: the same kernels, no graph), with the stored inputs (rebuilt the same way,
 recursively), the forward's RNG state and the forward's unit-state policy
 (:mod:`~lightning_ftprop.memory.unit_state`), inside :func:`rerunning` (BatchNorm running statistics
 restored afterwards, :func:`~lightning_ftprop.memory.unit_state.recomputing` True). Its output and the
@@ -181,10 +182,13 @@ class _Record:
                 for device, state in zip(self.rng[1], self.rng[2]):
                     torch.cuda.set_rng_state(state, device)
             stack.enter_context(unit_state.use_policy(self.policy))
-            stack.enter_context(torch.enable_grad())
-            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t))
+            if self.wanted:  # its saved tensors are asked for: run it as the forward did, and collect them
+                stack.enter_context(torch.enable_grad())
+                stack.enter_context(torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t))
+            else:  # only its output: no graph to build
+                stack.enter_context(torch.no_grad())
             out = own_forward(self.module, args, kwargs)
-        if len(saved) != self.saved:
+        if self.wanted and len(saved) != self.saved:
             raise RuntimeError(
                 f"recompute(): {type(self.module).__name__} saved {len(saved)} tensors when run again in the "
                 f"backward but {self.saved} in the forward; its forward must not depend on state that changes "
