@@ -244,42 +244,50 @@ def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], steps: i
 
 
 def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0, mode: str = "single") -> None:
+    """Keep what the backward needs; ``ctx.kept`` says what and why (``(what, why)``, read by summary)."""
     ctx.rule, ctx.weighted, ctx.steps, ctx.mode = rule, weighted, steps, mode
+    ctx.state_backward = None
     policy = _unit_policy()
     if policy is not None and policy(ctx, z, rule, weighted, saved, steps, mode):
         return
     symmetric = weighted and rule.surrogate is not None
     ctx.compact = symmetric and rule.uses_input and saved != "exact"  # keeps S(z), not z
     if symmetric and not rule.uses_input:
+        ctx.kept = ("nothing", f"{rule.name}'s surrogate is constant")
         ctx.save_for_backward()
     elif ctx.compact:
+        ctx.kept = (f"S(z) as {saved}", f"saved={saved!r}")
         s = sum(scale * rule.surrogate(u) for u, scale in _coordinates(z, steps, mode, rule.edges))
         if saved == "bf16":
             ctx.save_for_backward(s.to(torch.bfloat16))
         else:
             ctx.save_for_backward(s.clamp(0, 1).mul_(255).round_().to(torch.uint8))
     else:
+        why = getattr(ctx, "kept_why", None) or f"{rule.name}'s backward reads z"
+        ctx.kept = (f"z ({str(z.dtype).removeprefix('torch.')})", why)
         ctx.save_for_backward(z)
+
+
+def _backward_from_z(g: Tensor, z: Tensor, rule: Rule, weighted: bool, steps: int, mode: str) -> Tensor:
+    """The unit's backward from its pre-activation ``z`` (what ``saved="exact"`` keeps)."""
+    if weighted and steps and rule.window is not None:
+        return _window_backward(g, z, rule.window, steps, mode)
+    grads = [scale * target_prop_grad(g, u, rule, weighted) for u, scale in _coordinates(z, steps, mode, rule.edges)]
+    return grads[0] if len(grads) == 1 else sum(grads)
 
 
 def _backward(ctx, g: Tensor) -> Tensor:
     rule = ctx.rule
     saved = ctx.saved_tensors  # read once: torch.utils.checkpoint allows a single unpack
+    if ctx.state_backward is not None:  # set by a unit-state policy (lightning_ftprop.memory.unit_state)
+        return ctx.state_backward(saved, g)
     if not saved:  # a constant surrogate (ste)
         return rule.fused(g, g) if rule.fused is not None else g * rule.surrogate(g)
     (kept,) = saved
-    if ctx.weighted and ctx.steps and rule.window is not None and not ctx.compact:
-        return _window_backward(g, kept, rule.window, ctx.steps, ctx.mode)
     if ctx.compact:
-        if getattr(ctx, "state_backward", None) is not None:  # set by a unit-state policy (memory)
-            return ctx.state_backward(kept, g)
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
-    grads = [
-        scale * target_prop_grad(g, u, rule, ctx.weighted)
-        for u, scale in _coordinates(kept, ctx.steps, ctx.mode, rule.edges)
-    ]
-    return grads[0] if len(grads) == 1 else sum(grads)
+    return _backward_from_z(g, kept, rule, ctx.weighted, ctx.steps, ctx.mode)
 
 
 # --- autograd Functions ----------------------------------------------------------------------------

@@ -159,20 +159,27 @@ def test_packed_gradients_are_bitwise_identical(arch, unit, rule):
         assert torch.equal(packed_state[name], exact_state[name]), name
 
 
-def test_packed_keeps_bits_not_floats_for_the_saved_threshold_outputs():
-    """What packed() stores: every saved threshold output and sste mask as bits."""
+def test_packed_keeps_bits_not_floats_for_the_saved_threshold_outputs(monkeypatch):
+    """What packed() stores: every saved threshold output as bits; the units keep nothing or a 1-bit mask."""
     model = _net("convnet4", "sign", "sste")
     x, y = _batch("convnet4")
-    kinds = []
+    kinds, kept = [], []
+    real_pack = memory.hooks.pack
 
     def spy(t):
-        saved = memory.pack(t)
+        saved = real_pack(t)
         kinds.append(saved.kind if isinstance(saved, memory._Packed) else str(t.dtype))
         return saved
 
-    with memory.packed(), torch.autograd.graph.saved_tensors_hooks(spy, memory.unpack):
+    monkeypatch.setattr(memory.hooks, "pack", spy)  # packed() installs hooks.pack as it finds it
+    for unit in model.modules():
+        if isinstance(unit, ftp.ThresholdUnit):
+            unit.register_forward_hook(lambda m, i, out: kept.append(out.grad_fn.kept[0]))
+    with memory.packed():
         nn.functional.cross_entropy(model(x), y).backward()
-    assert kinds.count("torch.uint8") == 3  # the three sste masks, already packed by the units
+    # conv -> pool -> unit twice: z is rebuilt from the pool's input; linear -> unit: sste's 1-bit mask
+    assert kept == ["nothing", "nothing", "1-bit mask"]
+    assert kinds.count("torch.uint8") == 1  # the mask, already packed by the unit
     assert kinds.count("unit") == 3  # the inputs of conv2, fc1 and fc2
     assert "torch.float32" in kinds  # the conv outputs that max-pool keeps
 

@@ -1,8 +1,11 @@
 """The bit codec: integer codes in ``[0, 2**bits)`` to bit planes of uint8 and back.
 
-Eight 0/1 values ``b_0..b_7`` become one byte ``sum_k b_k 2^k``, computed as a matrix-vector product
-with ``(1, 2, ..., 128)``: the sums are integers below 256, exact in every float type. Unpacking looks
-each byte up in a 256 x 8 table. Both are single vectorised passes (and plain torch ops under compile).
+Eight 0/1 values ``b_0..b_7`` become one byte ``sum_k b_k 2^k`` (little-endian bit order, numpy's
+``packbits(..., bitorder="little")``). On the CPU, in eager mode, numpy's ``packbits`` writes the bytes
+in one pass at memory bandwidth, from a 1-byte-per-element comparison (no float temporary); on other
+devices and under ``torch.compile`` the same bytes come from plain torch ops (eight 0/1 bytes viewed as
+one int64 word, folded with three shift-ors). Unpacking looks each byte up in a 256 x 8 table, so the
+output is written once.
 
 >>> import torch
 >>> from lightning_ftprop.memory import pack_bits, unpack_bits
@@ -16,21 +19,15 @@ True
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["pack_bits", "unpack_bits"]
+__all__ = ["pack_bits", "unpack_bits", "pack_bools", "pack_positive", "lookup"]
 
 _TABLES: dict = {}
-
-
-def _weights(dtype: torch.dtype, device: torch.device) -> Tensor:
-    key = ("w", dtype, device)
-    if key not in _TABLES:
-        _TABLES[key] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=dtype, device=device)
-    return _TABLES[key]
 
 
 def _table(values: Tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -42,22 +39,43 @@ def _table(values: Tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     return _TABLES[key]
 
 
-def _bytes(flat: Tensor, low: float, nan_check: bool = False) -> Optional[Tensor]:
-    """Pack a flat tensor whose values are ``low`` or ``low + 1`` (``low`` is 0 or -1), 8 per byte.
+def _numpy_path(x: Tensor) -> bool:
+    """numpy's packbits runs at memory bandwidth on the CPU; torch ops elsewhere and under compile."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling() and not x.requires_grad
 
-    With ``nan_check``, None when ``flat`` holds a NaN (which no byte can store).
+
+def pack_bools(flat: Tensor) -> Tensor:
+    """Bit ``i % 8`` of byte ``i // 8`` is ``flat[i]`` (a flat bool tensor): ``ceil(N / 8)`` bytes, written once.
+
+    >>> import torch
+    >>> pack_bools(torch.tensor([True, False, True, True, False, False, False, False, True]))
+    tensor([13,  1], dtype=torch.uint8)
     """
+    if _numpy_path(flat):
+        return torch.from_numpy(np.packbits(flat.numpy(), bitorder="little"))
     pad = (-flat.numel()) % 8
     if pad:
-        flat = torch.cat([flat, flat.new_full((pad,), low)])
-    if flat.dtype not in (torch.float32, torch.float64):
-        flat = flat.to(torch.float32)
-    sums = torch.mv(flat.view(-1, 8), _weights(flat.dtype, flat.device))
-    if nan_check and bool(torch.isnan(sums).any()):
-        return None
-    if low:  # values -1/+1: sum of (2 b_k - 1) 2^k = 2 byte - 255
-        sums = sums.add_(255).div_(2)
-    return sums.to(torch.uint8)
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    elif flat.storage_offset() % 8 or not flat.is_contiguous():
+        flat = flat.clone()
+    # Eight 0/1 bytes in one int64 word; fold bit 8k down to bit k in three shift-ors (no overflow).
+    words = flat.view(torch.uint8).view(-1, 8).view(torch.int64).view(-1)
+    words = words | (words >> 7)
+    words = words | (words >> 14)
+    words = words | (words >> 28)
+    return (words & 0xFF).to(torch.uint8)
+
+
+def pack_positive(flat: Tensor) -> Tensor:
+    """:func:`pack_bools` of ``flat > 0`` for a flat float tensor, without a float temporary.
+
+    >>> import torch
+    >>> pack_positive(torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0, 1.0]))
+    tensor([13,  1], dtype=torch.uint8)
+    """
+    if _numpy_path(flat) and flat.dtype in (torch.float32, torch.float64, torch.float16):
+        return torch.from_numpy(np.packbits(np.greater(flat.numpy(), 0), bitorder="little"))
+    return pack_bools(flat > 0)
 
 
 def pack_bits(codes: Tensor, bits: int) -> Tensor:
@@ -69,11 +87,10 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
     >>> pack_bits(torch.tensor([1, 0, 1, 1, 0, 0, 0, 0, 1], dtype=torch.uint8), bits=1)
     tensor([[13,  1]], dtype=torch.uint8)
     """
-    flat = codes.reshape(-1)
+    flat = codes.reshape(-1).to(torch.uint8)
     if bits == 1:
-        return _bytes(flat, 0).unsqueeze(0)
-    flat = flat.to(torch.uint8)
-    return torch.stack([_bytes((flat >> j) & 1, 0) for j in range(bits)])
+        return pack_bools(flat != 0).unsqueeze(0)
+    return torch.stack([pack_bools(((flat >> j) & 1) != 0) for j in range(bits)])
 
 
 def unpack_bits(planes: Tensor, numel: int) -> Tensor:
@@ -86,6 +103,12 @@ def unpack_bits(planes: Tensor, numel: int) -> Tensor:
     table = _table((0, 1), torch.uint8, planes.device)
     codes = None
     for j in range(planes.shape[0]):
-        plane = table.index_select(0, planes[j].long()).view(-1)[:numel]
+        plane = lookup(planes[j], table, numel)
         codes = plane if codes is None else codes.bitwise_or_(plane << j)
     return codes
+
+
+def lookup(data: Tensor, table: Tensor, numel: int) -> Tensor:
+    """The first ``numel`` values of ``table[byte]`` for each byte of ``data``: the output written once."""
+    nbytes = -(-numel // 8)
+    return table.index_select(0, data.reshape(-1)[:nbytes].long()).view(-1)[:numel]

@@ -32,16 +32,20 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from typing import Iterator, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lightning_ftprop import functional as F
 from lightning_ftprop.memory import unit_state
-from lightning_ftprop.memory.codec import _bytes, _table, pack_bits, unpack_bits
+from lightning_ftprop.memory.codec import _numpy_path, _table, lookup, pack_bools, pack_positive, unpack_bits
+from lightning_ftprop.memory.rebuild import PACKED_TAG
 
 __all__ = ["pack", "unpack", "packed"]
+
 
 # --- alphabets: which saved tensors are threshold outputs ------------------------------------------
 
@@ -73,8 +77,11 @@ _VALUE_PRESERVING = frozenset(
 _SEARCH_DEPTH = 8
 
 
-def _levels(x: Tensor) -> Optional[int]:
-    """``n`` when ``x`` is exactly a threshold output: 0 for sign, 1 for step, ``steps`` for qrelu."""
+def _alphabet(x: Tensor) -> Optional[int]:
+    """Which values ``x`` holds when it is exactly a threshold output, else None.
+
+    0: {-1, +1} (sign); 1: {0, 1} (step); ``n >= 2``: {0, 1/n, ..., 1} (qrelu with ``steps=n``).
+    """
     node = x.grad_fn
     for _ in range(_SEARCH_DEPTH):
         if node is None:
@@ -91,37 +98,53 @@ def _levels(x: Tensor) -> Optional[int]:
     return None
 
 
-def _encode(x: Tensor, n: int) -> Tuple[Optional[Tensor], int]:
-    """``(codes, bits)`` of a qrelu output with ``n`` steps; codes None if ``x`` holds a NaN."""
-    wide = x.float() if x.element_size() < 4 else x  # round(n h) must be exact
-    scaled = torch.mul(wide, n).round_()
-    if bool(torch.isnan(scaled).any()):
-        return None, 0
-    return scaled.to(torch.uint8), max(1, math.ceil(math.log2(n + 1)))
+def _has_nan(flat: Tensor) -> bool:
+    """One reduction: the values are bounded (threshold outputs), so the sum is NaN exactly when one is."""
+    return bool(torch.isnan(flat.sum()))
+
+
+def _bits_for(n: int) -> int:
+    return max(1, math.ceil(math.log2(n + 1)))
+
+
+def _codes(flat: Tensor, n: int) -> Tensor:
+    """``round(n h)`` as uint8 for a qrelu output with ``n`` steps (no NaN).
+
+    Up to 7 steps, on the CPU: ``sum_k 1[h > (k - 1/2) / n]``, one 1-byte comparison per step and no
+    float temporary; otherwise ``round(n h)`` in float32 (exact for ``n <= 255``).
+    """
+    if n <= 7 and _numpy_path(flat) and flat.dtype in (torch.float32, torch.float64, torch.float16):
+        values = flat.numpy()
+        codes = np.zeros(values.shape, dtype=np.uint8)
+        above = np.empty(values.shape, dtype=np.bool_)
+        for k in range(1, n + 1):
+            np.greater(values, (k - 0.5) / n, out=above)
+            np.add(codes, above, out=codes, casting="unsafe")
+        return torch.from_numpy(codes)
+    wide = flat.float() if flat.element_size() < 4 else flat
+    return torch.mul(wide, n).round_().to(torch.uint8)
 
 
 def _decode(codes: Tensor, n: int, dtype: torch.dtype) -> Tensor:
     values = codes.to(dtype)
-    if n == 0:
-        return values.mul_(2).sub_(1)
     return values if n == 1 else values.div_(n)
 
 
-def _dense(x: Tensor) -> bool:
-    """Non-overlapping and dense: ``empty_strided`` with ``x``'s strides can hold it."""
+def _memory_order(x: Tensor) -> Optional[Tuple[int, ...]]:
+    """The dims of ``x`` from outermost to innermost in memory when ``x`` is dense (no gaps), else None."""
     if x.is_contiguous():
-        return True
-    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
-    return x.permute(order).is_contiguous()
+        return tuple(range(x.dim()))
+    order = tuple(sorted(range(x.dim()), key=lambda d: -x.stride(d)))
+    return order if x.permute(order).is_contiguous() else None
 
 
 class _Packed:
-    """A saved tensor in compact form; :func:`unpack` rebuilds it with its shape, strides and dtype."""
+    """A saved tensor in compact form, in ``x``'s memory order; :func:`unpack` rebuilds it as it was."""
 
-    __slots__ = ("data", "kind", "n", "shape", "stride", "dtype")
+    __slots__ = ("data", "kind", "alphabet", "shape", "stride", "dtype", "order", "__weakref__")
 
-    def __init__(self, data: Tensor, kind: str, n: int, like: Tensor):
-        self.data, self.kind, self.n = data, kind, n
+    def __init__(self, data: Tensor, kind: str, alphabet: int, like: Tensor, order: Tuple[int, ...]):
+        self.data, self.kind, self.alphabet, self.order = data, kind, alphabet, order
         self.shape, self.stride, self.dtype = like.shape, like.stride(), like.dtype
 
 
@@ -131,14 +154,27 @@ _MAX_ALPHABET = 255  # codes are uint8
 def pack(x: Tensor):
     """The compact form of a saved tensor, or ``x`` itself when nothing exact is smaller.
 
-    * a threshold output (found through ``x.grad_fn``, see :data:`_VALUE_PRESERVING`) -> its codes;
+    * a threshold output (found through ``x.grad_fn``, see :data:`_VALUE_PRESERVING`) -> its codes,
+      bit-packed in ``x``'s memory order (no copy of ``x`` first; on the CPU the 1-bit codes are
+      written once by ``numpy.packbits`` from a 1-byte comparison);
     * a ``bool`` tensor -> 1 bit per element;
     * an ``int64`` tensor -> the smallest of int8/int16/int32 that holds its range.
+
+    A packed threshold output is also recorded on its ``grad_fn`` (``metadata``), so that a unit whose
+    ``z`` adds it (a residual block) can rebuild ``z`` from these bits (:mod:`.rebuild`).
+
+    >>> import torch
+    >>> saved = pack(torch.rand(100) > 0.5)        # a bool mask: 100 bits in 13 bytes
+    >>> saved.data.numel()
+    13
     """
-    if x.layout != torch.strided or x.numel() == 0 or not _dense(x):
+    if x.layout != torch.strided or x.numel() == 0:
+        return x
+    order = _memory_order(x)
+    if order is None:
         return x
     if x.dtype == torch.bool:
-        return _Packed(_bytes(x.reshape(-1).view(torch.uint8), 0), "bool", 1, x)
+        return _Packed(pack_bools(x.detach().permute(order).reshape(-1)), "bool", 1, x, order)
     if x.dtype == torch.int64:
         if x.numel() < 64:
             return x
@@ -147,41 +183,61 @@ def pack(x: Tensor):
         for small in (torch.int8, torch.int16, torch.int32):
             info = torch.iinfo(small)
             if info.min <= lo and hi <= info.max:
-                return _Packed(x.to(small), "int", 0, x)
+                return _Packed(x.to(small), "int", 0, x, order)
         return x
-    if x.is_floating_point():
-        n = _levels(x)
-        if n is None or n > _MAX_ALPHABET:
-            return x
-        values = x.detach()
-        if n <= 1:  # sign: -1/+1, step: 0/1
-            data = _bytes(values.reshape(-1), -1 if n == 0 else 0, nan_check=True)
-            return x if data is None else _Packed(data, "unit", n, x)
-        codes, bits = _encode(values, n)
-        return x if codes is None else _Packed(pack_bits(codes, bits), "unit", n, x)
-    return x
+    if not x.is_floating_point():
+        return x
+    n = _alphabet(x)
+    if n is None or n > _MAX_ALPHABET:
+        return x
+    flat = x.detach().permute(order).reshape(-1)  # a view: x is dense in this order
+    if _has_nan(flat):
+        return x  # no code stores NaN
+    if n <= 1:  # sign: -1/+1, step: 0/1; the bit is 1[h > 0]
+        saved = _Packed(pack_positive(flat), "unit", n, x, order)
+    else:
+        codes = _codes(flat, n)
+        saved = _Packed(
+            torch.stack([pack_bools((codes >> j) & 1 != 0) for j in range(_bits_for(n))]), "unit", n, x, order
+        )
+    if x.grad_fn is not None:
+        x.grad_fn.metadata[PACKED_TAG] = (x.output_nr, weakref.ref(saved))
+    return saved
 
 
-def unpack(saved) -> Tensor:
-    """The inverse of :func:`pack`: bitwise the values that were packed, with the same strides."""
+def unpack(saved, samples: Optional[int] = None) -> Tensor:
+    """The inverse of :func:`pack`: bitwise the values that were packed, with the same strides.
+
+    With ``samples=k``: only ``[:k]`` along dim 0 (contiguous; what :mod:`.rebuild` checks).
+
+    >>> import torch
+    >>> mask = torch.rand(3, 5) > 0.5
+    >>> torch.equal(unpack(pack(mask)), mask)
+    True
+    """
     if not isinstance(saved, _Packed):
-        return saved
-    numel = math.prod(saved.shape)
-    data = saved.data
+        return saved if samples is None else saved[:samples]
     if saved.kind == "int":
-        flat = data.to(saved.dtype)
-    elif saved.kind == "bool" or saved.n <= 1:  # one bit per value: look the values up, 8 at a time
-        values = (False, True) if saved.kind == "bool" else (-1, 1) if saved.n == 0 else (0, 1)
+        values = saved.data.to(saved.dtype)
+        return values if samples is None else values[:samples]
+    shape, order = list(saved.shape), saved.order
+    if samples is not None and order[0] != 0:  # dim 0 is not outermost in memory: decode all, then slice
+        return unpack(saved)[:samples]
+    if samples is not None:
+        shape[0] = min(samples, shape[0])
+    numel = math.prod(shape)
+    data = saved.data
+    if saved.kind == "bool" or saved.alphabet <= 1:  # one bit per value: look the values up, 8 at a time
+        values = (False, True) if saved.kind == "bool" else (-1, 1) if saved.alphabet == 0 else (0, 1)
         dtype = torch.bool if saved.kind == "bool" else saved.dtype
-        table = _table(values, torch.uint8 if dtype == torch.bool else dtype, data.device)
-        flat = table.index_select(0, data.reshape(-1).long()).view(-1)[:numel]
+        flat = lookup(data, _table(values, torch.uint8 if dtype == torch.bool else dtype, data.device), numel)
         flat = flat.view(torch.bool) if dtype == torch.bool else flat
     else:
-        flat = _decode(unpack_bits(data, numel), saved.n, saved.dtype)
-    if flat.dim() != 1 or flat.numel() != numel:
-        flat = flat.reshape(-1)
-    values = flat.view(saved.shape)
-    if values.stride() == saved.stride or numel <= 1:
+        flat = _decode(unpack_bits(data[:, : -(-numel // 8)], numel), saved.alphabet, saved.dtype)
+    permuted = flat.view([shape[d] for d in order])
+    inverse = sorted(range(len(order)), key=lambda d: order[d])
+    values = permuted.permute(inverse)
+    if samples is not None or values.stride() == saved.stride or numel <= 1:
         return values
     out = torch.empty_strided(saved.shape, saved.stride, dtype=saved.dtype, device=flat.device)
     return out.copy_(values)
@@ -207,5 +263,5 @@ def packed() -> Iterator[None]:
             "lightning_ftprop.memory.packed() cannot run inside torch.compile (saved-tensor hooks are not "
             "traced); call the compiled model inside the context instead, or use memory='exact'"
         )
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), unit_state.use_policy(unit_state.packed_state):
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), unit_state.use_policy(unit_state.packed_state, pack):
         yield

@@ -5,11 +5,14 @@ unless a *policy* active in the current thread keeps something smaller. The prot
 
 * The unit, in ``setup_context``, calls :func:`active_policy`. If it returns a policy, the unit calls
   ``policy(ctx, z, rule, weighted, saved, steps, mode)``. A policy that keeps a compact state calls
-  ``ctx.save_for_backward(state)``, sets ``ctx.compact = True`` and ``ctx.state_backward``, a function
-  ``(state, g) -> dz`` that the unit's backward calls, and returns True. Returning False leaves the
+  ``ctx.save_for_backward(*state)``, sets ``ctx.compact = True``, ``ctx.kept = (what, why)`` and
+  ``ctx.state_backward``, a function ``(saved_tensors, g) -> dz`` that the unit's backward calls, and
+  returns True. Returning False leaves the
   unit to keep ``z`` as it would with no policy.
 * :func:`use_policy` sets the policy for the current thread (for the ``with`` block);
-  :func:`lightning_ftprop.memory.packed` uses it with :func:`packed_state`. :func:`float_state` is
+  :func:`lightning_ftprop.memory.packed` uses it with :func:`packed_state` and its own pack hook, so
+  that the policy applies only while packed()'s hooks are the innermost saved-tensor hooks (inside
+  ``torch.utils.checkpoint`` or a user's ``saved_tensors_hooks`` the units keep ``z``). :func:`float_state` is
   ``use_policy(None)``: units keep their float ``z``.
 * :func:`recomputation` marks a block in which a forward is re-run to rebuild saved tensors (the
   backward of ``memory="recompute"``); :func:`recomputing` is True inside it. Forward hooks that must
@@ -46,7 +49,8 @@ import torch
 from torch import Tensor
 
 from lightning_ftprop import functional as F
-from lightning_ftprop.memory.codec import _bytes, _table
+from lightning_ftprop.memory import rebuild
+from lightning_ftprop.memory.codec import _table, lookup, pack_bools
 from lightning_ftprop.rules import get_rule
 
 __all__ = ["Policy", "active_policy", "use_policy", "float_state", "recomputation", "recomputing", "packed_state"]
@@ -57,31 +61,46 @@ Policy = Callable[..., bool]
 
 class _ThreadState(threading.local):
     policy: Optional[Policy] = None
+    pack_hook: Optional[Callable] = None
     recomputing: int = 0
 
 
 _STATE = _ThreadState()
+# The pack hook on top of this thread's saved-tensor hooks (torch keeps that stack per thread).
+_top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
 
 
 def active_policy() -> Optional[Policy]:
-    """The policy the units of the current thread consult, or None (they keep ``z``)."""
-    return _STATE.policy
+    """The policy the units of the current thread consult now, or None (they keep ``z``).
+
+    A policy set with a ``pack_hook`` applies only while that hook is the innermost saved-tensor hook
+    of the thread: inside ``torch.utils.checkpoint`` or a user's own ``saved_tensors_hooks`` (whose hooks
+    receive whatever the unit saves), units keep ``z`` as they would without :func:`packed`.
+    """
+    policy = _STATE.policy
+    if policy is None or _STATE.pack_hook is None or _top_hooks is None:
+        return policy
+    top = _top_hooks(False)
+    return policy if top is not None and top[0] is _STATE.pack_hook else None
 
 
 @contextlib.contextmanager
-def use_policy(policy: Optional[Policy]) -> Iterator[None]:
-    """Units created (forward run) in this thread inside the block consult ``policy``.
+def use_policy(policy: Optional[Policy], pack_hook: Optional[Callable] = None) -> Iterator[None]:
+    """Units run in this thread inside the block consult ``policy`` (see :func:`active_policy`).
+
+    ``pack_hook``: the saved-tensor pack hook the policy goes with (``packed()`` passes its own);
+    the policy applies only while that hook is the innermost one.
 
     >>> with use_policy(None):
     ...     active_policy() is None
     True
     """
-    previous = _STATE.policy
-    _STATE.policy = policy
+    previous = _STATE.policy, _STATE.pack_hook
+    _STATE.policy, _STATE.pack_hook = policy, pack_hook
     try:
         yield
     finally:
-        _STATE.policy = previous
+        _STATE.policy, _STATE.pack_hook = previous
 
 
 def float_state() -> contextlib.AbstractContextManager:
@@ -117,28 +136,47 @@ _SSTE = get_rule("sste")
 
 
 def packed_state(ctx, z: Tensor, rule, weighted: bool, saved: str, steps: int, mode: str) -> bool:
-    """The policy of :func:`lightning_ftprop.memory.packed`.
+    """The policy of :func:`lightning_ftprop.memory.packed`: keep less than ``z``, exactly.
 
-    For ``sste`` (weighted, one coordinate ``u``) the backward is ``g * s(u)`` with the 0/1 surrogate
-    ``s(u) = 1[|u| <= 1]``, so the unit keeps ``s(u)`` packed to 1 bit, computed by the rule's own
-    ``fused(1, u)``, and its backward is ``threshold_backward(g, s, 0)`` (bitwise the exact one, NaN
-    included). Other rules: no change.
+    1. A unit that would keep ``z`` (its rule reads ``z``, ``saved="exact"``) keeps nothing when ``z``
+       can be rebuilt in one pass from what autograd keeps anyway (:mod:`~lightning_ftprop.memory.rebuild`:
+       BatchNorm, max-pool, a residual sum) and the rebuild of the first sample is bitwise ``z``'s.
+       Its backward rebuilds ``z`` and runs the unit's own backward on it: bitwise ``"exact"``.
+    2. Otherwise ``sste`` (weighted, one coordinate) keeps its 0/1 surrogate ``1[|u| <= 1]`` as 1 bit per
+       element, and its backward is ``threshold_backward(g, s, 0)`` (bitwise the exact one, NaN included).
+    3. Otherwise the unit keeps what it keeps without a policy, and ``ctx.kept_why`` says why.
     """
-    if rule is not _SSTE or not weighted or (steps and mode != "single"):
+    keeps_z = rule.uses_input and not (weighted and rule.surrogate is not None and saved != "exact")
+    if not keeps_z:
         return False
-    ones = torch.ones((), dtype=z.dtype, device=z.device).expand_as(z)
-    if steps:  # qrelu: the window tested on z itself, exactly as the exact backward does
-        surrogate = F._window_backward(ones, z, rule.window, steps, mode)
-    else:
-        surrogate = rule.fused(ones, z)
-    ctx.compact = True
-    ctx.state_backward = functools.partial(_mask_backward, z.shape, z.dtype)
-    ctx.save_for_backward(_bytes(surrogate.reshape(-1), 0))
-    return True
+    recipe = rebuild.plan(z)
+    if recipe is not None and rebuild.check(recipe, z):
+        ctx.compact = True
+        ctx.kept = ("nothing", f"z is rebuilt from {recipe.describe()} in the backward")
+        ctx.state_backward = functools.partial(_rebuilt_backward, recipe, rule, weighted, steps, mode)
+        ctx.save_for_backward()
+        return True
+    if rule == _SSTE and weighted and not (steps and mode != "single"):  # == : a deep-copied rule too
+        ones = torch.ones((), dtype=z.dtype, device=z.device).expand_as(z)
+        if steps:  # qrelu: the window tested on z itself, exactly as the exact backward does
+            surrogate = F._window_backward(ones, z, rule.window, steps, mode)
+        else:
+            surrogate = rule.fused(ones, z)
+        ctx.compact = True
+        ctx.kept = ("1-bit mask", "sste's surrogate is 0/1")
+        ctx.state_backward = functools.partial(_mask_backward, z.shape, z.dtype)
+        ctx.save_for_backward(pack_bools((surrogate != 0).reshape(-1)))
+        return True
+    ctx.kept_why = rebuild.why_not(z) if recipe is None else "the rebuild of z was not bitwise (kept z)"
+    return False
 
 
-def _mask_backward(shape: torch.Size, dtype: torch.dtype, data: Tensor, g: Tensor) -> Tensor:
+def _rebuilt_backward(recipe, rule, weighted: bool, steps: int, mode: str, saved, g: Tensor) -> Tensor:
+    return F._backward_from_z(g, recipe.run(), rule, weighted, steps, mode)
+
+
+def _mask_backward(shape: torch.Size, dtype: torch.dtype, saved, g: Tensor) -> Tensor:
     """``g * s`` for a 0/1 surrogate ``s`` kept by :func:`packed_state`; zeros are +0.0 as in the exact backward."""
-    table = _table((0, 1), dtype, data.device)
-    mask = table.index_select(0, data.long()).view(-1)[: math.prod(shape)].view(shape)
+    (data,) = saved
+    mask = lookup(data, _table((0, 1), dtype, data.device), math.prod(shape)).view(shape)
     return torch.ops.aten.threshold_backward(g, mask, 0)

@@ -1,0 +1,210 @@
+"""Rebuild a unit's ``z`` in its backward from what autograd keeps anyway, instead of keeping it.
+
+A unit whose rule reads ``z`` (``soft_hinge``, ``hinge``, ``log_loss``; ``sste``) keeps ``z`` for
+its backward, 32 bits per element. Very often ``z`` is the output of a cheap tail whose inputs other
+nodes of the graph keep for their own backward. Under :func:`lightning_ftprop.memory.packed` the unit
+then keeps only references to those nodes and rebuilds ``z`` in its backward, in one pass:
+
+=================================  ==========================================  ==========================================
+``z`` is                           rebuilt as                                  from
+=================================  ==========================================  ==========================================
+``BatchNorm(x)`` (training)        ``addcmul(beta, x, alpha)``, ``alpha =      BatchNorm's saved input, batch mean,
+                                   invstd * weight``, ``beta = bias - mean *   ``invstd`` and weight; the bias (a copy
+                                   alpha`` (the CPU kernel's own arithmetic)   of ``C`` numbers)
+``max_pool2d/3d(x)``               the same max-pool of ``x``                  the max-pool's saved input
+``a + b`` (``+``, ``+=``)          ``a' + b'``                                 each side rebuilt as above, or a threshold
+                                                                               output that a later layer keeps packed
+                                                                               (a residual block's identity)
+=================================  ==========================================  ==========================================
+
+Exactness: every ``z`` is checked when it is made. The rebuild of the first sample (``z[:1]``) must
+equal ``z[:1]`` bit for bit, or the unit keeps ``z`` as before; so the gradients are bitwise those of
+``"exact"`` whenever a rebuild is used. BatchNorm's rebuild reproduces the CPU kernel's
+``fma(x, alpha, beta)``; where a kernel computes differently (a GPU, a mixed-precision BatchNorm), the
+check fails and ``z`` is kept. A ``z`` that needs a matmul to rebuild (``Linear -> unit``, a
+transformer MLP) is kept too: that is what ``memory="recompute"`` is for.
+
+The unit holds the graph node (which frees its saved tensors after its own backward, which runs after
+the unit's) and a weak reference to a packed identity (kept alive by the layer that saved it until
+that layer's backward, also after the unit's), so a rebuild holds no memory of its own.
+
+>>> import torch
+>>> from torch import nn
+>>> from lightning_ftprop.memory import rebuild
+>>> bn = nn.BatchNorm1d(4)
+>>> z = bn(torch.randn(8, 4, requires_grad=True))
+>>> recipe = rebuild.plan(z)
+>>> recipe.describe()
+'BatchNorm'
+>>> torch.equal(recipe.run(), z.detach())
+True
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["Recipe", "plan", "why_not", "PACKED_TAG"]
+
+#: Key of ``grad_fn.metadata`` under which :func:`~lightning_ftprop.memory.pack` records the packed form of
+#: a threshold output: ``(output_nr, weakref to the packed object)``.
+PACKED_TAG = "lightning_ftprop.packed"
+
+_MAX_DEPTH = 4
+_BATCH_NORMS = frozenset({"NativeBatchNormBackward0"})
+_MAX_POOLS = {"MaxPool2DWithIndicesBackward0": 2, "MaxPool3DWithIndicesBackward0": 3}
+
+
+class Recipe:
+    """How to rebuild one tensor: :meth:`run` returns it (or its first ``k`` samples)."""
+
+    def run(self, k: Optional[int] = None) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _first(x: Tensor, k: Optional[int]) -> Tensor:
+    return x if k is None else x[:k]
+
+
+class _BatchNorm(Recipe):
+    """``z = BatchNorm(x)`` in training mode, from the BatchNorm node's saved tensors."""
+
+    def __init__(self, node, bias: Optional[Tensor]):
+        self.node, self.bias = node, bias
+
+    def run(self, k: Optional[int] = None) -> Tensor:
+        node = self.node
+        with torch.no_grad():
+            x = _first(node._saved_input.detach(), k)
+            mean, invstd, weight = node._saved_result1, node._saved_result2, node._saved_weight
+            alpha = invstd if weight is None else invstd * weight.detach()
+            bias = self.bias if self.bias is not None else torch.zeros_like(alpha)
+            beta = torch.addcmul(bias, mean, alpha, value=-1)  # bias - mean * alpha, rounded once (fma)
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            return torch.addcmul(beta.view(shape), x, alpha.view(shape))  # fma(x, alpha, beta)
+
+    def describe(self) -> str:
+        return "BatchNorm"
+
+
+class _MaxPool(Recipe):
+    """``z = max_pool(x)``: the same max-pool of the node's saved input (values are copied, so exact)."""
+
+    def __init__(self, node, dims: int):
+        self.node, self.dims = node, dims
+
+    def run(self, k: Optional[int] = None) -> Tensor:
+        node = self.node
+        op = torch.ops.aten.max_pool2d_with_indices if self.dims == 2 else torch.ops.aten.max_pool3d_with_indices
+        with torch.no_grad():
+            x = _first(node._saved_self.detach(), k)
+            return op(
+                x,
+                node._saved_kernel_size,
+                node._saved_stride,
+                node._saved_padding,
+                node._saved_dilation,
+                node._saved_ceil_mode,
+            )[0]
+
+    def describe(self) -> str:
+        return "max-pool"
+
+
+class _Packed(Recipe):
+    """A threshold output that another layer keeps packed (``ref`` is a weak reference to the packed form)."""
+
+    def __init__(self, ref: weakref.ref):
+        self.ref = ref
+
+    def run(self, k: Optional[int] = None) -> Tensor:
+        from lightning_ftprop.memory.hooks import unpack  # hooks imports this module
+
+        saved = self.ref()
+        if saved is None:
+            raise RuntimeError("the packed threshold output a unit rebuilds z from was freed before its backward")
+        return unpack(saved, samples=k)
+
+    def describe(self) -> str:
+        return "packed threshold output"
+
+
+class _Add(Recipe):
+    def __init__(self, left: Recipe, right: Recipe):
+        self.left, self.right = left, right
+
+    def run(self, k: Optional[int] = None) -> Tensor:
+        return self.left.run(k).add_(self.right.run(k))  # each run returns a new tensor
+
+    def describe(self) -> str:
+        return f"{self.left.describe()} + {self.right.describe()}"
+
+
+def _recipe(node, output_nr: int, depth: int) -> Optional[Recipe]:
+    if node is None or depth > _MAX_DEPTH:
+        return None
+    tag = node.metadata.get(PACKED_TAG) if hasattr(node, "metadata") else None
+    if tag is not None and tag[0] == output_nr and tag[1]() is not None:
+        return _Packed(tag[1])
+    name = type(node).__name__
+    if output_nr != 0:
+        return None
+    if name in _BATCH_NORMS:
+        if not node._saved_training:
+            return None
+        edge = node.next_functions[2][0] if len(node.next_functions) > 2 else None
+        if edge is not None and hasattr(edge, "variable"):
+            bias = edge.variable.detach().clone()  # C numbers; a copy, so a later in-place update changes nothing
+        elif node._saved_weight is None:
+            bias = None  # affine=False (a frozen bias would fail the check and keep z)
+        else:
+            return None  # a weight but no reachable bias: frozen, or none; keep z
+        return _BatchNorm(node, bias)
+    if name in _MAX_POOLS:
+        return _MaxPool(node, _MAX_POOLS[name])
+    if name == "AddBackward0" and node._saved_alpha == 1:
+        (left, left_nr), (right, right_nr) = node.next_functions
+        a = _recipe(left, left_nr, depth + 1)
+        b = _recipe(right, right_nr, depth + 1) if a is not None else None
+        return _Add(a, b) if b is not None else None
+    return None
+
+
+def plan(z: Tensor) -> Optional[Recipe]:
+    """How to rebuild ``z`` from what autograd keeps anyway, or None. Not checked: see :func:`check`."""
+    return _recipe(z.grad_fn, z.output_nr, 0) if z.grad_fn is not None else None
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+
+
+def check(recipe: Recipe, z: Tensor) -> bool:
+    """Whether ``recipe`` rebuilds the first sample of ``z`` bit for bit (NaN for NaN)."""
+    if z.dim() == 0 or z.shape[0] == 0:
+        return False
+    try:
+        with torch.no_grad():
+            return _same_bits(recipe.run(1), z.detach()[:1])
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        return False
+
+
+def why_not(z: Tensor) -> str:
+    """Why ``z`` cannot be rebuilt cheaply (for ``summary``): what made it."""
+    node = z.grad_fn
+    if node is None:
+        return "z is an input of the graph"
+    name = node.name()
+    if any(op in name for op in ("Addmm", "Mm", "Bmm", "Convolution", "Linear", "Matmul", "Baddbmm")):
+        return f"z comes from a matmul ({name}); memory='recompute' rebuilds it"
+    return f"z comes from {name}, which keeps nothing z can be rebuilt from in one pass"
