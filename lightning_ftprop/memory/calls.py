@@ -48,7 +48,7 @@ from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
 from lightning_ftprop.memory import unit_state
-from lightning_ftprop.memory.hooks import _levels, _Packed, pack, unpack
+from lightning_ftprop.memory.hooks import _alphabet, _Packed, pack, unpack
 from lightning_ftprop.nn import ThresholdUnit
 
 __all__ = ["state", "store", "load", "record_call", "own_forward", "rerunning"]
@@ -127,7 +127,7 @@ def _reference(x: Tensor) -> Optional[_Ref]:
 
 def store(x: Tensor):
     """How a saved tensor outside any recorded call is kept: bits, a reference, or as :func:`pack` keeps it."""
-    if x.is_floating_point() and _levels(x) is None:
+    if x.is_floating_point() and _alphabet(x) is None:
         ref = _reference(x)
         if ref is not None:
             return ref
@@ -145,7 +145,7 @@ class _Record:
     def __init__(self, module: nn.Module, spec, leaves: List[Any], grads: List[bool]):
         self.module, self.spec, self.leaves, self.grads = module, spec, leaves, grads
         self.rng = None
-        self.policy = unit_state.active_policy()
+        self.policy = None  # the unit-state policy the call ran under (set by record_call)
         self.clone = False  # the call changed an input in place: re-run on a copy
         self.saved = 0  # how many tensors the call saved
         self.wanted: set = set()  # which of them are stored as references to this re-run
@@ -228,7 +228,7 @@ class _Saver:
         if hit is not None and hit[0] is x and hit[2] == x._version:
             self.kept_float |= isinstance(hit[1], Tensor) and hit[1].is_floating_point()
             return hit[1]
-        if x.is_floating_point() and _levels(x) is not None:
+        if x.is_floating_point() and _alphabet(x) is not None:
             return pack(x)
         ref = _reference(x) if x.is_floating_point() else None
         if ref is not None:
@@ -253,6 +253,7 @@ def record_call(module: nn.Module, args, kwargs):
     saver = _Saver(record, leaves, stored, module)
     try:
         with torch.autograd.graph.saved_tensors_hooks(saver, load):
+            record.policy = unit_state.active_policy()  # as seen under the saver (see unit_state)
             out = own_forward(module, args, kwargs)
     finally:
         kept_float = saver.close()  # autograd may keep the hook: it must not keep the inputs

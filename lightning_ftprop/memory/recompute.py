@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ftprop.memory import calls, unit_state
-from lightning_ftprop.memory.hooks import _levels
+from lightning_ftprop.memory.hooks import _alphabet
 from lightning_ftprop.nn import ThresholdUnit
 
 __all__ = ["recompute"]
@@ -140,7 +140,7 @@ def _node_forward(self: nn.Module, *args, **kwargs):
             if (
                 len(calls.state.uncovered) > mark
                 and isinstance(out, Tensor)
-                and _levels(out) is not None
+                and _alphabet(out) is not None
                 and not outermost
             ):
                 role.segment = True  # from the next call on
