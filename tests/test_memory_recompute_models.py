@@ -136,3 +136,39 @@ def test_recompute_docstring_examples_run():
     module = importlib.import_module("lightning_ftprop.memory.recompute")
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried and not failures
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_recompute_keeps_the_hf_mlp_activation_in_bits_and_its_z_as_a_reference(arch, monkeypatch):
+    """The MLP's z (its first linear's output) is a reference, the activation that the second linear keeps is bits."""
+    import importlib
+
+    calls = importlib.import_module("lightning_ftprop.memory.calls")
+    torch.manual_seed(0)
+    if arch == "bert":
+        config = transformers.BertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, intermediate_size=48, num_hidden_layers=2,
+            max_position_embeddings=SEQ,
+        )  # fmt: skip
+        model, second = transformers.BertModel(config), "output.dense"
+    else:
+        config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_inner=48, n_positions=SEQ)
+        model, second = transformers.GPT2Model(config), "mlp.c_proj"
+    ftp.convert(model, "sign", "soft_hinge")
+    memory.recompute(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    stored = []
+    real = calls._Saver.__call__
+
+    def spy(saver, x):
+        kept = real(saver, x)
+        stored.append((names[id(saver.record.module)], type(kept).__name__))
+        return kept
+
+    monkeypatch.setattr(calls._Saver, "__call__", spy)
+    with memory.packed():
+        model(input_ids=_tokens()).last_hidden_state.sum().backward()
+    units = [kind for name, kind in stored if isinstance(model.get_submodule(name), ftp.ThresholdUnit)]
+    assert len(units) >= 2 and set(units) == {"_Ref"}  # each z: a reference to the linear call that made it
+    inputs = [kind for name, kind in stored if name.endswith(second) and kind != "Parameter"]
+    assert "_Packed" in inputs  # the second linear's input: the activation, in bits
