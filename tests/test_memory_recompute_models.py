@@ -172,3 +172,22 @@ def test_recompute_keeps_the_hf_mlp_activation_in_bits_and_its_z_as_a_reference(
     assert len(units) >= 2 and set(units) == {"_Ref"}  # each z: a reference to the linear call that made it
     inputs = [kind for name, kind in stored if name.endswith(second) and kind != "Parameter"]
     assert "_Packed" in inputs  # the second linear's input: the activation, in bits
+
+
+def test_a_recomputing_model_survives_torch_save_and_deepcopy(tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    ftp.convert(model, "sign", "soft_hinge")
+    memory.recompute(model)
+    _images(model).backward()  # the blocks are found: the copies carry them
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    for copied in (copy.deepcopy(model), torch.load(path, weights_only=False)):
+        assert copied.layer1[0].forward.module is copied.layer1[0]  # bound to the copy, not the original
+        assert copied.layer1[0].__dict__[memory._SEGMENTS].segment  # what the first forward found
+        plain = copy.deepcopy(copied)
+        memory.recompute(plain, enable=False)
+        exact_grads, _ = _step(plain, _images, packed=False)
+        grads, _ = _step(copied, _images, packed=True)
+        for name in exact_grads:
+            torch.testing.assert_close(grads[name], exact_grads[name], rtol=1e-5, atol=1e-7)

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import types
 import warnings
 from typing import Iterator, List
 
@@ -116,6 +115,31 @@ def _segment_rerun(module: nn.Module) -> Iterator[None]:
         yield
 
 
+def _mask_or_reference(ctx, z, rule, weighted: bool, saved: str, steps: int, mode: str) -> bool:
+    """The unit-state policy under recompute: ``sste`` keeps its 1-bit mask, any other ``z`` is referenced.
+
+    :func:`~lightning_ftprop.memory.unit_state.packed_state` on a detached ``z``: its one-pass rebuild
+    would read the saved tensors of the layers before the unit in the forward, which under recompute
+    are references (reading one re-runs a call). A reference rebuilds ``z`` anyway, so only the 1-bit
+    mask of ``sste`` is worth keeping instead.
+    """
+    if unit_state.packed_state(ctx, z.detach(), rule, weighted, saved, steps, mode):
+        return True
+    ctx.kept_why = "recompute re-runs the module call that made z (z is kept as a reference to it)"
+    return False
+
+
+@contextlib.contextmanager
+def _outermost() -> Iterator[None]:
+    """Around the outermost wrapped call: saved tensors go through :func:`calls.store`, and under
+    :func:`~lightning_ftprop.memory.packed` the units follow :func:`_mask_or_reference`."""
+    policy = unit_state.active_policy()
+    if policy is unit_state.packed_state:
+        policy = _mask_or_reference
+    with torch.autograd.graph.saved_tensors_hooks(calls.store, calls.load), unit_state.use_policy(policy):
+        yield
+
+
 def _node_forward(self: nn.Module, *args, **kwargs):
     role = self.__dict__[_SEGMENTS]
     forward = functools.partial(type(self).forward, self)
@@ -124,9 +148,7 @@ def _node_forward(self: nn.Module, *args, **kwargs):
     outermost = calls.state.depth == 0
     calls.state.depth += 1
     try:
-        with (
-            torch.autograd.graph.saved_tensors_hooks(calls.store, calls.load) if outermost else contextlib.nullcontext()
-        ):
+        with _outermost() if outermost else contextlib.nullcontext():
             if role.segment:
                 return torch.utils.checkpoint.checkpoint(
                     forward,
@@ -159,6 +181,19 @@ def _node_forward(self: nn.Module, *args, **kwargs):
                     UserWarning,
                     stacklevel=3,
                 )
+
+
+class _Forward:
+    """The instance ``forward`` recompute() gives a module; unlike a bound method it survives pickling
+    (``torch.save(model)``) and ``copy.deepcopy`` binds it to the copy."""
+
+    __slots__ = ("module", "node")
+
+    def __init__(self, module: nn.Module, node: bool):
+        self.module, self.node = module, node
+
+    def __call__(self, *args, **kwargs):
+        return (_node_forward if self.node else _leaf_forward)(self.module, *args, **kwargs)
 
 
 def _has_units(module: nn.Module) -> bool:
@@ -218,5 +253,5 @@ def recompute(model: nn.Module, enable: bool = True) -> List[str]:
         else:
             continue
         module.__dict__[_SEGMENTS] = role
-        module.__dict__["forward"] = types.MethodType(forward, module)
+        module.__dict__["forward"] = _Forward(module, forward is _node_forward)
     return units
