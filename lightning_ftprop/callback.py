@@ -100,6 +100,17 @@ class FTPropCallback(Callback):
 
     Raises:
         ValueError, TypeError: for invalid arguments, naming the bad value and the allowed ones.
+
+    The arguments are checked and stored as the spec when the callback is built, before any Trainer:
+
+    >>> callback = FTPropCallback("qrelu", "sste", exclude="head.*", unit_kwargs={"thresholds": 5})
+    >>> callback  # doctest: +NORMALIZE_WHITESPACE
+    FTPropCallback(activation='qrelu', rule='sste', weighted=True, include=None, exclude=['head.*'],
+                   mapping=None, unit_kwargs={'thresholds': 5}, memory='packed')
+    >>> FTPropCallback("relu")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown activation 'relu'; valid activations are: sign, step, qrelu
     """
 
     _holds_ftprop_diagnostics = True  # FTPropDiagnostics.setup counts it: one gatherer per Trainer

@@ -40,7 +40,13 @@ extra subcommands:
 
 
 def available_configs() -> List[str]:
-    """The names of the shipped configs (file names without ``.yaml``), sorted."""
+    """The names of the shipped configs (file names without ``.yaml``), sorted.
+
+    >>> len(available_configs())  # one per cell of the paper's Table 1
+    30
+    >>> [name for name in available_configs() if name.startswith("convnet4_cifar10_sign")]
+    ['convnet4_cifar10_sign_soft_hinge', 'convnet4_cifar10_sign_sste']
+    """
     if not os.path.isdir(CONFIG_DIR):
         return []
     return sorted(name[:-5] for name in os.listdir(CONFIG_DIR) if name.endswith(".yaml"))
@@ -51,6 +57,14 @@ def resolve_config(name: str) -> str:
 
     Raises:
         ValueError: for anything else; the message lists the shipped config names.
+
+    >>> import os
+    >>> os.path.basename(resolve_config("convnet4_cifar10_relu"))  # with or without ".yaml"
+    'convnet4_cifar10_relu.yaml'
+    >>> resolve_config("convnet9_cifar10_relu")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown config 'convnet9_cifar10_relu': it is neither a file nor a shipped config. Shipped configs: ...
     """
     if os.path.isfile(name):
         return name
@@ -64,7 +78,13 @@ def resolve_config(name: str) -> str:
 
 
 def resolve_config_args(argv: Sequence[str]) -> List[str]:
-    """``argv`` with every ``--config X`` / ``--config=X`` / ``-c X`` value passed through :func:`resolve_config`."""
+    """``argv`` with every ``--config X`` / ``--config=X`` / ``-c X`` value passed through :func:`resolve_config`.
+
+    >>> import os
+    >>> argv = resolve_config_args(["fit", "-c", "convnet4_cifar10_relu", "--trainer.max_epochs=1"])
+    >>> argv[:2], os.path.basename(argv[2]), argv[3:]
+    (['fit', '-c'], 'convnet4_cifar10_relu.yaml', ['--trainer.max_epochs=1'])
+    """
     out: List[str] = []
     expect_value = False
     for arg in argv:
@@ -88,7 +108,20 @@ def _cli_class():
     from lightning_ftprop.module import ImageClassifier
 
     class FTPropCLI(LightningCLI):
-        """LightningCLI with :class:`ImageClassifier` as the model and any LightningDataModule as data."""
+        """LightningCLI with :class:`ImageClassifier` as the model and any LightningDataModule as data.
+
+        ``args`` are the command-line arguments (default: ``sys.argv``); a shipped config's name must
+        go through :func:`resolve_config` first (``lightning-ftprop`` does that). ``run=False``
+        builds the model, data and Trainer without running a subcommand:
+
+        >>> from lightning_ftprop.cli import FTPropCLI, resolve_config
+        >>> config = resolve_config("convnet4_fashion_mnist_sign_soft_hinge")
+        >>> cli = FTPropCLI(["--config", config, "--trainer.max_epochs=1"], run=False)
+        >>> type(cli.model).__name__, cli.model.hparams.ftprop, type(cli.datamodule).__name__
+        ('ImageClassifier', {'activation': 'sign', 'rule': 'soft_hinge'}, 'EmbeddedFashionMNISTDataModule')
+        >>> cli.trainer.max_epochs
+        1
+        """
 
         def __init__(self, args: Optional[Sequence[str]] = None, **kwargs):
             kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -226,7 +259,14 @@ def export_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``lightning-ftprop`` console script; returns the exit status."""
+    """Entry point of the ``lightning-ftprop`` console script; returns the exit status.
+
+    >>> main(["config-path", "convnet4_cifar10_relu"])  # doctest: +ELLIPSIS
+    /...convnet4_cifar10_relu.yaml
+    0
+    >>> main(["config-path", "convnet9_cifar10_relu"])  # the error goes to stderr
+    2
+    """
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None

@@ -123,6 +123,13 @@ def target_counts(u: Tensor, g: Tensor, rule: Rule) -> Tuple[Tensor, Tensor]:
 
     ``counts`` is int64 ``[N, #ignored, #mismatch, #saturated]`` and ``loss_sum`` the float32 scalar
     ``sum |g| * L(u, t)``, with ``t = sign(-g)`` and the definitions of the module docstring.
+
+    >>> from lightning_ftprop.rules import get_rule
+    >>> u = torch.tensor([0.5, -0.5, 2.0, 0.3])
+    >>> g = torch.tensor([-1.0, -1.0, 0.5, 0.0])  # targets t = +1, +1, -1 and none (g = 0)
+    >>> counts, loss = target_counts(u, g, get_rule("sste"))
+    >>> counts.tolist(), float(loss)  # mismatch: u = -0.5 and 2.0; saturated: |u| > 1
+    ([4, 1, 2, 1], 3.0)
     """
     u, g = u.detach().float(), g.detach().float()
     t = -torch.sign(g)

@@ -212,6 +212,16 @@ class FoldedThreshold(nn.Module):
 
         on_k = clip(ceil(direction * (x - threshold)), 0, 1)      direction in {-1, +1}
         sign: 2 * on_0 - 1      step: on_0      qrelu: (1/n) * sum_k on_k
+
+    :func:`fold_thresholds` builds them from BatchNorm statistics; by hand, a step unit that is on
+    where ``x > 0.5`` in channel 0 and where ``x < -1`` in channel 1:
+
+    >>> unit = FoldedThreshold("step", torch.tensor([[0.5, -1.0]]), torch.tensor([[1.0, -1.0]]))
+    >>> unit
+    FoldedThreshold(activation='step', channels=2, thresholds per channel=1)
+    >>> unit(torch.tensor([[0.7, 0.0], [0.5, -2.0]]))  # a tie (x == threshold) is off
+    tensor([[1., 0.],
+            [0., 1.]])
     """
 
     def __init__(self, activation: str, threshold: Tensor, direction: Tensor, steps: Optional[int] = None):

@@ -85,7 +85,17 @@ def _convert_after(configure_model):
 class FTPropMixin:
     """Mix into a ``lightning.pytorch.LightningModule`` subclass, before ``LightningModule``.
 
-    See the module docstring for the spec and when it is applied.
+    See the module docstring for the spec and when it is applied. ``ftprop=None`` is the float model:
+
+    >>> import lightning.pytorch as pl
+    >>> from torch import nn
+    >>> class Net(FTPropMixin, pl.LightningModule):
+    ...     def __init__(self, ftprop=None):
+    ...         super().__init__()
+    ...         self.save_hyperparameters()
+    ...         self.body = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> Net().apply_ftprop(), Net(ftprop={"activation": "sign"}).apply_ftprop()
+    ([], ['body.1'])
     """
 
     _ftprop_mixin = True  # lets FTPropCallback refuse to convert a second time
