@@ -96,9 +96,9 @@ def rule_coordinates(unit: nn.Module, z: Tensor) -> List[Tensor]:
     The sides (``u > 0``) and the rule's masks are exact, as in the backward.
 
     >>> from lightning_ftprop.nn import QReLU
-    >>> [u.tolist() for u in rule_coordinates(QReLU(steps=3, mode="per_threshold"), torch.tensor([0.75]))]
+    >>> [u.tolist() for u in rule_coordinates(QReLU(thresholds=3, mode="per_threshold"), torch.tensor([0.75]))]
     [[0.75], [0.25], [-0.25]]
-    >>> [u.tolist() for u in rule_coordinates(QReLU(steps=3), torch.tensor([0.75]))]
+    >>> [u.tolist() for u in rule_coordinates(QReLU(thresholds=3), torch.tensor([0.75]))]
     [[0.5]]
     """
     if not isinstance(unit, QReLU):

@@ -145,7 +145,7 @@ class QReLU(ThresholdUnit):
 
     @property
     def steps(self) -> int:
-        """Deprecated: use :attr:`thresholds`."""
+        """Deprecated: use ``thresholds``."""
         warn_renamed("QReLU.steps", "QReLU.thresholds")
         return self.thresholds
 
