@@ -18,7 +18,9 @@ This callback defers the handling to the end of a training step::
 so every rank checkpoints at the same step, with the optimizer step complete, and the resumed run
 continues with step k+1 (Lightning restores the loops' progress and, with a stateful data loader, the
 position in the epoch). It changes nothing else: without SLURM, or with ``auto_requeue=False``, it
-does nothing. With gradient accumulation it waits for the step that updates the weights.
+does nothing. With gradient accumulation it waits for the step that updates the weights. A signal
+that arrives during validation is acted on at the end of the next training step: leave a
+``--signal=USR1@<seconds>`` margin longer than a validation pass.
 
 Mechanism: in ``setup`` (which Lightning runs before it installs its signal handlers) it installs a
 handler for the environment's ``requeue_signal`` that only records the signal; Lightning, finding a

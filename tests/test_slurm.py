@@ -1,7 +1,8 @@
 """Preemption on a real one-node SLURM cluster: requeue, resume, and the same final parameters.
 
 The module starts the cluster with ``scripts/slurm/local_cluster.sh start`` (as root; it installs
-slurm-wlm and munge with apt when missing) and stops it at the end. Every job is the production script
+slurm-wlm and munge with apt when missing) and stops it at the end, unless it was running before.
+``pytest -m "not slurm"`` leaves these tests out. Every job is the production script
 ``scripts/slurm/train.sbatch``: convnet4 on the embedded Fashion-MNIST, 2 tasks under ``srun``, gloo DDP,
 one thread per rank. The tests skip with one line where the cluster cannot start (not root, no apt);
 with ``FTPROP_REQUIRE_SLURM=1`` (set by ``.ci/run``) they fail instead.
@@ -49,12 +50,15 @@ def cluster():
         _unavailable("the one-node cluster runs its daemons as root")
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
         _unavailable("slurm-wlm is not installed and apt-get is missing")
+    status = subprocess.run([str(CLUSTER), "status"], capture_output=True, text=True, timeout=60).stdout
+    was_running = "running: slurmctld" in status
     proc = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
         _unavailable(lines[-1])
     yield
-    subprocess.run([str(CLUSTER), "stop"], capture_output=True, text=True, timeout=120)
+    if not was_running:  # a cluster someone started by hand stays up
+        subprocess.run([str(CLUSTER), "stop"], capture_output=True, text=True, timeout=120)
 
 
 # --- jobs ----------------------------------------------------------------------------------------
