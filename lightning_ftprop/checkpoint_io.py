@@ -39,7 +39,19 @@ __all__ = ["AtomicCheckpointIO"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local saves are a write to a sibling temp file and an atomic rename."""
+    """``TorchCheckpointIO`` whose local saves are a write to a sibling temp file and an atomic rename.
+
+    Pass it to the Trainer as a plugin: ``Trainer(plugins=[AtomicCheckpointIO()])``.
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "last.ckpt")
+    >>> io = AtomicCheckpointIO()
+    >>> io.save_checkpoint({"global_step": 5}, path)
+    >>> io.load_checkpoint(path)["global_step"], os.listdir(folder)  # no temp file is left beside it
+    (5, ['last.ckpt'])
+    >>> io.remove_checkpoint(path); os.rmdir(folder)
+    """
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         fs, local = url_to_fs(str(path))

@@ -49,6 +49,13 @@ class StepBoundaryRequeue(Callback):
 
     Raises:
         ValueError: ``check_every_n_steps`` is not a positive int.
+
+    >>> StepBoundaryRequeue(check_every_n_steps=10).check_every_n_steps
+    10
+    >>> StepBoundaryRequeue(check_every_n_steps=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: check_every_n_steps must be an int >= 1, got 0
     """
 
     def __init__(self, check_every_n_steps: int = 1) -> None:
