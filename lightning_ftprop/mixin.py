@@ -39,18 +39,7 @@ checkpoint whose spec differs from the module's is an error. Diagnostics: unless
 ``ftprop`` mapping values may carry per-target unit arguments, as for the callback:
 ``{"mapping": {"ReLU": "sign", "Tanh": ["qrelu", {"thresholds": 5}]}}``.
 
->>> import lightning.pytorch as pl
->>> from torch import nn
->>> class Net(FTPropMixin, pl.LightningModule):
-...     def __init__(self, ftprop=None):
-...         super().__init__()
-...         self.save_hyperparameters()
-...         self.body = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
->>> net = Net(ftprop={"activation": "step", "rule": "sste", "memory": "packed"})
->>> net.apply_ftprop()
-['body.1']
->>> [type(c).__name__ for c in net.configure_callbacks()]
-['FTPropDiagnostics', 'TrainingStepMemory']
+The class docstring of :class:`FTPropMixin` has a runnable example.
 """
 
 from __future__ import annotations
@@ -96,6 +85,9 @@ class FTPropMixin:
     ...         self.body = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> Net().apply_ftprop(), Net(ftprop={"activation": "sign"}).apply_ftprop()
     ([], ['body.1'])
+    >>> net = Net(ftprop={"activation": "step", "rule": "sste", "memory": "packed"})
+    >>> net.apply_ftprop(), [type(c).__name__ for c in net.configure_callbacks()]
+    (['body.1'], ['FTPropDiagnostics', 'TrainingStepMemory'])
     """
 
     _ftprop_mixin = True  # lets FTPropCallback refuse to convert a second time
