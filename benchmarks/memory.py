@@ -17,8 +17,11 @@ Three measurements, side by side in one run:
    ``memory="recompute"``; the test accuracies must agree to the last digit.
 
 ``resnet18+stem`` is resnet18 with its stem (conv1, bn1, relu, maxpool) regrouped as one
-``nn.Sequential`` so that :func:`~lightning_ftprop.memory.recompute` can segment it too (torchvision's
-``ResNet.forward`` calls the stem modules itself): how low held memory goes when every unit is covered.
+``nn.Sequential``: the layout the first ``recompute`` (which segmented only ``nn.Sequential``) needed to
+cover the stem. :func:`~lightning_ftprop.memory.recompute` now works from the module calls, so plain
+``resnet18`` (torchvision's, unmodified) should hold the same; the row stays for comparison.
+``timm_resnet18``, ``bert`` and ``gpt2`` (:func:`third_party`) are models as their authors wrote them,
+converted by ``convert`` and nothing else; their float twin keeps the authors' ReLU/GELU.
 
     MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/memory.py            # everything (about 10 min, 1 core)
     python benchmarks/memory.py --nets convnet4 --skip-time --skip-budget
@@ -50,6 +53,13 @@ NETS = {  # name -> (input shape without batch, batch, classes)
     "alexnet_dorefa": ((3, 224, 224), 8, 100),
     "resnet18+stem": ((3, 64, 64), 32, 100),
 }
+#: Models as people write them, unmodified (see :func:`third_party`): name -> (input shape, batch, classes).
+THIRD_PARTY = {
+    "timm_resnet18": ((3, 64, 64), 32, 100),
+    "bert": ((128,), 16, 128),  # 4 layers, hidden 128, sequence 128; token ids in, the [CLS] state as logits
+    "gpt2": ((128,), 16, 128),  # the same sizes; the first position's state as logits
+}
+NETS.update(THIRD_PARTY)
 #: variant -> (activation, memory mode); the threshold variants use ``--activation``/``--rule``.
 VARIANTS = ("relu", "exact", "packed", "recompute")
 
@@ -62,8 +72,54 @@ def _sequential_stem(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+class _FirstState(torch.nn.Module):
+    """A Hugging Face encoder/decoder as a classifier: token ids -> its first position's last hidden state."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids).last_hidden_state[:, 0]
+
+
+def third_party(net: str) -> torch.nn.Module:
+    """An unmodified timm or Hugging Face model (random init, offline): ReLU/GELU as their authors wrote them."""
+    if net == "timm_resnet18":
+        import timm
+
+        return timm.create_model("resnet18", num_classes=NETS[net][2])
+    import transformers
+
+    sizes = dict(vocab_size=1000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4)
+    if net == "bert":
+        config = transformers.BertConfig(**sizes, intermediate_size=512, max_position_embeddings=128)
+        return _FirstState(transformers.BertModel(config))
+    config = transformers.GPT2Config(vocab_size=1000, n_embd=128, n_layer=4, n_head=4, n_positions=128)
+    return _FirstState(transformers.GPT2Model(config))
+
+
+def inputs(net: str, batch: int, device="cpu"):
+    """A batch ``(x, y)`` for ``net``: images, or token ids for the Hugging Face models."""
+    shape, _, classes = NETS[net]
+    if net in ("bert", "gpt2"):
+        x = torch.randint(0, 1000, (batch, *shape), device=device)
+    else:
+        x = torch.randn(batch, *shape, device=device)
+    return x, torch.randint(0, classes, (batch,), device=device)
+
+
 def build(net: str, variant: str, activation: str, rule: str, steps: int) -> torch.nn.Module:
     kwargs = {"steps": steps} if activation == "qrelu" else {}
+    if net in THIRD_PARTY:
+        model = third_party(net)
+        if variant != "relu":
+            from lightning_ftprop import convert
+
+            convert(model, activation, rule, **kwargs)
+        if variant == "recompute":
+            memory.recompute(model)
+        return model
     stem = net.endswith("+stem")
     net = net.removesuffix("+stem")
     if variant == "relu":
@@ -108,11 +164,9 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net, variant = args.worker
-    shape = NETS[net][0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build(net, variant, args.activation, args.rule, args.steps).to(device).train()
-    x = torch.randn(args.batch, *shape, device=device)
-    y = torch.randint(0, NETS[net][2], (args.batch,), device=device)
+    x, y = inputs(net, args.batch, device)
     mode = "exact" if variant == "relu" else variant
     for _ in range(2):  # warm-up: gradients allocated, allocator settled
         model.zero_grad(set_to_none=False)
@@ -156,15 +210,13 @@ def held(net: str, variant: str, batch: int, args: argparse.Namespace) -> Dict[s
 def step_times(net: str, args: argparse.Namespace) -> Dict[str, float]:
     """Mean CPU seconds per training step of each variant; the fastest of ``--rounds`` alternating rounds."""
     torch.set_num_threads(1)
-    shape, batch, classes = NETS[net]
-    batch = args.time_batch or batch
+    batch = args.time_batch or NETS[net][1]
     models, optims = {}, {}
     for variant in VARIANTS:
         torch.manual_seed(0)
         models[variant] = build(net, variant, args.activation, args.rule, args.steps).train()
         optims[variant] = torch.optim.SGD(models[variant].parameters(), lr=1e-3)
-    x = torch.randn(batch, *shape)
-    y = torch.randint(0, classes, (batch,))
+    x, y = inputs(net, batch)
     best = {v: float("inf") for v in VARIANTS}
     for round_ in range(args.rounds + 1):
         for variant in VARIANTS:

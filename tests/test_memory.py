@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import math
-import sys
 import warnings
 
 import pytest
@@ -15,6 +15,8 @@ from torch import nn
 import lightning_ftprop as ftp
 from lightning_ftprop import memory
 from lightning_ftprop.models import get_model
+
+CALLS = importlib.import_module("lightning_ftprop.memory.calls")
 
 UNITS = {  # label -> (activation, unit kwargs)
     "sign": ("sign", {}),
@@ -245,23 +247,30 @@ def test_recompute_matches_exact_for_every_rule(arch, activation, kwargs, rule):
         assert torch.equal(recomputed_state[name], exact_state[name]), name
 
 
-def test_recompute_segments_sequentials_and_names_what_it_cannot_cover():
-    model = _net("resnet18", "sign", "sste")
-    with pytest.warns(UserWarning, match=r"1 threshold unit\(s\).*: relu$") as record:
-        names = memory.recompute(model)
-    assert len(record) == 1
-    assert names == ["layer1", "layer2", "layer3", "layer4"]
-    convnet = _net("convnet4", "sign", "sste")
+def test_recompute_covers_the_resnet_stem_and_names_what_it_cannot_cover():
+    model = _net("resnet18", "sign", "soft_hinge")
+    names = memory.recompute(model)
+    assert names[:3] == ["relu", "layer1.0.relu", "layer1.1.relu"]  # every unit, the stem's included
+    x, y = _batch("resnet18")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a plain nn.Sequential needs no warning
-        assert memory.recompute(convnet) == [""]
-    segments = convnet.__dict__[memory._SEGMENTS]
-    assert [[type(m).__name__ for m in s] for s in segments] == [
-        ["Conv2d", "MaxPool2d", "Sign"],
-        ["Conv2d", "MaxPool2d", "Sign"],
-        ["Flatten", "Linear", "Sign"],
-        ["Linear"],
-    ]
+        warnings.simplefilter("error")  # the stem and the blocks are covered: no warning
+        for _ in range(2):
+            _step(model, x, y, "packed")
+
+    class Scaled(nn.Module):  # z = 2 * linear(x): made by a python op, in a module whose output is float
+        def __init__(self):
+            super().__init__()
+            self.lin, self.act, self.out = nn.Linear(4, 4), ftp.Sign(rule="soft_hinge"), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.out(self.act(self.lin(x) * 2))
+
+    odd = Scaled()
+    assert memory.recompute(odd) == ["act"]
+    with pytest.warns(UserWarning, match=r"1 threshold unit\(s\) keep their float input z.*: act$") as record:
+        for _ in range(2):  # named once, after the first forward
+            _step(odd, torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]), "packed")
+    assert len(record) == 1
 
 
 def test_recompute_is_undone_and_keeps_state_dict_keys():
@@ -278,27 +287,30 @@ def test_recompute_is_undone_and_keeps_state_dict_keys():
         assert torch.equal(model(x), expected)
 
 
-def test_recompute_keeps_only_packed_segment_inputs(monkeypatch):
-    """Under recompute the forward saves, per segment, only its input: the image, then bits."""
+def test_recompute_keeps_only_bits_references_and_the_image(monkeypatch):
+    """Under recompute the forward keeps the image, bits, references to module calls and small tensors."""
     model = _net("convnet4", "sign", "soft_hinge")  # soft_hinge keeps float z without recompute
     memory.recompute(model)
     x, y = _batch("convnet4")
-    kinds, sizes = [], []
-    real_pack = memory.pack
+    kept = []
 
-    def spy(t):
-        saved = real_pack(t)
-        kinds.append(saved.kind if isinstance(saved, memory._Packed) else ("image" if t is x else str(t.dtype)))
-        sizes.append(t.numel())
-        return saved
+    def spy(keep):
+        def wrapped(*args):
+            stored = keep(*args)
+            kept.append(stored)
+            return stored
 
-    monkeypatch.setattr(sys.modules["lightning_ftprop.memory.recompute"], "pack", spy)
-    with torch.autograd.graph.saved_tensors_hooks(spy, memory.unpack):
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y)
-    assert kinds[:4] == ["image", "unit", "unit", "unit"]  # the four segments' inputs
-    assert max(sizes[4:]) <= logits.numel()  # then only what the loss keeps
-    loss.backward()
+        return wrapped
+
+    monkeypatch.setattr(CALLS, "store", spy(CALLS.store))
+    monkeypatch.setattr(CALLS._Saver, "__call__", spy(CALLS._Saver.__call__))
+    logits = model(x)
+    floats = [t for t in kept if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > logits.numel()]
+    params = {id(p) for p in model.parameters()}
+    assert floats and all(t is x or id(t if t._base is None else t._base) in params for t in floats)
+    kinds = {type(t).__name__ for t in kept}
+    assert {"_Packed", "_Ref"} <= kinds  # bits (conv inputs) and references (BN/pool inputs, z, indices)
+    nn.functional.cross_entropy(logits, y).backward()
     assert all(p.grad is not None for p in model.parameters())
 
 

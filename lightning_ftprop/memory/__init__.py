@@ -16,11 +16,12 @@ Three memory modes, from most to least held memory:
   is kept in the smallest integer type that holds its range. The units' own state is compact too:
   ``ste`` keeps nothing, ``sste`` keeps the 1-bit mask ``1[|u| <= 1]``, other rules keep their
   ``saved=`` form. Everything is lossless, so the gradients are bitwise identical to ``"exact"``.
-* ``"recompute"``: :func:`recompute` on the model, then training under :func:`packed`. Each segment
-  between threshold units (``conv -> BN -> pool -> unit``) runs under non-reentrant
-  ``torch.utils.checkpoint`` and keeps only its input, packed; the backward recomputes the segment
-  from those bits. ``z`` is recomputed exactly, so every rule, ``soft_hinge`` included, keeps its
-  exact gradient (equal to ``"exact"`` up to float reassociation; in practice bitwise).
+* ``"recompute"``: :func:`recompute` on the model, then training under :func:`packed`. Besides the
+  bits, the forward keeps references to the module calls that computed the other saved tensors
+  (``conv -> BN -> unit``: BN's input and the unit's ``z``); the backward calls those modules again.
+  Found from the module calls of the forward, so unmodified third-party models are covered. Every
+  rule, ``soft_hinge`` included, keeps its exact gradient (equal to ``"exact"`` up to float
+  reassociation; in practice bitwise).
 
 The package, one module per part:
 
@@ -29,8 +30,8 @@ The package, one module per part:
   :func:`packed`);
 * :mod:`~lightning_ftprop.memory.unit_state`: the unit-state protocol, what a threshold unit keeps for
   its backward, decided per thread (:func:`recomputing` among it);
-* :mod:`~lightning_ftprop.memory.recompute`: segmenting a model and recomputing it in the backward
-  (:func:`recompute`);
+* :mod:`~lightning_ftprop.memory.recompute`: rebuilding saved tensors in the backward by calling the
+  module calls of the forward again (:func:`recompute`);
 * :mod:`~lightning_ftprop.memory.modes`: :data:`MEMORY_MODES`, :data:`DEFAULT_MEMORY` and
   :class:`MemoryMode`.
 

@@ -1,143 +1,228 @@
-"""Recompute: re-run the forward of each segment between threshold units in the backward.
+"""Recompute: keep threshold outputs as bits and rebuild everything else in the backward.
 
-Each segment between threshold units (``conv -> BN -> pool -> unit``) runs under non-reentrant
-``torch.utils.checkpoint`` and keeps only its input, packed (:func:`lightning_ftprop.memory.pack`);
-the backward recomputes the segment from those bits. ``z`` is recomputed exactly, so every rule,
-``soft_hinge`` included, keeps its exact gradient (equal to ``"exact"`` up to float reassociation).
+Under :func:`recompute` a training step keeps, between its forward and its backward, the threshold
+outputs in bits and little else; every float tensor that autograd would keep for the backward and that
+a module call produced from those bits is rebuilt in the backward by calling that module again.
 
-What can be segmented: the children of every ``nn.Sequential`` are cut after each child that is or
-contains a threshold unit, so ``[conv, pool, unit]`` is a segment and a residual block whose output
-is a unit output (torchvision's ``BasicBlock``) is one segment. Units called from another module's
-own ``forward`` (torchvision ResNet's stem ``relu``) stay un-recomputed (still packed), and
-:func:`recompute` names them in one warning.
+How the segments are found: from the **module calls seen during the forward**. We chose module calls
+over an fx/export graph and over the autograd graph because
 
-What this module uses of the rest of the package: :func:`~lightning_ftprop.memory.hooks.pack` and
-:func:`~lightning_ftprop.memory.hooks.unpack` for the segment inputs, and
-:func:`~lightning_ftprop.memory.unit_state.float_state` and
-:func:`~lightning_ftprop.memory.unit_state.recomputation` around each segment's forward and
-recomputation (see :mod:`lightning_ftprop.memory.unit_state`).
+* fx and export need a traceable ``forward``: Hugging Face models branch on config values and on
+  tensor shapes, and a graph traced for one input does not run another; module calls need nothing of
+  the model's ``forward`` - it runs as written, python control flow included;
+* the autograd graph says which tensors are kept but not how to compute them again: a node's
+  forward cannot be re-run from its ``grad_fn``. A module call can: it is a callable with inputs.
+
+Two mechanisms, both driven by what the calls do:
+
+1. **Recorded calls** (every leaf module: conv, BatchNorm, linear, LayerNorm, pooling, dropout,
+   the units; :mod:`~lightning_ftprop.memory.calls`). Each call keeps a recipe (module, inputs, RNG
+   state), and a saved float tensor that a recorded call produced is stored as a reference to that
+   call; the backward's first use of it runs the call again. So ``conv -> BN -> unit`` keeps the
+   conv's input in bits and nothing else: BN's input and the unit's ``z`` are references.
+2. **Segments (a module whose output is a threshold output and inside which a unit kept a float
+   ``z`` that no reference could replace).** A torchvision ``BasicBlock`` is one: ``out += identity``
+   changes BN's output in place before the last unit sees it. On the first training call such a module
+   runs plainly and is found; from its second call on it runs under non-reentrant
+   ``torch.utils.checkpoint`` and keeps only its input (in bits).
+
+What stays un-recomputed is named in one warning: threshold units that kept a float ``z`` outside any
+segment after the first training forward.
+
+Exactness. The re-run calls the same module with bitwise the same inputs, RNG state and unit state, so
+the rebuilt tensors are bitwise the forward's where the kernels are deterministic (all CPU kernels we
+test); BatchNorm's running statistics are restored after every re-run, so they are updated once per
+step. The tests compare gradients with ``rtol=1e-5, atol=1e-7`` (float reassociation in kernels that
+pick a different blocking) and find them bitwise equal on the CPU.
+
+Limits: a module's output that is changed in place after the call (``out += identity``) is not
+referenced (its value is no longer the call's); a view of a view of an output is not referenced; the
+recipe keeps the call's non-tensor arguments as they are, so a module that reads mutable global state
+(other than the RNG, BatchNorm statistics and the units' memory policy, which are handled) must read
+the same in the backward. Under ``torch.compile`` the wrapped modules run as written (no recipes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import types
 import warnings
-from typing import Callable, Iterator, List, Sequence
+from typing import Iterator, List
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from lightning_ftprop.memory import unit_state
-from lightning_ftprop.memory.hooks import pack, unpack
+from lightning_ftprop.memory import calls, unit_state
+from lightning_ftprop.memory.hooks import _alphabet
 from lightning_ftprop.nn import ThresholdUnit
 
 __all__ = ["recompute"]
 
-_SEGMENTS = "_ftprop_segments"  # instance attribute of a segmented nn.Sequential
+_SEGMENTS = "_ftprop_segments"  # instance attribute of every module recompute() wraps: its _Role
+
+
+# --- the wrappers ------------------------------------------------------------------------------------
+
+
+class _Role:
+    """What recompute() made of one module: a recorded ``leaf`` or a ``node`` that may become a segment."""
+
+    def __init__(self, kind: str, name: str, plan: _Plan):
+        self.kind, self.name, self.plan = kind, name, plan
+        self.segment = False
+
+
+class _Plan:
+    """Shared by the wrappers of one recompute() call."""
+
+    def __init__(self):
+        self.warned = False
+
+
+def _plain() -> bool:
+    """Run modules as written: no gradient, inside a segment or a re-run, or under torch.compile."""
+    return calls.state.plain > 0 or not torch.is_grad_enabled() or torch.compiler.is_compiling()
+
+
+def _leaf_forward(self: nn.Module, *args, **kwargs):
+    if _plain():
+        return calls.own_forward(self, args, kwargs)
+    out, uncovered = calls.record_call(self, args, kwargs)
+    if uncovered and calls.state.depth:
+        calls.state.uncovered.append(self.__dict__[_SEGMENTS].name)
+    return out
+
+
+def _segment_contexts(module: nn.Module):
+    # Inside a segment the units keep z (it is recomputed anyway), in the forward and in the re-run alike,
+    # so that both save the same tensors.
+    return _inside_segment(), _segment_rerun(module)
+
+
+@contextlib.contextmanager
+def _inside_segment() -> Iterator[None]:
+    calls.state.plain += 1
+    try:
+        with unit_state.float_state():
+            yield
+    finally:
+        calls.state.plain -= 1
+
+
+@contextlib.contextmanager
+def _segment_rerun(module: nn.Module) -> Iterator[None]:
+    with calls.rerunning([module]), unit_state.float_state():
+        yield
+
+
+def _mask_or_reference(ctx, z, rule, weighted: bool, saved: str, steps: int, mode: str) -> bool:
+    """The unit-state policy under recompute: ``sste`` keeps its 1-bit mask, any other ``z`` is referenced.
+
+    :func:`~lightning_ftprop.memory.unit_state.packed_state` on a detached ``z``: its one-pass rebuild
+    would read the saved tensors of the layers before the unit in the forward, which under recompute
+    are references (reading one re-runs a call). A reference rebuilds ``z`` anyway, so only the 1-bit
+    mask of ``sste`` is worth keeping instead.
+    """
+    if unit_state.packed_state(ctx, z.detach(), rule, weighted, saved, steps, mode):
+        return True
+    ctx.kept_why = "recompute re-runs the module call that made z (z is kept as a reference to it)"
+    return False
+
+
+@contextlib.contextmanager
+def _outermost() -> Iterator[None]:
+    """Around the outermost wrapped call: saved tensors go through :func:`calls.store`, and under
+    :func:`~lightning_ftprop.memory.packed` the units follow :func:`_mask_or_reference`."""
+    policy = unit_state.active_policy()
+    if policy is unit_state.packed_state:
+        policy = _mask_or_reference
+    with torch.autograd.graph.saved_tensors_hooks(calls.store, calls.load), unit_state.use_policy(policy):
+        yield
+
+
+def _node_forward(self: nn.Module, *args, **kwargs):
+    role = self.__dict__[_SEGMENTS]
+    forward = functools.partial(type(self).forward, self)
+    if _plain():
+        return forward(*args, **kwargs)
+    outermost = calls.state.depth == 0
+    calls.state.depth += 1
+    try:
+        with _outermost() if outermost else contextlib.nullcontext():
+            if role.segment:
+                return torch.utils.checkpoint.checkpoint(
+                    forward,
+                    *args,
+                    use_reentrant=False,
+                    context_fn=functools.partial(_segment_contexts, self),
+                    **kwargs,
+                )
+            mark = len(calls.state.uncovered)
+            out = forward(*args, **kwargs)
+            if (
+                len(calls.state.uncovered) > mark
+                and isinstance(out, Tensor)
+                and _alphabet(out) is not None
+                and not outermost
+            ):
+                role.segment = True  # from the next call on
+                del calls.state.uncovered[mark:]
+            return out
+    finally:
+        calls.state.depth -= 1
+        if outermost:
+            uncovered, calls.state.uncovered = list(dict.fromkeys(calls.state.uncovered)), []
+            if uncovered and not role.plan.warned:
+                role.plan.warned = True
+                warnings.warn(
+                    f"recompute(): {len(uncovered)} threshold unit(s) keep their float input z un-recomputed (still "
+                    "packed): no module call produced z unchanged and no module around them outputs unit values. "
+                    f"Not covered: {', '.join(uncovered)}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
+
+class _Forward:
+    """The instance ``forward`` recompute() gives a module; unlike a bound method it survives pickling
+    (``torch.save(model)``) and ``copy.deepcopy`` binds it to the copy."""
+
+    __slots__ = ("module", "node")
+
+    def __init__(self, module: nn.Module, node: bool):
+        self.module, self.node = module, node
+
+    def __call__(self, *args, **kwargs):
+        return (_node_forward if self.node else _leaf_forward)(self.module, *args, **kwargs)
 
 
 def _has_units(module: nn.Module) -> bool:
     return any(isinstance(m, ThresholdUnit) for m in module.modules())
 
 
-def _plain_sequential(module: nn.Module) -> bool:
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
-
-
-def _chain(modules: Sequence[nn.Module], x):
-    for module in modules:
-        x = module(x)
-    return x
-
-
-@contextlib.contextmanager
-def _keep_running_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Restore BatchNorm running statistics after a recomputation: the forward already updated them."""
-    norms = [
-        m
-        for module in modules
-        for m in module.modules()
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats
-    ]
-    kept = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None] for m in norms]
-    try:
-        with unit_state.recomputation(), unit_state.float_state():
-            yield
-    finally:
-        with torch.no_grad():
-            for m, buffers in zip(norms, kept):
-                live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-                for b, old in zip(live, buffers):
-                    b.copy_(old)
-
-
-def _contexts(modules: Sequence[nn.Module]):
-    # Inside a segment the units keep z (the saved tensors are recomputed anyway), in the forward and in
-    # the recomputation alike, so that both save the same tensors.
-    return unit_state.float_state(), _keep_running_stats(modules)
-
-
-def _run_segment(segment, x):
-    if isinstance(segment, nn.Module):  # a nested, itself segmented, nn.Sequential
-        return segment(x)
-    if not torch.is_grad_enabled():
-        return _chain(segment, x)
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):  # the segment's input is saved packed
-        return torch.utils.checkpoint.checkpoint(
-            functools.partial(_chain, segment),
-            x,
-            use_reentrant=False,
-            context_fn=functools.partial(_contexts, segment),
-        )
-
-
-def _segmented_forward(self: nn.Sequential, x):
-    """``nn.Sequential.forward`` with each segment recomputed in the backward from its packed input."""
-    for segment in self.__dict__[_SEGMENTS]:
-        x = _run_segment(segment, x)
-    return x
-
-
-def _segments(sequential: nn.Sequential, plan: Callable) -> List:
-    """Cut the children after each child that is or holds a threshold unit."""
-    segments: List = []
-    current: List[nn.Module] = []
-    for name, child in sequential._modules.items():
-        if child is None:
-            continue
-        if _plain_sequential(child) and _has_units(child):
-            if current:
-                segments.append(current)
-                current = []
-            plan(child, name)
-            segments.append(child)
-            continue
-        current.append(child)
-        if _has_units(child):
-            segments.append(current)
-            current = []
-    if current:
-        segments.append(current)
-    return segments
-
-
 def recompute(model: nn.Module, enable: bool = True) -> List[str]:
-    """Make ``model`` recompute the segments between its threshold units in the backward (in place).
+    """Make ``model`` rebuild in the backward what it computed from threshold outputs (in place).
 
-    ``recompute(model, enable=False)`` undoes it. Calling it again re-plans the segments (after you
-    change the model). Only the ``forward`` of the segmented ``nn.Sequential`` instances changes (an
-    instance attribute); parameters, buffers and ``state_dict`` keys stay as they are. Under
-    ``torch.no_grad`` the segments run plainly. BatchNorm running statistics are updated once per
-    forward, as without recomputation, and dropout draws the same mask (checkpoint restores the RNG).
+    See the module docstring for what is kept and what is rebuilt. ``recompute(model, enable=False)``
+    undoes it; calling it again starts afresh. Only instance ``forward`` attributes change (every leaf
+    module, the model and each module holding a unit get one): parameters, buffers and ``state_dict``
+    keys stay as they are. Under ``torch.no_grad`` everything runs plainly.
+    BatchNorm running statistics are updated once per forward, and dropout draws the same mask in the
+    re-run as in the forward.
+
+    >>> import torch, torchvision, lightning_ftprop as ftp
+    >>> model = torchvision.models.resnet18(num_classes=10)
+    >>> _ = ftp.convert(model, "sign", "soft_hinge")
+    >>> ftp.memory.recompute(model)[:3]
+    ['relu', 'layer1.0.relu', 'layer1.1.relu']
+    >>> model(torch.randn(2, 3, 32, 32)).sum().backward()
 
     Returns:
-        The names of the segmented ``nn.Sequential`` modules (``""`` is the model itself).
+        The names of the threshold units whose state it manages.
 
     Warns:
-        UserWarning: once, naming the threshold units that no segment covers (called from a
-        ``forward`` other than ``nn.Sequential``'s); they train un-recomputed.
+        UserWarning: once, after the first training forward, naming the threshold units that kept a
+        float ``z`` no re-run can rebuild; they train un-recomputed (still packed).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -156,39 +241,17 @@ def recompute(model: nn.Module, enable: bool = True) -> List[str]:
             f"recompute() found no threshold unit in {type(model).__name__}; convert it first "
             "(lightning_ftprop.convert) - there is nothing to recompute from packed bits"
         )
-    segmented: List[str] = []
-    uncovered: List[str] = []
-    seen = set()
-
-    def plan(module: nn.Module, name: str) -> None:
-        if id(module) in seen:
-            return
-        seen.add(id(module))
+    plan = _Plan()
+    units = []
+    for name, module in model.named_modules():
         if isinstance(module, ThresholdUnit):
-            uncovered.append(name or type(module).__name__)
-        elif not _has_units(module):
-            return
-        elif _plain_sequential(module):
-            segments = _segments(module, lambda child, child_name: plan(child, _join(name, child_name)))
-            module.__dict__[_SEGMENTS] = segments
-            module.__dict__["forward"] = types.MethodType(_segmented_forward, module)
-            segmented.append(name)
+            units.append(name or type(module).__name__)
+        if not module._modules:
+            role, forward = _Role("leaf", name, plan), _leaf_forward
+        elif module is model or _has_units(module):
+            role, forward = _Role("node", name, plan), _node_forward
         else:
-            for child_name, child in module._modules.items():
-                if child is not None:
-                    plan(child, _join(name, child_name))
-
-    plan(model, "")
-    if uncovered:
-        warnings.warn(
-            f"recompute(): {len(uncovered)} threshold unit(s) are called from a forward other than "
-            f"nn.Sequential's, so no segment covers them; they train un-recomputed (still packed). Group "
-            f"each with the layers before it in an nn.Sequential to cover it. Not covered: {', '.join(uncovered)}",
-            UserWarning,
-            stacklevel=2,
-        )
-    return segmented
-
-
-def _join(parent: str, child: str) -> str:
-    return f"{parent}.{child}" if parent else child
+            continue
+        module.__dict__[_SEGMENTS] = role
+        module.__dict__["forward"] = _Forward(module, forward is _node_forward)
+    return units
