@@ -253,12 +253,24 @@ def unpack(saved, samples: Optional[int] = None) -> Tensor:
 def packed() -> Iterator[None]:
     """Store every saved threshold output, mask and index tensor compactly (see the module docstring).
 
-        with lightning_ftprop.memory.packed():
-            loss = criterion(model(x), y)
-        loss.backward()          # the backward may run inside or outside the context
+    The units inside keep less too (:func:`~lightning_ftprop.memory.unit_state.packed_state`): nothing
+    when their ``z`` can be rebuilt in one pass (after BatchNorm here), else a 1-bit mask (``sste``)
+    or ``z``. Forward and backward values are unchanged: everything is lossless. Packing happens when
+    autograd saves a tensor (in the forward), unpacking when the backward needs it; the backward may
+    run inside or outside the context.
 
-    Forward and backward values are unchanged: ``pack`` is lossless. Packing happens when autograd
-    saves a tensor (in the forward), unpacking when the backward needs it.
+    >>> import copy, torch
+    >>> from torch import nn
+    >>> import lightning_ftprop as ftp
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), ftp.Sign("soft_hinge"),
+    ...                       nn.Flatten(), nn.Linear(8 * 6 * 6, 2))
+    >>> twin, x = copy.deepcopy(model), torch.randn(4, 3, 8, 8)
+    >>> model(x).square().sum().backward()
+    >>> with packed():
+    ...     loss = twin(x).square().sum()
+    >>> loss.backward()
+    >>> all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), twin.parameters()))
+    True
 
     Raises:
         RuntimeError: inside ``torch.compile`` (saved-tensor hooks cannot be traced there); compile
