@@ -11,7 +11,12 @@ Three measurements, side by side in one run:
 2. **Step time** (forward + backward + SGD step) against ReLU, all variants of a network in one process,
    alternating rounds; per variant the fastest round's mean process CPU time (steady on a shared machine).
 3. **Largest batch under a budget**: the biggest batch (bisection over held memory, fresh process per
-   probe) whose held memory stays within ``--budget-mb``, for ReLU and for ``recompute``.
+   probe) whose held memory stays within ``--budget-mb``, for ReLU, ``packed`` and ``recompute`` with
+   the default rule.
+
+Every rule is measured (``--rules`` to choose), and the default rule (``soft_hinge``, what
+``FTPropCallback("sign")`` trains) is reported first: a figure measured with another rule is labelled
+with it.
 4. **Accuracy** (``--accuracy``): the demo's convnet4 on the embedded Fashion-MNIST subset, one epoch,
    seed 0, sign/sste through ``FTPropCallback``, once with ``memory="exact"`` and once with
    ``memory="recompute"``; the test accuracies must agree to the last digit.
@@ -23,8 +28,8 @@ cover the stem. :func:`~lightning_ftprop.memory.recompute` now works from the mo
 ``timm_resnet18``, ``bert`` and ``gpt2`` (:func:`third_party`) are models as their authors wrote them,
 converted by ``convert`` and nothing else; their float twin keeps the authors' ReLU/GELU.
 
-    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/memory.py            # everything (about 10 min, 1 core)
-    python benchmarks/memory.py --nets convnet4 --skip-time --skip-budget
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/memory.py            # everything, every rule (about 40 min)
+    python benchmarks/memory.py --nets convnet4 --rules soft_hinge --skip-time --skip-budget
     python benchmarks/memory.py --accuracy                                # only the accuracy check
 """
 
@@ -44,7 +49,9 @@ import torch
 import torch.nn.functional as F
 
 from lightning_ftprop import memory
+from lightning_ftprop.memory import DEFAULT_MEMORY
 from lightning_ftprop.models import get_model
+from lightning_ftprop.rules import DEFAULT_RULE, available_rules
 
 NETS = {  # name -> (input shape without batch, batch, classes)
     "convnet4": ((3, 32, 32), 128, 10),
@@ -279,7 +286,14 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     parser.add_argument("--time-nets", nargs="+", default=["convnet4", "convnet8", "resnet18", "alexnet_dorefa"])
     parser.add_argument("--activation", default="sign", choices=["sign", "step", "qrelu"])
-    parser.add_argument("--rule", default="sste")
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        default=available_rules(),
+        choices=available_rules(),
+        help="the rules to measure (default: every rule; the default rule is reported first)",
+    )
+    parser.add_argument("--rule", default=DEFAULT_RULE, help=argparse.SUPPRESS)  # a worker's rule
     parser.add_argument("--steps", type=int, default=3, help="qrelu steps")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=3)
@@ -308,44 +322,63 @@ def main() -> None:
 
     torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    unit = f"{args.activation}/{args.rule}" + (f" steps={args.steps}" if args.activation == "qrelu" else "")
+    rules = _ordered_rules(args.rules)
+    steps = f" steps={args.steps}" if args.activation == "qrelu" else ""
     print(f"# benchmarks/memory.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, device {device}")
-    print(f"# torch {torch.__version__}; threshold unit {unit}; 1 thread\n")
+    print(f"# torch {torch.__version__}; threshold unit {args.activation}{steps}, rules {', '.join(rules)}; 1 thread")
+    print(f"# the default: FTPropCallback({args.activation!r}) = rule {DEFAULT_RULE!r}, memory={DEFAULT_MEMORY!r}\n")
 
-    print("## Held memory between forward and backward (MB; ratio to ReLU)")
-    print("| network | batch | input | relu | exact | packed | recompute |")
-    print("|---|---|---|---|---|---|---|")
-    results: Dict[str, Dict[str, float]] = {}
-    for net in [] if args.skip_held else args.nets:
-        shape, batch, _ = NETS[net]
-        results[net] = {v: held(net, v, batch, args)["held_mb"] for v in VARIANTS}
-        relu = results[net]["relu"]
-        cells = [f"{relu:.1f}"] + [f"{results[net][v]:.1f} ({results[net][v] / relu:.2f}x)" for v in VARIANTS[1:]]
-        print(f"| {net} | {batch} | {'x'.join(map(str, shape[1:]))} | " + " | ".join(cells) + " |", flush=True)
+    print("## Held memory between forward and backward (MB; ratio to ReLU), the default rule first")
+    print("| network | batch | input | rule | relu | exact | packed | recompute |")
+    print("|---|---|---|---|---|---|---|---|")
+    relu: Dict[str, float] = {}
+    for rule in [] if args.skip_held else rules:
+        args.rule = rule
+        for net in args.nets:
+            shape, batch, _ = NETS[net]
+            if net not in relu:
+                relu[net] = held(net, "relu", batch, args)["held_mb"]
+            found = {v: held(net, v, batch, args)["held_mb"] for v in VARIANTS[1:]}
+            cells = [f"{relu[net]:.1f}"] + [f"{found[v]:.1f} ({found[v] / relu[net]:.2f}x)" for v in VARIANTS[1:]]
+            size = "x".join(map(str, shape[1:] or shape))
+            print(f"| {net} | {batch} | {size} | {_label(rule)} | " + " | ".join(cells) + " |", flush=True)
 
     if not args.skip_time:
-        print("\n## Step time (CPU s per step, fastest round; ratios)")
-        print("| network | batch | relu | exact | packed | recompute | packed/exact | recompute/relu |")
-        print("|---|---|---|---|---|---|---|---|")
-        for net in [n for n in args.time_nets if n in args.nets]:
-            t = step_times(net, args)
-            cells = " | ".join(f"{t[v]:.3f}" for v in VARIANTS)
-            batch = args.time_batch or NETS[net][1]
-            print(
-                f"| {net} | {batch} | {cells} | {t['packed'] / t['exact']:.2f}x | {t['recompute'] / t['relu']:.2f}x |",
-                flush=True,
-            )
+        print("\n## Step time (CPU s per step, fastest round; ratios), the default rule first")
+        print(
+            "| network | batch | rule | relu | exact | packed | recompute | packed/exact "
+            "| throughput of packed vs relu | recompute/relu |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for rule in rules:
+            args.rule = rule
+            for net in [n for n in args.time_nets if n in args.nets]:
+                t = step_times(net, args)
+                cells = " | ".join(f"{t[v]:.3f}" for v in VARIANTS)
+                batch = args.time_batch or NETS[net][1]
+                ratios = f"{t['packed'] / t['exact']:.2f}x | {t['relu'] / t['packed']:.2f}x | {t['recompute'] / t['relu']:.2f}x"
+                print(f"| {net} | {batch} | {_label(rule)} | {cells} | {ratios} |", flush=True)
 
     if not args.skip_budget:
-        print(f"\n## Largest batch whose held memory fits {args.budget_mb:.0f} MB")
-        print("| network | relu | recompute | gain |")
-        print("|---|---|---|---|")
+        args.rule = rules[0]
+        print(f"\n## Largest batch whose held memory fits {args.budget_mb:.0f} MB ({_label(rules[0])})")
+        print("| network | relu | packed | recompute | gain of recompute |")
+        print("|---|---|---|---|---|")
         for net in args.budget_nets:
-            found: List[int] = [largest_batch(net, v, args.budget_mb, args) for v in ("relu", "recompute")]
+            found: List[int] = [largest_batch(net, v, args.budget_mb, args) for v in ("relu", "packed", "recompute")]
             cells = [f">= {-b}" if b < 0 else str(b) for b in found]
-            gain = abs(found[1]) / max(abs(found[0]), 1)
-            print(f"| {net} | {cells[0]} | {cells[1]} | {'>= ' if found[1] < 0 else ''}{gain:.1f}x |", flush=True)
+            gain = abs(found[2]) / max(abs(found[0]), 1)
+            print(f"| {net} | {' | '.join(cells)} | {'>= ' if found[2] < 0 else ''}{gain:.1f}x |", flush=True)
+
+
+def _ordered_rules(rules: List[str]) -> List[str]:
+    """The rules to measure, the default rule first."""
+    return sorted(dict.fromkeys(rules), key=lambda r: r != DEFAULT_RULE)
+
+
+def _label(rule: str) -> str:
+    return f"**{rule} (default)**" if rule == DEFAULT_RULE else rule
 
 
 if __name__ == "__main__":

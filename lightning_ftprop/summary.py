@@ -3,20 +3,27 @@
 >>> import torch
 >>> from torch import nn
 >>> import lightning_ftprop as ftp
->>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 16), nn.ReLU())
->>> ftp.convert(net, "sign", "sste")
+>>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+...                       nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 2))
+>>> ftp.convert(model, "sign")  # doctest: +ELLIPSIS
 [...]
->>> print(summary(net, torch.zeros(1, 1, 8, 8)))
-name  activation  levels (bits)  rule  elements/sample  inference bits/sample (as float32)
-1     sign        2 (1)          sste  256              256 (8,192)
-4     sign        2 (1)          sste  16               16 (512)
-total: 2 threshold layers, 272 elements/sample = 0.0 KB at their bit widths (1.1 KB as float32)
+>>> print(summary(model, torch.randn(2, 3, 8, 8)))  # doctest: +NORMALIZE_WHITESPACE
+name  activation  levels (bits)  rule        elements/sample  inference bits/sample (as float32)  training keeps (packed)
+2     sign        2 (1)          soft_hinge  288              288 (9,216)                         nothing
+5     sign        2 (1)          soft_hinge  16               16 (512)                            z (float32)
+total: 2 threshold layers, 304 elements/sample = 0.0 KB at their bit widths (1.2 KB as float32)
+float state in training (memory='packed'): 1 unit: 5 (z comes from a matmul (AddmmBackward0); memory='recompute' rebuilds it)
+
+The last column is what each unit keeps for its backward under :func:`lightning_ftprop.memory.packed`
+(the default memory mode), found by one training-mode forward whose effects are undone: ``nothing``
+(``z`` is rebuilt from what autograd keeps anyway, or the rule needs no ``z``), ``1-bit mask``, or a
+float ``z``, with the reason listed below the table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -45,6 +52,15 @@ class LayerSummary:
     bits: int
     rule: str
     elements: int  # activation elements per sample
+    #: What the unit keeps for its backward under ``memory="packed"`` (``"nothing"``, ``"1-bit mask"``,
+    #: ``"z (float32)"``, ...), and why; empty when no gradient reached the unit.
+    kept: str = ""
+    kept_why: str = ""
+
+    @property
+    def keeps_float(self) -> bool:
+        """Whether the unit keeps a float tensor (its ``z``) for its backward under ``memory="packed"``."""
+        return self.kept.startswith("z ")
 
     @property
     def inference_bits(self) -> int:
@@ -90,6 +106,7 @@ class ModelSummary:
             "rule",
             "elements/sample",
             "inference bits/sample (as float32)",
+            "training keeps (packed)",
         )
         rows = [header] + [
             (
@@ -99,6 +116,7 @@ class ModelSummary:
                 layer.rule,
                 f"{layer.elements:,}",
                 f"{layer.inference_bits:,} ({layer.float32_bits:,})",
+                layer.kept or "-",
             )
             for layer in self.layers
         ]
@@ -108,6 +126,11 @@ class ModelSummary:
             f"total: {len(self.layers)} threshold layers, {self.total_elements:,} elements/sample = "
             f"{_kb(self.total_bits / 8)} at their bit widths ({_kb(self.total_elements * 4)} as float32)"
         )
+        floats = [layer for layer in self.layers if layer.keeps_float]
+        if floats:
+            reasons = ", ".join(f"{layer.name} ({layer.kept_why})" for layer in floats)
+            n = len(floats)
+            lines.append(f"float state in training (memory='packed'): {n} unit{'s' if n > 1 else ''}: {reasons}")
         if self.left_in_float:
             n = len(self.left_in_float)
             names = ", ".join(f"{name} ({what})" for name, what in self.left_in_float)
@@ -161,10 +184,50 @@ def summary(model: nn.Module, example_input: Any) -> ModelSummary:
         model.train(was_training)
         for h in handles:
             h.remove()
+    kept = _training_state(model, units, args)
     return ModelSummary(
         [
-            LayerSummary(name, unit.activation, unit.levels, unit.bits, unit.rule.name, counts[name])
+            LayerSummary(
+                name, unit.activation, unit.levels, unit.bits, unit.rule.name, counts[name], *kept.get(name, ("", ""))
+            )
             for name, unit in units
         ],
         float_activations(model),
     )
+
+
+def _training_state(model: nn.Module, units, args) -> Dict[str, Tuple[str, str]]:
+    """``{name: (what the unit keeps, why)}`` from one training-mode forward under ``memory.packed()``.
+
+    The forward's effects are undone: buffers (BatchNorm statistics) are restored and the RNG is forked.
+    A unit called several times reports its first call. Where training mode refuses the example input
+    (``BatchNorm1d`` on one sample) the column stays empty.
+    """
+    from lightning_ftprop.memory import packed  # memory imports nn, as summary does
+
+    kept: Dict[str, Tuple[str, str]] = {}
+    handles = []
+    for name, unit in units:
+
+        def hook(module, inputs, output, name=name):
+            state = getattr(getattr(output, "grad_fn", None), "kept", None)
+            if state is not None and name not in kept:
+                kept[name] = state
+
+        handles.append(unit.register_forward_hook(hook))
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    try:
+        model.train()
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), packed():
+            model(*args)
+    except (RuntimeError, ValueError):  # a forward that training mode refuses (BatchNorm1d on one sample)
+        kept.clear()
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+    return kept

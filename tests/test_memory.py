@@ -143,14 +143,30 @@ def test_pack_and_unpack_compile_with_fullgraph():
 # --- packed(): bitwise-identical gradients -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", ["ste", "sste"])
+def _mlp(activation: str, rule: str, **kwargs) -> nn.Module:
+    """A BN-free MLP: every unit's z comes from a matmul, so every unit that reads z keeps it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(3 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
+    ftp.convert(model, activation, rule, **kwargs)
+    return model
+
+
+@pytest.mark.parametrize("rule", ftp.available_rules())
 @pytest.mark.parametrize("unit", list(UNITS))
-@pytest.mark.parametrize("arch", ["convnet4", "resnet18"])
+@pytest.mark.parametrize("arch", ["convnet4", "resnet18", "mlp"])
 def test_packed_gradients_are_bitwise_identical(arch, unit, rule):
+    """Every rule: z rebuilt from BatchNorm / max-pool / a residual sum, a 1-bit mask, or kept."""
     activation, kwargs = UNITS[unit]
-    model = _net(arch, activation, rule, **kwargs)
+    if arch == "mlp":
+        model = _mlp(activation, rule, **kwargs)
+        g = torch.Generator().manual_seed(2)
+        x, y = torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+    else:
+        model = _net(arch, activation, rule, **kwargs)
+        x, y = _batch(arch)
     twin = copy.deepcopy(model)
-    x, y = _batch(arch)
     exact_grads, exact_state = _step(model, x, y, "exact")
     packed_grads, packed_state = _step(twin, x, y, "packed")
     for name in exact_grads:

@@ -111,4 +111,10 @@ def unpack_bits(planes: Tensor, numel: int) -> Tensor:
 def lookup(data: Tensor, table: Tensor, numel: int) -> Tensor:
     """The first ``numel`` values of ``table[byte]`` for each byte of ``data``: the output written once."""
     nbytes = -(-numel // 8)
-    return table.index_select(0, data.reshape(-1)[:nbytes].long()).view(-1)[:numel]
+    data = data.reshape(-1)[:nbytes]
+    if _numpy_path(data) and table.dtype in _NUMPY_TABLES:  # numpy's take: one pass, no int64 indices
+        return torch.from_numpy(np.take(table.numpy(), data.numpy(), axis=0)).view(-1)[:numel]
+    return table.index_select(0, data.long()).view(-1)[:numel]
+
+
+_NUMPY_TABLES = (torch.float32, torch.float64, torch.float16, torch.uint8)

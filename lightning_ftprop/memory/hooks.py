@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from lightning_ftprop import functional as F
-from lightning_ftprop.memory import unit_state
+from lightning_ftprop.memory import rebuild, unit_state
 from lightning_ftprop.memory.codec import _numpy_path, _table, lookup, pack_bools, pack_positive, unpack_bits
 from lightning_ftprop.memory.rebuild import PACKED_TAG
 
@@ -141,10 +141,11 @@ def _memory_order(x: Tensor) -> Optional[Tuple[int, ...]]:
 class _Packed:
     """A saved tensor in compact form, in ``x``'s memory order; :func:`unpack` rebuilds it as it was."""
 
-    __slots__ = ("data", "kind", "alphabet", "shape", "stride", "dtype", "order", "__weakref__")
+    __slots__ = ("data", "kind", "alphabet", "shape", "stride", "dtype", "order", "handed", "__weakref__")
 
     def __init__(self, data: Tensor, kind: str, alphabet: int, like: Tensor, order: Tuple[int, ...]):
         self.data, self.kind, self.alphabet, self.order = data, kind, alphabet, order
+        self.handed: Optional[Tensor] = None  # see unpack(): decoded indices a rebuild hands to the next unpack
         self.shape, self.stride, self.dtype = like.shape, like.stride(), like.dtype
 
 
@@ -218,7 +219,12 @@ def unpack(saved, samples: Optional[int] = None) -> Tensor:
     if not isinstance(saved, _Packed):
         return saved if samples is None else saved[:samples]
     if saved.kind == "int":
+        if saved.handed is not None:  # decoded by a rebuild just before: the owner's own backward takes it
+            values, saved.handed = saved.handed, None
+            return values if samples is None else values[:samples]
         values = saved.data.to(saved.dtype)
+        if samples is None and rebuild.rebuilding():
+            saved.handed = values  # a max-pool's indices: its backward, next, needs them decoded too
         return values if samples is None else values[:samples]
     shape, order = list(saved.shape), saved.order
     if samples is not None and order[0] != 0:  # dim 0 is not outermost in memory: decode all, then slice
@@ -247,12 +253,24 @@ def unpack(saved, samples: Optional[int] = None) -> Tensor:
 def packed() -> Iterator[None]:
     """Store every saved threshold output, mask and index tensor compactly (see the module docstring)::
 
-        with lightning_ftprop.memory.packed():
-            loss = criterion(model(x), y)
-        loss.backward()          # the backward may run inside or outside the context
+    The units inside keep less too (:func:`~lightning_ftprop.memory.unit_state.packed_state`): nothing
+    when their ``z`` can be rebuilt in one pass (after BatchNorm here), else a 1-bit mask (``sste``)
+    or ``z``. Forward and backward values are unchanged: everything is lossless. Packing happens when
+    autograd saves a tensor (in the forward), unpacking when the backward needs it; the backward may
+    run inside or outside the context.
 
-    Forward and backward values are unchanged: ``pack`` is lossless. Packing happens when autograd
-    saves a tensor (in the forward), unpacking when the backward needs it.
+    >>> import copy, torch
+    >>> from torch import nn
+    >>> import lightning_ftprop as ftp
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), ftp.Sign("soft_hinge"),
+    ...                       nn.Flatten(), nn.Linear(8 * 6 * 6, 2))
+    >>> twin, x = copy.deepcopy(model), torch.randn(4, 3, 8, 8)
+    >>> model(x).square().sum().backward()
+    >>> with packed():
+    ...     loss = twin(x).square().sum()
+    >>> loss.backward()
+    >>> all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), twin.parameters()))
+    True
 
     Raises:
         RuntimeError: inside ``torch.compile`` (saved-tensor hooks cannot be traced there); compile

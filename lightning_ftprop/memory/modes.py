@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import List, Optional, Tuple
 
 from torch import nn
@@ -25,7 +26,11 @@ DEFAULT_MEMORY = "packed"
 
 
 def check_memory(memory: str) -> str:
-    """Validate a memory mode (one of :data:`MEMORY_MODES`): TypeError for a non-string, ValueError otherwise."""
+    """Validate a memory mode (one of :data:`MEMORY_MODES`): TypeError for a non-string, ValueError otherwise.
+
+    >>> check_memory("packed")
+    'packed'
+    """
     if not isinstance(memory, str):
         raise TypeError(f"memory must be a string, one of {', '.join(MEMORY_MODES)}; got {memory!r}")
     if memory not in MEMORY_MODES:
@@ -33,17 +38,37 @@ def check_memory(memory: str) -> str:
     return memory
 
 
-class MemoryMode:
-    """Applies one memory mode to a model, step by step.
+_NOT_GIVEN: str = "<not given>"  # compared by identity: MemoryMode(None) stays a TypeError
 
-    mode = MemoryMode("recompute")
-    mode.prepare(model)        # recompute(model) for "recompute"; idempotent
-    mode.begin_step()          # enters packed() for "packed" and "recompute"
-    ...forward and backward...
-    mode.end_step()
+
+class MemoryMode:
+    """Applies one memory mode to a model, step by step (what the Lightning callback and mixin use).
+
+    ``memory`` is one of :data:`MEMORY_MODES`; pass it (``MemoryMode(DEFAULT_MEMORY)`` for the
+    default). ``MemoryMode()`` without a mode still means ``"exact"`` for one release, with a
+    ``DeprecationWarning``.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import lightning_ftprop as ftp
+    >>> model = nn.Sequential(nn.Linear(4, 8), ftp.Sign(), nn.Linear(8, 2))
+    >>> mode = MemoryMode("packed")
+    >>> mode.prepare(model)        # segments the model for "recompute"; nothing to do here
+    []
+    >>> mode.begin_step()          # enters packed() for "packed" and "recompute"
+    >>> model(torch.randn(3, 4)).sum().backward()
+    >>> mode.end_step()
     """
 
-    def __init__(self, memory: str = "exact"):
+    def __init__(self, memory: str = _NOT_GIVEN):  # type: ignore[assignment]
+        if memory is _NOT_GIVEN:
+            warnings.warn(
+                "MemoryMode() without a mode is deprecated: it meant 'exact', while DEFAULT_MEMORY is "
+                f"{DEFAULT_MEMORY!r}; pass the mode, MemoryMode('exact') or MemoryMode(DEFAULT_MEMORY)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            memory = "exact"
         self.memory = check_memory(memory)
         self._stack: Optional[contextlib.ExitStack] = None
 

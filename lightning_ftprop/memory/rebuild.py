@@ -11,7 +11,7 @@ then keeps only references to those nodes and rebuilds ``z`` in its backward, in
 ``BatchNorm(x)`` (training)        ``addcmul(beta, x, alpha)``, ``alpha =      BatchNorm's saved input, batch mean,
                                    invstd * weight``, ``beta = bias - mean *   ``invstd`` and weight; the bias (a copy
                                    alpha`` (the CPU kernel's own arithmetic)   of ``C`` numbers)
-``max_pool2d/3d(x)``               the same max-pool of ``x``                  the max-pool's saved input
+``max_pool2d/3d(x)``               ``x`` gathered at the saved argmax          the max-pool's saved input and indices
 ``a + b`` (``+``, ``+=``)          ``a' + b'``                                 each side rebuilt as above, or a threshold
                                                                                output that a later layer keeps packed
                                                                                (a residual block's identity)
@@ -42,6 +42,7 @@ True
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Optional
 
@@ -56,7 +57,7 @@ PACKED_TAG = "lightning_ftprop.packed"
 
 _MAX_DEPTH = 4
 _BATCH_NORMS = frozenset({"NativeBatchNormBackward0"})
-_MAX_POOLS = {"MaxPool2DWithIndicesBackward0": 2, "MaxPool3DWithIndicesBackward0": 3}
+_MAX_POOLS = frozenset({"MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0"})
 
 
 class Recipe:
@@ -94,25 +95,42 @@ class _BatchNorm(Recipe):
         return "BatchNorm"
 
 
-class _MaxPool(Recipe):
-    """``z = max_pool(x)``: the same max-pool of the node's saved input (values are copied, so exact)."""
+class _Rebuilding(threading.local):
+    depth = 0
 
-    def __init__(self, node, dims: int):
-        self.node, self.dims = node, dims
+
+_REBUILDING = _Rebuilding()
+
+
+def rebuilding() -> bool:
+    """True while a backward rebuilds ``z`` in this thread (the unpack of int indices keeps them for the owner)."""
+    return _REBUILDING.depth > 0
+
+
+class _MaxPool(Recipe):
+    """``z = max_pool(x)``: each output is the input value at the pool's saved argmax (copied, so exact).
+
+    The check in the forward runs the same max-pool on the first sample (decoding the saved indices
+    there would cost a pass over all of them).
+    """
+
+    def __init__(self, node):
+        self.node = node
 
     def run(self, k: Optional[int] = None) -> Tensor:
         node = self.node
-        op = torch.ops.aten.max_pool2d_with_indices if self.dims == 2 else torch.ops.aten.max_pool3d_with_indices
         with torch.no_grad():
             x = _first(node._saved_self.detach(), k)
-            return op(
-                x,
-                node._saved_kernel_size,
-                node._saved_stride,
-                node._saved_padding,
-                node._saved_dilation,
-                node._saved_ceil_mode,
-            )[0]
+            if k is not None:  # the check, in the forward: the same max-pool of the first samples
+                op = torch.ops.aten.max_pool2d_with_indices if x.dim() <= 4 else torch.ops.aten.max_pool3d_with_indices
+                args = (node._saved_kernel_size, node._saved_stride, node._saved_padding, node._saved_dilation)
+                return op(x, *args, node._saved_ceil_mode)[0]
+            _REBUILDING.depth += 1  # hand the decoded indices on to the max-pool's own backward (next)
+            try:
+                index = node._saved_result1
+            finally:
+                _REBUILDING.depth -= 1
+            return x.flatten(2).gather(2, index.flatten(2)).view(index.shape)
 
     def describe(self) -> str:
         return "max-pool"
@@ -168,7 +186,7 @@ def _recipe(node, output_nr: int, depth: int) -> Optional[Recipe]:
             return None  # a weight but no reachable bias: frozen, or none; keep z
         return _BatchNorm(node, bias)
     if name in _MAX_POOLS:
-        return _MaxPool(node, _MAX_POOLS[name])
+        return _MaxPool(node)
     if name == "AddBackward0" and node._saved_alpha == 1:
         (left, left_nr), (right, right_nr) = node.next_functions
         a = _recipe(left, left_nr, depth + 1)
