@@ -7,9 +7,10 @@
 >>> ftp.convert(model, "sign", "soft_hinge")  # swap activations for threshold units
 ['1']
 >>> print(ftp.summary(model, torch.zeros(1, 8)))
-name  activation  levels (bits)  rule        elements/sample  inference bits/sample (as float32)
-1     sign        2 (1)          soft_hinge  16               16 (512)
+name  activation  levels (bits)  rule        elements/sample  inference bits/sample (as float32)  training keeps (packed)
+1     sign        2 (1)          soft_hinge  16               16 (512)                            z (float32)
 total: 1 threshold layers, 16 elements/sample = 0.0 KB at their bit widths (0.1 KB as float32)
+float state in training (memory='packed'): 1 unit: 1 (z comes from a matmul (AddmmBackward0); memory='recompute' rebuilds it)
 >>> ftp.revert(model)  # the original ReLU is back
 ['1']
 >>> model[1]
