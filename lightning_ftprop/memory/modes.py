@@ -17,11 +17,14 @@ __all__ = ["MEMORY_MODES", "DEFAULT_MEMORY", "check_memory", "MemoryMode"]
 MEMORY_MODES: Tuple[str, ...] = ("exact", "packed", "recompute")
 
 
-#: The default of ``FTPropCallback(memory=...)`` and of the spec's ``memory`` key. ``"packed"``
-#: because it changes no bit of any gradient, costs 1.05-1.12x the exact step time (CPU), and holds
-#: 0.50x (resnet18) to 0.71x (alexnet_dorefa) of the ReLU network's memory where ``"exact"`` holds
-#: 1.15-1.42x (benchmarks/RESULTS.md, section 5). ``"recompute"`` holds far less but re-runs every
-#: segment's forward (1.41-1.61x the ReLU step time on the CPU), a cost users should opt into.
+#: The default of ``FTPropCallback(memory=...)`` and of the spec's ``memory`` key. ``"packed"``, from
+#: the figures of the default rule (sign/soft_hinge, FTP-SH; benchmarks/RESULTS.md, section 5, CPU):
+#: it changes no bit of any gradient, for every rule, and holds 0.49x (torchvision and timm resnet18),
+#: 0.64-0.66x (convnet8, convnet4), 0.63x (GPT-2), 0.79x (alexnet_dorefa) and 0.87x (BERT) of the
+#: float network's memory between forward and backward, where ``"exact"`` holds 0.72-1.42x, for
+#: 1.01-1.08x the exact step time. ``"recompute"`` holds far less (0.00-0.01x on the convnets and
+#: ResNets, 0.44x GPT-2, 0.61x BERT) but re-runs the forward's module calls (1.43-1.53x the ReLU step
+#: time) and equals ``"exact"`` only up to float reassociation: a cost users should opt into.
 DEFAULT_MEMORY = "packed"
 
 
