@@ -24,8 +24,8 @@ import api_pages  # noqa: E402 (docs/api_pages.py: the module walk the site uses
 
 sys.path.remove(str(REPO / "docs"))
 
-#: Modules whose examples other branches are writing now (issues 16 and 19, API part). Each entry
-#: goes when its branch has landed; until then its names need a docstring but not yet an example.
+#: Modules whose public names still lack examples (the memory package's unit-state and recompute internals). Each entry
+#: goes when its examples are written; until then its names need a docstring but not yet an example.
 EXAMPLES_PENDING = ("lightning_ftprop.memory",)
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

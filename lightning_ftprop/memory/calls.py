@@ -32,7 +32,7 @@ call that changed an input in place (``ReLU(inplace=True)``) is re-run on a copy
     _Ref("saved")      a large intermediate of the saving call      re-running the saving call
     the tensor         parameters, small tensors, other inputs      nothing
 
-Per thread, like saved-tensor hooks: :data:`state` holds which output tensors came from which call
+Per thread, like saved-tensor hooks: ``state`` holds which output tensors came from which call
 (weakly: an entry goes with its tensor).
 """
 

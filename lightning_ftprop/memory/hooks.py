@@ -251,7 +251,7 @@ def unpack(saved, samples: Optional[int] = None) -> Tensor:
 
 @contextlib.contextmanager
 def packed() -> Iterator[None]:
-    """Store every saved threshold output, mask and index tensor compactly (see the module docstring)::
+    """Store every saved threshold output, mask and index tensor compactly (see the module docstring).
 
     The units inside keep less too (:func:`~lightning_ftprop.memory.unit_state.packed_state`): nothing
     when their ``z`` can be rebuilt in one pass (after BatchNorm here), else a 1-bit mask (``sste``)

@@ -61,7 +61,7 @@ _MAX_POOLS = frozenset({"MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBa
 
 
 class Recipe:
-    """How to rebuild one tensor: :meth:`run` returns it (or its first ``k`` samples)."""
+    """How to rebuild one tensor: ``run()`` returns it (or its first ``k`` samples)."""
 
     def run(self, k: Optional[int] = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -196,7 +196,7 @@ def _recipe(node, output_nr: int, depth: int) -> Optional[Recipe]:
 
 
 def plan(z: Tensor) -> Optional[Recipe]:
-    """How to rebuild ``z`` from what autograd keeps anyway, or None. Not checked: see :func:`check`."""
+    """How to rebuild ``z`` from what autograd keeps anyway, or None. Not checked: see ``check``."""
     return _recipe(z.grad_fn, z.output_nr, 0) if z.grad_fn is not None else None
 
 
