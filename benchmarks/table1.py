@@ -16,12 +16,16 @@ batch 64, lr 2.5e-4 (convnet4) or 1e-3 (convnet8), lr x0.1 at the start of the e
 
     python benchmarks/table1.py --threads 1 --epochs 10 --seeds 3 --nets convnet4    # the grid (hours)
     python benchmarks/table1.py --report                                            # tables + plot
+    python benchmarks/table1.py --report --write    # also rewrite RESULTS.md section 6 and the README's result
 
 ``--report`` prints, per cell, mean +- std of the best and the final test accuracy; the same in the paper's
 Table 1 layout; for each net and activation the paired per-seed difference FTP-SH - SSTE with its mean and a
 95% t-interval; and each threshold method's paired difference to the two float baselines. It also draws test
 accuracy against epoch (mean and +-1 std band) for FTP-SH against SSTE over their matched seeds only, with the
-float baselines over the same seeds.
+float baselines over the same seeds. ``--write`` puts the tables, the grid's progress and the findings (computed
+sentences, e.g. whether each 95% interval excludes zero) between the ``table1.py --write`` marks of
+``benchmarks/RESULTS.md`` and ``README.md``; a test checks that the committed text equals what the committed
+records give.
 
 Methods and recipes come from :mod:`lightning_ftprop.paper`.
 """
@@ -283,11 +287,17 @@ def _paired(a: Dict[int, List[float]], b: Dict[int, List[float]]) -> Tuple[List[
     return seeds, cols
 
 
-def report(records: List[Dict[str, object]], plot: Optional[Path]) -> str:
-    """Markdown tables of the records: per cell, Table 1's layout, FTP-SH - SSTE, and the gap to the baselines."""
+def cells_of(records: List[Dict[str, object]]) -> Dict[Tuple, Dict[int, List[float]]]:
+    """``{(net, data, epochs, activation, rule): {seed: test accuracy per epoch}}``."""
     cells: Dict[Tuple, Dict[int, List[float]]] = defaultdict(dict)
     for r in records:
         cells[(r["net"], r["data"], r["epochs"], r["activation"], r["rule"])][r["seed"]] = r["test_acc"]
+    return cells
+
+
+def report(records: List[Dict[str, object]], plot: Optional[Path]) -> str:
+    """Markdown tables of the records: per cell, Table 1's layout, FTP-SH - SSTE, and the gap to the baselines."""
+    cells = cells_of(records)
     ordered = sorted(cells.items(), key=lambda kv: _order(kv[0]))
     lines = [
         "| net | data | epochs | method | seeds | best test acc (%) | final test acc (%) |",
@@ -420,6 +430,179 @@ def _plot(cells, path: Path) -> None:
     plt.close(fig)
 
 
+# --- the documents written from the records (``--report --write``) -----------------------------------------
+
+RESULTS_MD = HERE / "RESULTS.md"
+README_MD = HERE.parent / "README.md"
+#: Each document holds the written text between these two lines; ``--write`` replaces what is between them.
+BEGIN, END = "<!-- table1.py --write: begin -->", "<!-- table1.py --write: end -->"
+#: The cell the documents speak of: the planned grid's net, data and length.
+PLAN = ("convnet4", "fashion_mnist", 10)
+
+
+def planned_runs() -> List[Tuple[str, Optional[str], int]]:
+    """The planned grid: seeds 0-2 of the six methods, then seeds 3-4 of the four threshold methods."""
+    runs = [(act, rule, seed) for seed in range(3) for act, rule in METHODS]
+    return runs + [(act, rule, seed) for seed in (3, 4) for act, rule in METHODS if rule is not None]
+
+
+def paired_interval(
+    a: Dict[int, List[float]], b: Dict[int, List[float]], final: bool = False
+) -> Optional[Tuple[int, float, float, float]]:
+    """``(pairs, mean, low, high)`` of the per-seed differences a - b in best (or final) accuracy; None under 2 pairs."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    pick = (lambda acc: acc[-1]) if final else max
+    return (len(seeds), *t_interval([pick(a[s]) - pick(b[s]) for s in seeds]))
+
+
+def _ci(interval: Tuple[int, float, float, float]) -> str:
+    _, mean, low, high = interval
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _verdict(interval: Tuple[int, float, float, float], first: str, second: str) -> str:
+    _, _, low, high = interval
+    if low > 0:
+        return f"{first} ahead (the 95% interval excludes zero)"
+    if high < 0:
+        return f"{second} ahead (the 95% interval excludes zero)"
+    return "not resolved (the 95% interval contains zero)"
+
+
+def _label(activation: str) -> str:
+    thresholds = RECIPES[PLAN[0]].qrelu_thresholds
+    return f"{int(math.log2(thresholds + 1))}-bit qReLU" if activation == "qrelu" else activation
+
+
+def findings(records: List[Dict[str, object]]) -> List[str]:
+    """The planned cell's paired comparisons as sentences: FTP-SH - SSTE, then each method against each baseline."""
+    cells = cells_of(records)
+    cell = {key[3:]: runs for key, runs in cells.items() if key[:3] == PLAN}
+    lines = []
+    for act in dict.fromkeys(a for a, r in METHODS if r is not None):
+        sh, sste = cell.get((act, "soft_hinge"), {}), cell.get((act, "sste"), {})
+        best, final = paired_interval(sh, sste), paired_interval(sh, sste, final=True)
+        if best is None:
+            lines.append(f"{_label(act)}: fewer than two paired seeds of FTP-SH and SSTE, so no interval yet.")
+            continue
+        verdicts = {_verdict(best, "FTP-SH", "SSTE"), _verdict(final, "FTP-SH", "SSTE")}
+        verdict = (
+            verdicts.pop()
+            if len(verdicts) == 1
+            else (f"{_verdict(best, 'FTP-SH', 'SSTE')} in best accuracy, {_verdict(final, 'FTP-SH', 'SSTE')} in final")
+        )
+        wins = sum(max(sh[s]) > max(sste[s]) for s in set(sh) & set(sste))
+        lines.append(
+            f"{_label(act)}, {best[0]} paired seeds: FTP-SH - SSTE is {_ci(best)} points in best accuracy and "
+            f"{_ci(final)} in final accuracy: {verdict}. FTP-SH has the higher best accuracy in {wins} of "
+            f"{best[0]} seeds."
+        )
+    for base_act, base_rule in (m for m in METHODS if m[1] is None):
+        base = cell.get((base_act, base_rule), {})
+        parts = []
+        for act, rule in (m for m in METHODS if m[1] is not None):
+            interval = paired_interval(cell.get((act, rule), {}), base)
+            if interval is not None:
+                parts.append(f"{method_name(act, rule)} {_ci(interval)} (n={interval[0]})")
+        if parts:
+            lines.append(
+                f"Against the float {method_name(base_act, base_rule)} baseline (method - baseline, best accuracy, "
+                f"points, 95% interval): " + "; ".join(parts) + "."
+            )
+        else:
+            lines.append(f"The float {method_name(base_act, base_rule)} baseline has fewer than two paired seeds.")
+    return lines
+
+
+def _progress(records: List[Dict[str, object]]) -> Tuple[int, int, List[str]]:
+    """``(recorded, planned, missing run names)`` of the planned grid."""
+    have = {(r["activation"], r["rule"], r["seed"]) for r in records if (r["net"], r["data"], r["epochs"]) == PLAN}
+    plan = planned_runs()
+    missing = [f"{method_name(a, r)} seed {s}" for a, r, s in plan if (a, r, s) not in have]
+    return len(plan) - len(missing), len(plan), missing
+
+
+def results_section(records: List[Dict[str, object]]) -> str:
+    """What ``--write`` puts in RESULTS.md, section 6: progress, the report's tables, the plot and the findings."""
+    done, planned, missing = _progress(records)
+    mine = [r for r in records if (r["net"], r["data"], r["epochs"]) == PLAN]
+    finished = sorted(str(r.get("finished", "")) for r in mine if r.get("finished"))
+    cpu = [float(r["cpu_seconds"]) for r in mine if r.get("cpu_seconds")]
+    status = f"**{done} of the {planned} planned {PLAN[0]} runs are recorded**"
+    status += " (the grid is complete)." if not missing else f"; missing: {', '.join(missing)}."
+    if finished and cpu:
+        status += (
+            f" The runs finished between {finished[0]} and {finished[-1]}; one run took a median of "
+            f"{statistics.median(cpu):,.0f} CPU seconds (range {min(cpu):,.0f}-{max(cpu):,.0f})."
+        )
+    parts = [
+        status,
+        "",
+        report(records, None),
+        "",
+        "![test accuracy per epoch, FTP-SH against SSTE over their matched seeds](table1.png)",
+        "",
+        "What the records show (these sentences are computed from them):",
+        "",
+    ]
+    parts += [f"* {line}" for line in findings(records)]
+    return "\n".join(parts)
+
+
+def readme_sentence(records: List[Dict[str, object]]) -> str:
+    """What ``--write`` puts in the README after its opening paragraph: the paired FTP-SH - SSTE result."""
+    cells = cells_of(records)
+    cell = {key[3:]: runs for key, runs in cells.items() if key[:3] == PLAN}
+    clauses = []
+    for act in dict.fromkeys(a for a, r in METHODS if r is not None):
+        best = paired_interval(cell.get((act, "soft_hinge"), {}), cell.get((act, "sste"), {}))
+        if best is None:
+            continue
+        n, mean, low, high = best
+        short = "FTP-SH ahead" if low > 0 else "SSTE ahead" if high < 0 else "no winner resolved"
+        clauses.append(
+            f"{mean:+.2f} points for {_label(act)} (95% interval [{low:+.2f}, {high:+.2f}] over {n} paired seeds: "
+            f"{short})"
+        )
+    if not clauses:
+        return "The paper's FTP-SH against SSTE comparison has no paired seeds yet (`benchmarks/table1.py`)."
+    text = (
+        f"**How FTP-SH compares with SSTE.** On full Fashion-MNIST with the paper's recipe for {PLAN[2]} epochs "
+        f"({PLAN[0]}), FTP-SH minus SSTE in best test accuracy is {' and '.join(clauses)}."
+    )
+    relu, sign = cell.get(("relu", None), {}), cell.get(("sign", "soft_hinge"), {})
+    if len(relu) >= 2 and len(sign) >= 2:
+        text += (
+            f" The float ReLU network reaches {mean_std([max(a) for a in relu.values()])}% and sign with FTP-SH "
+            f"{mean_std([max(a) for a in sign.values()])}% (mean ± std over seeds)."
+        )
+    done, planned, missing = _progress(records)
+    if missing:
+        text += f" {done} of the {planned} planned runs are recorded."
+    return text + " The tables: [benchmarks/RESULTS.md](benchmarks/RESULTS.md), section 6."
+
+
+def replace_between_marks(text: str, body: str, where: str) -> str:
+    """``text`` with what lies between :data:`BEGIN` and :data:`END` replaced by ``body``."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"{where} must hold the line {BEGIN!r} once, then {END!r} once; it does not")
+    head, rest = text.split(BEGIN)
+    return head + BEGIN + "\n" + body.strip("\n") + "\n" + END + rest.split(END, 1)[1]
+
+
+def marked(text: str) -> str:
+    """What lies between :data:`BEGIN` and :data:`END` in ``text`` (stripped of the newlines at its ends)."""
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def write_documents(records: List[Dict[str, object]], results: Path = RESULTS_MD, readme: Path = README_MD) -> None:
+    """Rewrite the marked parts of RESULTS.md (section 6) and the README (its opening result) from ``records``."""
+    for path, body in ((results, results_section(records)), (readme, readme_sentence(records))):
+        path.write_text(replace_between_marks(path.read_text(), body, str(path)))
+
+
 # --- command line -------------------------------------------------------------------------------------
 
 
@@ -451,9 +634,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--jsonl", type=Path, default=DEFAULT_JSONL)
     parser.add_argument("--report", action="store_true", help="print the tables from --jsonl and draw --plot")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
+    parser.add_argument(
+        "--write", action="store_true", help="with --report: rewrite RESULTS.md section 6 and the README's result"
+    )
     args = parser.parse_args(argv)
+    if args.write and not args.report:
+        parser.error("--write rewrites the documents from the report; pass it with --report")
     if args.report:
-        print(report(read_records(args.jsonl), args.plot))
+        records = read_records(args.jsonl)
+        print(report(records, args.plot))
+        if args.write:
+            write_documents(records)
+            print(f"wrote {RESULTS_MD} (section 6) and {README_MD} (opening result)")
         return 0
     if args.seeds < 1 or args.epochs < 1:
         parser.error(f"--seeds and --epochs must be >= 1, got {args.seeds} and {args.epochs}")

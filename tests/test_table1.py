@@ -118,3 +118,57 @@ def test_scaled_milestones_follow_the_paper_at_300_epochs(table1):
     assert table1.scaled_milestones("convnet4", 300) == [200, 250]
     assert table1.scaled_milestones("convnet4", 10) == [8, 9]
     assert table1.scaled_milestones("convnet4", 1) == []
+
+
+def test_committed_results_and_readme_say_what_the_committed_records_give(table1):
+    records = table1.read_records(table1.DEFAULT_JSONL)
+    assert records, "benchmarks/table1.jsonl holds no run"
+    assert table1.marked(table1.RESULTS_MD.read_text()) == table1.results_section(records)
+    assert table1.marked(table1.README_MD.read_text()) == table1.readme_sentence(records)
+
+
+def _pairs(activation, sh_best, sste_best):
+    out = []
+    for seed, (a, b) in enumerate(zip(sh_best, sste_best)):
+        out += [_record(activation, "soft_hinge", seed, [a - 1.0, a]), _record(activation, "sste", seed, [b - 1.0, b])]
+    return out
+
+
+@pytest.fixture
+def plan_epochs(table1, monkeypatch):
+    # the synthetic records train 2 epochs; point the documents at them
+    monkeypatch.setattr(table1, "PLAN", ("convnet4", "fashion_mnist", 2))
+
+
+def test_findings_name_a_winner_only_when_the_interval_excludes_zero(table1, plan_epochs):
+    # sign: +1, +2, +1.5 -> interval above zero; qrelu: +1, -1, +0.5 -> contains zero
+    records = _pairs("sign", [91.0, 92.0, 91.5], [90.0, 90.0, 90.0]) + _pairs(
+        "qrelu", [90.0, 89.0, 90.5], [89.0, 90.0, 90.0]
+    )
+    sign, qrelu = table1.findings(records)[:2]
+    assert sign.startswith("sign, 3 paired seeds: FTP-SH - SSTE is +1.50 [+0.26, +2.74]")
+    assert "FTP-SH ahead (the 95% interval excludes zero)" in sign and "in 3 of 3 seeds" in sign
+    assert "not resolved (the 95% interval contains zero)" in qrelu and "in 2 of 3 seeds" in qrelu
+    sentence = table1.readme_sentence(records)
+    assert "+1.50 points for sign (95% interval [+0.26, +2.74] over 3 paired seeds: FTP-SH ahead)" in sentence
+    assert "for 2-bit qReLU" in sentence and "no winner resolved" in sentence
+    assert "12 of the 26 planned runs are recorded" in sentence
+    flipped = _pairs("sign", [90.0, 90.0, 90.0], [91.0, 92.0, 91.5])
+    assert "SSTE ahead" in table1.readme_sentence(flipped)
+
+
+def test_write_replaces_only_the_marked_text_and_refuses_a_document_without_marks(table1, plan_epochs, tmp_path):
+    records = _pairs("sign", [91.0, 92.0], [90.0, 90.0])
+    results, readme = tmp_path / "RESULTS.md", tmp_path / "README.md"
+    results.write_text(f"# head\n\n{table1.BEGIN}\nold figures\n{table1.END}\n\ntail\n")
+    readme.write_text(f"intro\n{table1.BEGIN}\n{table1.END}\noutro\n")
+    table1.write_documents(records, results, readme)
+    text = results.read_text()
+    assert text.startswith("# head\n\n") and text.endswith(f"{table1.END}\n\ntail\n") and "old figures" not in text
+    assert table1.marked(text) == table1.results_section(records)
+    assert "**4 of the 26 planned convnet4 runs are recorded**; missing: relu seed 0" in text
+    assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("outro\n")
+    readme.write_text("no marks here\n")
+    with pytest.raises(SystemExit, match="must hold the line"):
+        table1.write_documents(records, results, readme)
+    assert readme.read_text() == "no marks here\n"
