@@ -1,8 +1,10 @@
-"""Run by test_memory_lightning.py: FTPropCallback(memory=...) under 2-process CPU DDP (gloo).
+"""Run by the memory tests: FTPropCallback("sign", ...) under 2-process CPU DDP (gloo), one run per argument.
 
-    python tests/ddp_memory_script.py OUT_DIR      -> OUT_DIR/{exact,recompute}-rank{0,1}.json
+    python tests/ddp_memory_script.py OUT_DIR RULE:MEMORY [RULE:MEMORY ...]   -> OUT_DIR/RULE-MEMORY-rank{0,1}.json
 
-Both modes train one after the other in the same two processes (one launch, one process group).
+RULE is a rule name or ``default``, MEMORY a memory mode or ``default``; ``default`` leaves that argument out,
+so ``default:default`` is ``FTPropCallback("sign")`` as users get it. The runs train one after the other in
+the same two processes (one launch, one process group), each from the same seed.
 """
 
 import json
@@ -21,16 +23,19 @@ class Record(pl.Callback):
         self.recomputed = "forward" in pl_module.net.__dict__
 
 
-def fit(out_dir: str, memory: str) -> None:
+def fit(out_dir: str, run: str) -> None:
+    rule, memory = run.split(":")
     torch.manual_seed(0)
-    model = TinyNet(batchnorm=True)
+    model = TinyNet(batchnorm=True)  # Linear -> BN -> unit (z rebuilt) and Linear -> unit (z kept)
+    kwargs = {key: value for key, value in (("rule", rule), ("memory", memory)) if value != "default"}
+    callback = ftp.FTPropCallback("sign", log_every_n_steps=1, **kwargs)
     record = Record()
     trainer = pl.Trainer(
         accelerator="cpu",
         strategy="ddp",
         devices=2,
         max_steps=3,
-        callbacks=[ftp.FTPropCallback("sign", "sste", memory=memory, log_every_n_steps=1), record],
+        callbacks=[callback, record],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -41,12 +46,15 @@ def fit(out_dir: str, memory: str) -> None:
         rank=trainer.global_rank,
         wrapper=record.wrapper,
         recomputed=record.recomputed,
+        memory=callback.spec["memory"],
+        rule=callback.spec["rule"],
         params={name: p.detach().tolist() for name, p in model.named_parameters()},
+        buffers={name: b.detach().tolist() for name, b in model.named_buffers()},
     )
-    with open(f"{out_dir}/{memory}-rank{trainer.global_rank}.json", "w") as f:
+    with open(f"{out_dir}/{rule}-{memory}-rank{trainer.global_rank}.json", "w") as f:
         json.dump(result, f)
 
 
 if __name__ == "__main__":
-    for mode in ("exact", "recompute"):
-        fit(sys.argv[1], mode)
+    for run in sys.argv[2:]:
+        fit(sys.argv[1], run)

@@ -224,8 +224,8 @@ def first_param_snapshot(module: nn.Module) -> Optional[Tensor]:
     return next(module.parameters()).detach().clone()
 
 
-def run_ddp_script(script: str, out: Path) -> None:
-    """Run ``tests/<script> <out>`` as its own process: a 2-rank CPU DDP launch outside pytest.
+def run_ddp_script(script: str, out: Path, *args: str) -> None:
+    """Run ``tests/<script> <out> <args...>`` as its own process: a 2-rank CPU DDP launch outside pytest.
 
     Inside pytest, ``strategy="ddp"`` would relaunch the pytest command line as rank 1, so DDP tests
     run a script. The distributed variables of the environment are dropped so Lightning picks a free port.
@@ -238,6 +238,11 @@ def run_ddp_script(script: str, out: Path) -> None:
     }
     env["PYTHONPATH"] = os.pathsep.join([str(tests.parent), str(tests), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, str(tests / script), str(out)], env=env, cwd=out, capture_output=True, text=True, timeout=300
+        [sys.executable, str(tests / script), str(out), *args],
+        env=env,
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

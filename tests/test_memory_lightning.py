@@ -130,9 +130,9 @@ def test_mixin_applies_the_memory_key_of_its_spec(tmp_path):
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_memory")
-    run_ddp_script("ddp_memory_script.py", out)
+    run_ddp_script("ddp_memory_script.py", out, "sste:exact", "sste:recompute")
     return {
-        mode: [json.loads((out / f"{mode}-rank{r}.json").read_text()) for r in (0, 1)]
+        mode: [json.loads((out / f"sste-{mode}-rank{r}.json").read_text()) for r in (0, 1)]
         for mode in ("exact", "recompute")
     }
 

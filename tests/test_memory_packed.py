@@ -261,8 +261,11 @@ def test_memory_mode_without_a_mode_is_deprecated():
 
 
 def test_ddp_with_the_default_settings_trains_to_the_parameters_of_exact(tmp_path):
-    run_ddp_script("ddp_default_script.py", tmp_path)
-    runs = {m: [json.loads((tmp_path / f"{m}-rank{r}.json").read_text()) for r in (0, 1)] for m in ("exact", "default")}
+    run_ddp_script("ddp_memory_script.py", tmp_path, "default:exact", "default:default")
+    runs = {
+        m: [json.loads((tmp_path / f"default-{m}-rank{r}.json").read_text()) for r in (0, 1)]
+        for m in ("exact", "default")
+    }
     assert [r["memory"] for r in runs["default"]] == [memory.DEFAULT_MEMORY] * 2
     assert [r["rule"] for r in runs["default"]] == ["soft_hinge"] * 2
     reference = runs["exact"][0]
