@@ -24,9 +24,6 @@ import api_pages  # noqa: E402 (docs/api_pages.py: the module walk the site uses
 
 sys.path.remove(str(REPO / "docs"))
 
-#: Modules whose public names still lack examples (the memory package's unit-state and recompute internals). Each entry
-#: goes when its examples are written; until then its names need a docstring but not yet an example.
-EXAMPLES_PENDING = ("lightning_ftprop.memory",)
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
@@ -81,9 +78,7 @@ def test_every_public_module_class_and_function_has_a_docstring():
 
 def test_every_public_class_and_function_has_an_example():
     missing = [
-        f"{module}.{name}"
-        for module, name, obj in api_pages.public_objects()
-        if not module.startswith(EXAMPLES_PENDING) and ">>>" not in (obj.__doc__ or "")
+        f"{module}.{name}" for module, name, obj in api_pages.public_objects() if ">>>" not in (obj.__doc__ or "")
     ]
     assert not missing, f"public classes and functions without a '>>>' example: {missing}"
 

@@ -102,7 +102,27 @@ class _Ref:
 
 
 def load(stored) -> Any:
-    """Rebuild what :func:`store` returned."""
+    """Rebuild what :func:`store` returned.
+
+    Bits are unpacked, a reference runs its call again (once: the re-run is cached while references to
+    it live), anything else is returned as it is.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> runs = []
+    >>> class Counted(nn.Linear):
+    ...     def forward(self, x):
+    ...         runs.append(1)
+    ...         return super().forward(x)
+    >>> out, _ = record_call(Counted(3, 2), (torch.ones(2, 3),), {})
+    >>> ref = store(out)                     # "output 0 of that call, run again"
+    >>> len(runs)
+    1
+    >>> torch.equal(load(ref), out)          # the backward's first use runs the call again
+    True
+    >>> len(runs)
+    2
+    """
     if isinstance(stored, _Ref):
         return stored.value()
     if isinstance(stored, _Packed):
@@ -126,7 +146,23 @@ def _reference(x: Tensor) -> Optional[_Ref]:
 
 
 def store(x: Tensor):
-    """How a saved tensor outside any recorded call is kept: bits, a reference, or as :func:`pack` keeps it."""
+    """How a saved tensor outside any recorded call is kept: bits, a reference, or as :func:`pack` keeps it.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from lightning_ftprop import functional as F
+    >>> h = F.sign(torch.tensor([0.5, -2.0, -0.1, 3.0], requires_grad=True), rule="sste")
+    >>> type(store(h)).__name__              # a threshold output: 1 bit per element
+    '_Packed'
+    >>> load(store(h))
+    tensor([ 1., -1., -1.,  1.])
+    >>> out, _ = record_call(nn.Linear(3, 2), (torch.ones(2, 3),), {})
+    >>> type(store(out)).__name__            # a recorded call's output: a reference to that call
+    '_Ref'
+    >>> x = torch.ones(2, 3)                 # an input no recorded call made: kept as it is
+    >>> store(x) is x
+    True
+    """
     if x.is_floating_point() and _alphabet(x) is None:
         ref = _reference(x)
         if ref is not None:
@@ -199,7 +235,18 @@ class _Record:
 
 
 def own_forward(module: nn.Module, args, kwargs):
-    """The module's own (class) ``forward``: the wrapper in its ``__dict__`` and the hooks are bypassed."""
+    """The module's own (class) ``forward``: the wrapper in its ``__dict__`` and the hooks are bypassed.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> lin = nn.Linear(2, 1, bias=False)
+    >>> _ = nn.init.ones_(lin.weight)
+    >>> lin.forward = lambda x: "the wrapper"   # as recompute() wraps a module, in its __dict__
+    >>> lin(torch.tensor([[1.0, 2.0]]))
+    'the wrapper'
+    >>> own_forward(lin, (torch.tensor([[1.0, 2.0]]),), {}).tolist()
+    [[3.0]]
+    """
     return type(module).forward(module, *args, **kwargs)
 
 
@@ -243,7 +290,30 @@ class _Saver:
 
 
 def record_call(module: nn.Module, args, kwargs):
-    """Run one leaf module call, storing its saved tensors per the module docstring."""
+    """Run one leaf module call, storing its saved tensors per the module docstring.
+
+    Returns ``(output, kept_float)``: ``kept_float`` is True when the module is a threshold unit that
+    kept a float ``z`` (its input came from no recorded call; :func:`~lightning_ftprop.memory.recompute`
+    then re-runs the enclosing module as a checkpointed segment, or warns).
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import lightning_ftprop as ftp
+    >>> _ = torch.manual_seed(0)
+    >>> lin, unit = nn.Linear(3, 4), ftp.Sign(rule="soft_hinge")
+    >>> x = torch.randn(2, 3)
+    >>> z, _ = record_call(lin, (x,), {})
+    >>> h, kept_float = record_call(unit, (z,), {})
+    >>> kept_float                           # the unit's z is kept as "output 0 of the linear call"
+    False
+    >>> h.sum().backward()                   # runs the linear again to rebuild z
+    >>> recorded, lin.weight.grad = lin.weight.grad, None
+    >>> unit(lin(x)).sum().backward()        # plain autograd
+    >>> torch.equal(recorded, lin.weight.grad)
+    True
+    >>> record_call(unit, (torch.randn(2, 4, requires_grad=True),), {})[1]   # z made by no recorded call
+    True
+    """
     leaves, spec = pytree.tree_flatten((args, kwargs))
     tensors = [t for t in leaves if isinstance(t, Tensor)]
     stored = [store(t) if isinstance(t, Tensor) else t for t in leaves]
@@ -270,7 +340,18 @@ def record_call(module: nn.Module, args, kwargs):
 
 @contextlib.contextmanager
 def rerunning(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """A re-run: wrappers step aside, and BatchNorm running statistics are restored afterwards."""
+    """A re-run: wrappers step aside, and BatchNorm running statistics are restored afterwards.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> bn = nn.BatchNorm1d(2)
+    >>> with rerunning([bn]):
+    ...     _ = bn(torch.tensor([[0.0, 2.0], [2.0, 4.0]]))
+    ...     print(bn.running_mean, unit_state.recomputing())
+    tensor([0.1000, 0.3000]) True
+    >>> bn.running_mean                      # restored: the re-run is not a second training step
+    tensor([0., 0.])
+    """
     norms = [
         m
         for module in modules

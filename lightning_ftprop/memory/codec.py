@@ -109,7 +109,16 @@ def unpack_bits(planes: Tensor, numel: int) -> Tensor:
 
 
 def lookup(data: Tensor, table: Tensor, numel: int) -> Tensor:
-    """The first ``numel`` values of ``table[byte]`` for each byte of ``data``: the output written once."""
+    """The first ``numel`` values of ``table[byte]`` for each byte of ``data``: the output written once.
+
+    ``table`` is 256 x 8, row ``b`` holding the values of the eight bits of byte ``b``; decoding sign
+    outputs packed by :func:`pack_positive`:
+
+    >>> import torch
+    >>> signs = _table((-1.0, 1.0), torch.float32, torch.device("cpu"))   # bit 0 -> -1, bit 1 -> +1
+    >>> lookup(torch.tensor([13, 1], dtype=torch.uint8), signs, numel=9)
+    tensor([ 1., -1.,  1.,  1., -1., -1., -1., -1.,  1.])
+    """
     nbytes = -(-numel // 8)
     data = data.reshape(-1)[:nbytes]
     if _numpy_path(data) and table.dtype in _NUMPY_TABLES:  # numpy's take: one pass, no int64 indices

@@ -61,7 +61,24 @@ _MAX_POOLS = frozenset({"MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBa
 
 
 class Recipe:
-    """How to rebuild one tensor: ``run()`` returns it (or its first ``k`` samples)."""
+    """How to rebuild one tensor: ``run()`` returns it (or its first ``k`` samples).
+
+    :func:`plan` builds one from ``z``'s graph; ``describe()`` names where it rebuilds ``z`` from. A
+    residual sum of a max-pool and a BatchNorm:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.randn(2, 2, 4, 4, requires_grad=True)
+    >>> z = nn.functional.max_pool2d(x, 1) + nn.BatchNorm2d(2)(x)
+    >>> recipe = plan(z)
+    >>> isinstance(recipe, Recipe), recipe.describe()
+    (True, 'max-pool + BatchNorm')
+    >>> torch.equal(recipe.run(1), z.detach()[:1])   # the check made in the forward: the first sample
+    True
+    >>> torch.equal(recipe.run(), z.detach())        # the backward's rebuild: all of z, bitwise
+    True
+    """
 
     def run(self, k: Optional[int] = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -196,7 +213,25 @@ def _recipe(node, output_nr: int, depth: int) -> Optional[Recipe]:
 
 
 def plan(z: Tensor) -> Optional[Recipe]:
-    """How to rebuild ``z`` from what autograd keeps anyway, or None. Not checked: see ``check``."""
+    """How to rebuild ``z`` from what autograd keeps anyway, or None. Not checked: see ``check``.
+
+    In ``conv -> BN -> unit`` the unit's ``z`` is BatchNorm's output, rebuilt from BatchNorm's saved
+    input and statistics; the conv's output would need the conv again:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import lightning_ftprop as ftp
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), ftp.Sign(rule="soft_hinge"))
+    >>> x = torch.randn(2, 1, 5, 5)
+    >>> z = net[:2](x)                       # what the unit receives
+    >>> plan(z).describe()
+    'BatchNorm'
+    >>> torch.equal(plan(z).run(), z.detach())
+    True
+    >>> print(plan(net[0](x)))               # a conv's output: no one-pass recipe
+    None
+    """
     return _recipe(z.grad_fn, z.output_nr, 0) if z.grad_fn is not None else None
 
 
@@ -218,7 +253,17 @@ def check(recipe: Recipe, z: Tensor) -> bool:
 
 
 def why_not(z: Tensor) -> str:
-    """Why ``z`` cannot be rebuilt cheaply (for ``summary``): what made it."""
+    """Why ``z`` cannot be rebuilt cheaply (for ``summary``): what made it.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> why_not(nn.Linear(3, 4)(torch.randn(2, 3)))       # Linear -> unit
+    "z comes from a matmul (AddmmBackward0); memory='recompute' rebuilds it"
+    >>> why_not(torch.tanh(torch.randn(2, 3, requires_grad=True)))
+    'z comes from TanhBackward0, which keeps nothing z can be rebuilt from in one pass'
+    >>> why_not(torch.randn(2, 3))
+    'z is an input of the graph'
+    """
     node = z.grad_fn
     if node is None:
         return "z is an input of the graph"

@@ -76,6 +76,18 @@ def active_policy() -> Optional[Policy]:
     A policy set with a ``pack_hook`` applies only while that hook is the innermost saved-tensor hook
     of the thread: inside ``torch.utils.checkpoint`` or a user's own ``saved_tensors_hooks`` (whose hooks
     receive whatever the unit saves), units keep ``z`` as they would without :func:`packed`.
+
+    >>> import torch
+    >>> active_policy() is None              # by default units keep z
+    True
+    >>> def hook(t):
+    ...     return t
+    >>> with torch.autograd.graph.saved_tensors_hooks(hook, hook), use_policy(packed_state, pack_hook=hook):
+    ...     print(active_policy() is packed_state)
+    ...     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):   # a user's hooks on top
+    ...         print(active_policy())
+    True
+    None
     """
     policy = _STATE.policy
     if policy is None or _STATE.pack_hook is None or _top_hooks is None:
@@ -104,7 +116,18 @@ def use_policy(policy: Optional[Policy], pack_hook: Optional[Callable] = None) -
 
 
 def float_state() -> contextlib.AbstractContextManager:
-    """Inside the block the units of this thread keep their float ``z`` (``use_policy(None)``)."""
+    """Inside the block the units of this thread keep their float ``z`` (``use_policy(None)``).
+
+    >>> import torch
+    >>> from lightning_ftprop import functional as F
+    >>> z = torch.randn(8, requires_grad=True)
+    >>> with use_policy(packed_state):
+    ...     print(F.sign(z, rule="sste").grad_fn.kept[0])
+    ...     with float_state():
+    ...         print(F.sign(z, rule="sste").grad_fn.kept[0])
+    1-bit mask
+    z (float32)
+    """
     return use_policy(None)
 
 
@@ -126,7 +149,21 @@ def recomputation() -> Iterator[None]:
 
 
 def recomputing() -> bool:
-    """True while a :func:`lightning_ftprop.memory.recompute` segment re-runs its forward in this thread."""
+    """True while a :func:`lightning_ftprop.memory.recompute` segment re-runs its forward in this thread.
+
+    A forward hook that must count each forward once skips the backward's re-runs:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> seen = []
+    >>> lin = nn.Linear(2, 2)
+    >>> _ = lin.register_forward_hook(lambda m, args, out: None if recomputing() else seen.append(out.shape))
+    >>> _ = lin(torch.ones(1, 2))
+    >>> with recomputation():                # as the backward of memory="recompute" re-runs it
+    ...     _ = lin(torch.ones(1, 2))
+    >>> seen
+    [torch.Size([1, 2])]
+    """
     return _STATE.recomputing > 0
 
 
@@ -145,6 +182,25 @@ def packed_state(ctx, z: Tensor, rule, weighted: bool, saved: str, steps: int, m
     2. Otherwise ``sste`` (weighted, one coordinate) keeps its 0/1 surrogate ``1[|u| <= 1]`` as 1 bit per
        element, and its backward is ``threshold_backward(g, s, 0)`` (bitwise the exact one, NaN included).
     3. Otherwise the unit keeps what it keeps without a policy, and ``ctx.kept_why`` says why.
+
+    The three cases, read from the units' ``grad_fn.kept`` (``(what, why)``):
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import lightning_ftprop as ftp
+    >>> _ = torch.manual_seed(0)
+    >>> conv, bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+    >>> x = torch.randn(2, 1, 5, 5)
+    >>> with use_policy(packed_state):
+    ...     after_bn = ftp.Sign(rule="soft_hinge")(bn(conv(x)))
+    ...     sste = ftp.Sign(rule="sste")(conv(x))
+    ...     after_conv = ftp.Sign(rule="soft_hinge")(conv(x))
+    >>> after_bn.grad_fn.kept
+    ('nothing', 'z is rebuilt from BatchNorm in the backward')
+    >>> sste.grad_fn.kept
+    ('1-bit mask', "sste's surrogate is 0/1")
+    >>> after_conv.grad_fn.kept
+    ('z (float32)', "z comes from a matmul (ConvolutionBackward0); memory='recompute' rebuilds it")
     """
     keeps_z = rule.uses_input and not (weighted and rule.surrogate is not None and saved != "input")
     if not keeps_z:
