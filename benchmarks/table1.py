@@ -167,11 +167,17 @@ def train_run(net: str, activation: str, rule: Optional[str], seed: int, epochs:
     )
 
     accuracies: List[float] = []
+    started = time.perf_counter()
 
     class TestAccuracyPerEpoch(pl.Callback):
         def on_validation_epoch_end(self, trainer, pl_module):
             if not trainer.sanity_checking:
                 accuracies.append(round(100.0 * float(trainer.callback_metrics["val/acc"]), 4))
+                print(
+                    f"{net} {method_name(activation, rule)} seed {seed}: epoch {len(accuracies)}/{epochs} "
+                    f"test acc {accuracies[-1]:.2f} ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
 
     trainer = pl.Trainer(
         max_epochs=epochs,
