@@ -284,12 +284,15 @@ def _paired(a: Dict[int, List[float]], b: Dict[int, List[float]]) -> Tuple[List[
     """Seeds run in both cells, and ``mean [95% CI]`` of the per-seed differences a - b for best and final."""
     seeds = sorted(set(a) & set(b))
     cols = []
-    for pick in (max, lambda acc: acc[-1]):
-        if not seeds:
+    for final in (False, True):
+        interval = paired_interval(a, b, final=final)
+        if interval is not None:
+            cols.append(_ci(interval))
+        elif seeds:  # one pair: its difference, and no interval
+            pick = (lambda acc: acc[-1]) if final else max
+            cols.append(f"{pick(a[seeds[0]]) - pick(b[seeds[0]]):+.2f} (one pair)")
+        else:
             cols.append("-")
-            continue
-        mean, low, high = t_interval([pick(a[s]) - pick(b[s]) for s in seeds])
-        cols.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" if len(seeds) > 1 else f"{mean:+.2f} (one pair)")
     return seeds, cols
 
 
@@ -299,6 +302,11 @@ def cells_of(records: List[Dict[str, object]]) -> Dict[Tuple, Dict[int, List[flo
     for r in records:
         cells[(r["net"], r["data"], r["epochs"], r["activation"], r["rule"])][r["seed"]] = r["test_acc"]
     return cells
+
+
+def plan_cell(records: List[Dict[str, object]]) -> Dict[Tuple[str, Optional[str]], Dict[int, List[float]]]:
+    """The planned grid's runs (:data:`PLAN`): ``{(activation, rule): {seed: test accuracy per epoch}}``."""
+    return {key[3:]: runs for key, runs in cells_of(records).items() if key[:3] == PLAN}
 
 
 def report(records: List[Dict[str, object]], plot: Optional[Path]) -> str:
@@ -484,8 +492,7 @@ def _label(activation: str) -> str:
 
 def findings(records: List[Dict[str, object]]) -> List[str]:
     """The planned cell's paired comparisons as sentences: FTP-SH - SSTE, then each method against each baseline."""
-    cells = cells_of(records)
-    cell = {key[3:]: runs for key, runs in cells.items() if key[:3] == PLAN}
+    cell = plan_cell(records)
     lines = []
     for act in dict.fromkeys(a for a, r in METHODS if r is not None):
         sh, sste = cell.get((act, "soft_hinge"), {}), cell.get((act, "sste"), {})
@@ -559,8 +566,7 @@ def results_section(records: List[Dict[str, object]]) -> str:
 
 def readme_sentence(records: List[Dict[str, object]]) -> str:
     """What ``--write`` puts in the README after its opening paragraph: the paired FTP-SH - SSTE result."""
-    cells = cells_of(records)
-    cell = {key[3:]: runs for key, runs in cells.items() if key[:3] == PLAN}
+    cell = plan_cell(records)
     clauses = []
     for act in dict.fromkeys(a for a, r in METHODS if r is not None):
         best = paired_interval(cell.get((act, "soft_hinge"), {}), cell.get((act, "sste"), {}))
