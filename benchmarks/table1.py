@@ -18,6 +18,9 @@ batch 64, lr 2.5e-4 (convnet4) or 1e-3 (convnet8), lr x0.1 at the start of the e
     python benchmarks/table1.py --report                                            # tables + plot
     python benchmarks/table1.py --report --write    # also rewrite RESULTS.md section 6 and the README's result
 
+convnet8 (about 15 CPU-hours for 18 runs) is meant for a GPU: ``--nets convnet8 --accelerator gpu``, with
+``--shard I/N`` to run N processes side by side on the one device.
+
 ``--report`` prints, per cell, mean +- std of the best and the final test accuracy; the same in the paper's
 Table 1 layout; for each net and activation the paired per-seed difference FTP-SH - SSTE with its mean and a
 95% t-interval; and each threshold method's paired difference to the two float baselines. It also draws test
@@ -181,7 +184,7 @@ def train_run(net: str, activation: str, rule: Optional[str], seed: int, epochs:
 
     trainer = pl.Trainer(
         max_epochs=epochs,
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -207,6 +210,7 @@ def train_run(net: str, activation: str, rule: Optional[str], seed: int, epochs:
         "train_seconds": round(time.perf_counter() - start, 1),
         "cpu_seconds": round(time.process_time() - cpu_start, 1),
         "threads": torch.get_num_threads(),
+        "accelerator": trainer.accelerator.__class__.__name__,
         "torch": torch.__version__,
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -635,6 +639,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (1: two processes at most)")
+    parser.add_argument(
+        "--accelerator", default="cpu", choices=("cpu", "gpu"), help="Trainer accelerator, one device per process"
+    )
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="run every N-th remaining run, I/N")
     parser.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     parser.add_argument(

@@ -39,6 +39,7 @@ def test_table1_records_one_json_line_per_run_and_rerun_skips_it(table1, tmp_pat
     assert record["recipe"]["lr"] == 2.5e-4 and record["recipe"]["weight_decay"] == 5e-4
     assert record["recipe"]["batch_size"] == 64 and record["recipe"]["milestones"] == [2]
     assert len(record["test_acc"]) == 2 and all(0.0 <= a <= 100.0 for a in record["test_acc"])
+    assert record["accelerator"] == "CPUAccelerator"
 
     capsys.readouterr()
     table1.main([*TINY, "--methods", "sign/soft_hinge", "--jsonl", str(jsonl)])
@@ -107,11 +108,15 @@ def test_table1_plot_averages_only_the_seeds_both_rules_ran(table1):
     assert curves["relu (n=1)"][0] == [90.0, 91.0]
 
 
-def test_table1_rejects_unknown_methods_and_bad_shards(table1):
+def test_table1_rejects_unknown_methods_bad_shards_and_accelerators(table1, capsys):
     with pytest.raises(SystemExit):
         table1.main(["--methods", "sign/hinge_typo"])
     with pytest.raises(SystemExit):
         table1.main(["--shard", "2/2"])
+    with pytest.raises(SystemExit):
+        table1.main(["--accelerator", "tpu"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'tpu'" in err and "'cpu', 'gpu'" in err
 
 
 def test_scaled_milestones_follow_the_paper_at_300_epochs(table1):
