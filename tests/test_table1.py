@@ -69,7 +69,7 @@ def test_table1_report_pairs_ftp_sh_with_sste_per_seed(table1, tmp_path):
     ]
     text = table1.report(records, tmp_path / "plot.png")
     # best: differences +2 and +1 -> mean +1.50, 95% t-interval 1.5 +- 12.706 * 0.7071 / sqrt(2) = [-4.85, +7.85]
-    assert "| convnet4 | fashion_mnist | 2 | sign | 2 | +1.50 [-4.85, +7.85] | +1.50 [-4.85, +7.85] |" in text
+    assert "| sign | 2 | +1.50 [-4.85, +7.85] | +1.50 [-4.85, +7.85] | 0: +2.00, 1: +1.00 |" in text
     assert "| sign/sste | 2 | 82.50 ± 0.71 | 82.50 ± 0.71 |" in text
     assert (tmp_path / "plot.png").stat().st_size > 0
 
