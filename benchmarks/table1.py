@@ -284,6 +284,11 @@ def t_interval(diffs: List[float]) -> Tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def _score(acc: List[float], final: bool) -> float:
+    """A run's final test accuracy, or (``final=False``) its best."""
+    return acc[-1] if final else max(acc)
+
+
 def _paired(a: Dict[int, List[float]], b: Dict[int, List[float]]) -> Tuple[List[int], List[str]]:
     """Seeds run in both cells, and ``mean [95% CI]`` of the per-seed differences a - b for best and final."""
     seeds = sorted(set(a) & set(b))
@@ -293,8 +298,7 @@ def _paired(a: Dict[int, List[float]], b: Dict[int, List[float]]) -> Tuple[List[
         if interval is not None:
             cols.append(_ci(interval))
         elif seeds:  # one pair: its difference, and no interval
-            pick = (lambda acc: acc[-1]) if final else max
-            cols.append(f"{pick(a[seeds[0]]) - pick(b[seeds[0]]):+.2f} (one pair)")
+            cols.append(f"{_score(a[seeds[0]], final) - _score(b[seeds[0]], final):+.2f} (one pair)")
         else:
             cols.append("-")
     return seeds, cols
@@ -351,8 +355,8 @@ def report(records: List[Dict[str, object]], plot: Optional[Path]) -> str:
         if rule != "soft_hinge" or not sste:
             continue
         seeds, cols = _paired(sh, sste)
-        per_seed = ", ".join(f"{s}: {max(sh[s]) - max(sste[s]):+.2f}" for s in seeds)
         if seeds:
+            per_seed = ", ".join(f"{s}: {max(sh[s]) - max(sste[s]):+.2f}" for s in seeds)
             lines.append(f"| {net} | {data} | {epochs} | {act} | {len(seeds)} | {cols[0]} | {cols[1]} | {per_seed} |")
 
     baselines = [m for m in METHODS if m[1] is None]
@@ -474,8 +478,7 @@ def paired_interval(
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         return None
-    pick = (lambda acc: acc[-1]) if final else max
-    return (len(seeds), *t_interval([pick(a[s]) - pick(b[s]) for s in seeds]))
+    return (len(seeds), *t_interval([_score(a[s], final) - _score(b[s], final) for s in seeds]))
 
 
 def _ci(interval: Tuple[int, float, float, float]) -> str:
