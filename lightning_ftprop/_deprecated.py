@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
-__all__ = ["renamed", "warn_renamed"]
+__all__ = ["renamed", "warn_renamed", "thresholds_argument"]
 
 F = TypeVar("F", bound=Callable)
 
@@ -54,3 +54,15 @@ def renamed(new: F, old: str, new_module: str = "") -> F:
     alias.__doc__ = f"Deprecated alias of :func:`{new_path}` (it warns); use that instead."
     alias.__name__ = old.rpartition(".")[2]
     return alias  # type: ignore[return-value]
+
+
+def thresholds_argument(thresholds: int, steps: Optional[int], where: str) -> int:
+    """``thresholds``, or the value of the deprecated ``steps`` (which warns); both differing is an error."""
+    if steps is None:
+        return thresholds
+    warn_renamed(f"{where}(steps=...)", f"{where}(thresholds=...)", stacklevel=4)
+    if thresholds not in (3, steps):
+        raise TypeError(
+            f"{where}() got thresholds={thresholds!r} and its deprecated name steps={steps!r}; give thresholds only"
+        )
+    return steps

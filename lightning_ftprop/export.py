@@ -79,7 +79,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ftprop._deprecated import warn_renamed
-from lightning_ftprop.functional import _qrelu_forward, _sign_forward, _step_forward
+from lightning_ftprop.functional import qrelu_values, sign_values, step_values
 from lightning_ftprop.nn import QReLU, Sign, Step, ThresholdUnit
 
 __all__ = [
@@ -117,7 +117,7 @@ class FrozenSign(FrozenUnit):
     activation = "sign"
 
     def forward(self, z: Tensor) -> Tensor:
-        return _sign_forward(z)
+        return sign_values(z)
 
 
 class FrozenStep(FrozenUnit):
@@ -130,7 +130,7 @@ class FrozenStep(FrozenUnit):
     activation = "step"
 
     def forward(self, z: Tensor) -> Tensor:
-        return _step_forward(z)
+        return step_values(z)
 
 
 class FrozenQReLU(FrozenUnit):
@@ -151,7 +151,7 @@ class FrozenQReLU(FrozenUnit):
         return f"thresholds={self.thresholds}"
 
     def forward(self, z: Tensor) -> Tensor:
-        return _qrelu_forward(z, self.thresholds)
+        return qrelu_values(z, self.thresholds)
 
 
 def _frozen(unit: ThresholdUnit) -> FrozenUnit:

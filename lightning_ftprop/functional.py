@@ -55,8 +55,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from lightning_ftprop._deprecated import renamed, warn_renamed
+from lightning_ftprop._deprecated import renamed, thresholds_argument, warn_renamed
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
+from lightning_ftprop.unit_state import UnitCall, active_policy
 
 __all__ = [
     "sign",
@@ -70,6 +71,10 @@ __all__ = [
     "edge_exact_affine",
     "unit_coordinates",
     "SAVED_FORMS",
+    "sign_values",
+    "step_values",
+    "qrelu_values",
+    "output_alphabet",
 ]
 
 #: The backward modes of :func:`qrelu` (see its docstring).
@@ -103,35 +108,37 @@ def target_prop_grad(g: Tensor, u: Tensor, rule: Rule, weighted: bool) -> Tensor
 # --- forwards --------------------------------------------------------------------------------------
 
 
-def _step_forward(z: Tensor) -> Tensor:
+def step_values(z: Tensor) -> Tensor:
+    """The forward of :func:`step` alone, ``1[z > 0]`` (no autograd node; what export freezes).
+
+    >>> step_values(torch.tensor([-1.0, 0.0, 2.0]))
+    tensor([0., 0., 1.])
+    """
     # ceil(clip(z, 0, 1)) is 1 for z > 0 and 0 for z <= 0, and NaN stays NaN (torch.sign(NaN) is 0).
     return torch.clamp(z, 0, 1).ceil_()
 
 
-def _sign_forward(z: Tensor) -> Tensor:
-    return _step_forward(z).mul_(2).sub_(1)
+def sign_values(z: Tensor) -> Tensor:
+    """The forward of :func:`sign` alone, ``+1 if z > 0 else -1``.
+
+    >>> sign_values(torch.tensor([-1.0, 0.0, 2.0]))
+    tensor([-1., -1.,  1.])
+    """
+    return step_values(z).mul_(2).sub_(1)
 
 
-def _qrelu_forward(z: Tensor, steps: int) -> Tensor:
+def qrelu_values(z: Tensor, steps: int) -> Tensor:
+    """The forward of :func:`qrelu` alone, ``clip(ceil((n - 1) z), 0, n) / n`` with ``n = steps``.
+
+    >>> qrelu_values(torch.tensor([0.2, 0.6]), 3)
+    tensor([0.3333, 0.6667])
+    """
     return torch.clamp(torch.mul(z, steps - 1).ceil_(), 0, steps).div_(steps)  # clamp_ has no vmap rule
 
 
 # --- what the backward keeps -----------------------------------------------------------------------
 
 Coordinates = List[Tuple[Tensor, float]]  # (u, scale): dz = sum of scale * backward(g, u)
-
-
-def _unit_policy():
-    """The unit-state policy of the current thread (:mod:`lightning_ftprop.memory.unit_state`), or None.
-
-    A policy (set by :func:`lightning_ftprop.memory.packed`) may keep a compact state instead of ``z``.
-    Under ``torch.compile`` none applies: the traced units keep ``z``.
-    """
-    if torch.compiler.is_compiling():
-        return None
-    from lightning_ftprop.memory.unit_state import active_policy  # memory imports this module
-
-    return active_policy()
 
 
 def _affine(z: Tensor, a: int, b: Fraction) -> Tensor:
@@ -277,13 +284,24 @@ def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], steps: i
 
 
 def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0, mode: str = "single") -> None:
-    """Keep what the backward needs; ``ctx.kept`` says what and why (``(what, why)``, read by summary)."""
+    """Keep what the backward needs; ``ctx.kept`` says what and why (``(what, why)``, read by summary).
+
+    A unit-state policy (:mod:`lightning_ftprop.unit_state`) active in this thread may keep less.
+    """
     ctx.rule, ctx.weighted, ctx.steps, ctx.mode = rule, weighted, steps, mode
-    ctx.state_backward = None
-    policy = _unit_policy()
-    if policy is not None and policy(ctx, z, rule, weighted, saved, steps, mode):
-        return
+    ctx.unit_backward = None
     symmetric = weighted and rule.surrogate is not None
+    keeps_z = rule.uses_input and not (symmetric and saved != "input")
+    why = f"{rule.name}'s backward reads z"
+    policy = active_policy()
+    if policy is not None:
+        backward_from_z = functools.partial(_backward_from_z, rule=rule, weighted=weighted, steps=steps, mode=mode)
+        state = policy(UnitCall(z, rule, weighted, steps, mode, keeps_z, backward_from_z))
+        if state is not None and state.backward is not None:
+            ctx.kept, ctx.unit_backward, ctx.compact = (state.kept, state.why), state.backward, True
+            ctx.save_for_backward(*state.tensors)
+            return
+        why = state.why if state is not None else why
     ctx.compact = symmetric and rule.uses_input and saved != "input"  # keeps S(z), not z
     if symmetric and not rule.uses_input:
         ctx.kept = ("nothing", f"{rule.name}'s surrogate is constant")
@@ -296,7 +314,6 @@ def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0
         else:
             ctx.save_for_backward(s.clamp(0, 1).mul_(255).round_().to(torch.uint8))
     else:
-        why = getattr(ctx, "kept_why", None) or f"{rule.name}'s backward reads z"
         ctx.kept = (f"z ({str(z.dtype).removeprefix('torch.')})", why)
         ctx.save_for_backward(z)
 
@@ -312,8 +329,8 @@ def _backward_from_z(g: Tensor, z: Tensor, rule: Rule, weighted: bool, steps: in
 def _backward(ctx, g: Tensor) -> Tensor:
     rule = ctx.rule
     saved = ctx.saved_tensors  # read once: torch.utils.checkpoint allows a single unpack
-    if ctx.state_backward is not None:  # set by a unit-state policy (lightning_ftprop.memory.unit_state)
-        return ctx.state_backward(saved, g)
+    if ctx.unit_backward is not None:  # a unit-state policy's (lightning_ftprop.unit_state)
+        return ctx.unit_backward(saved, g)
     if not saved:  # a constant surrogate (ste)
         return rule.fused(g, g) if rule.fused is not None else g * rule.surrogate(g)
     (kept,) = saved
@@ -330,10 +347,6 @@ class _BinaryFunction(torch.autograd.Function):
     """What sign and step share: inputs ``(z, rule, weighted, saved)`` and the rule seen at ``u = z``."""
 
     generate_vmap_rule = True  # torch.func.vmap/jacrev: forward, setup_context and backward are torch ops
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _save(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):
@@ -354,7 +367,12 @@ class SignFunction(_BinaryFunction):
 
     @staticmethod
     def forward(z, rule, weighted, saved):
-        return _sign_forward(z)
+        return sign_values(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.alphabet = 0  # output_alphabet(): {-1, +1}
+        _save(ctx, *inputs)
 
 
 class StepFunction(_BinaryFunction):
@@ -369,7 +387,12 @@ class StepFunction(_BinaryFunction):
 
     @staticmethod
     def forward(z, rule, weighted, saved):
-        return _step_forward(z)
+        return step_values(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.alphabet = 1  # output_alphabet(): {0, 1}
+        _save(ctx, *inputs)
 
 
 class QReLUFunction(torch.autograd.Function):
@@ -386,15 +409,33 @@ class QReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(z, rule, weighted, saved, steps, mode):
-        return _qrelu_forward(z, steps)
+        return qrelu_values(z, steps)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        ctx.alphabet = inputs[4]  # output_alphabet(): {0, 1/n, ..., 1}
         _save(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, g):
         return _backward(ctx, g), None, None, None, None, None
+
+
+def output_alphabet(node) -> Optional[int]:
+    """Which values the output of autograd node ``node`` holds, when ``node`` is a threshold unit's; else None.
+
+    0: {-1, +1} (sign); 1: {0, 1} (step); ``n >= 2``: {0, 1/n, ..., 1} (qrelu with ``thresholds=n``).
+    This is how :mod:`lightning_ftprop.memory` recognises a threshold output from its ``grad_fn``.
+
+    >>> output_alphabet(sign(torch.randn(3, requires_grad=True)).grad_fn)
+    0
+    >>> output_alphabet(qrelu(torch.randn(3, requires_grad=True), thresholds=5).grad_fn)
+    5
+    >>> print(output_alphabet(torch.randn(3, requires_grad=True).exp().grad_fn))
+    None
+    """
+    alphabet = getattr(node, "alphabet", None)
+    return alphabet if isinstance(alphabet, int) and isinstance(node, torch.autograd.function.BackwardCFunction) else None
 
 
 # --- public functional API -------------------------------------------------------------------------
@@ -419,18 +460,6 @@ def check_thresholds(thresholds: int) -> int:
     if isinstance(thresholds, bool) or not isinstance(thresholds, int) or thresholds < 2:
         raise ValueError(f"qrelu thresholds must be an int >= 2, got {thresholds!r}")
     return thresholds
-
-
-def _thresholds_argument(thresholds: int, steps: Optional[int], where: str) -> int:
-    """``thresholds``, or the value of the deprecated ``steps`` (which warns); both differing is an error."""
-    if steps is None:
-        return thresholds
-    warn_renamed(f"{where}(steps=...)", f"{where}(thresholds=...)", stacklevel=4)
-    if thresholds not in (3, steps):
-        raise TypeError(
-            f"{where}() got thresholds={thresholds!r} and its deprecated name steps={steps!r}; give thresholds only"
-        )
-    return steps
 
 
 def check_mode(mode: str) -> str:
@@ -501,7 +530,7 @@ def qrelu(
     tensor([0.0000, 0.3333, 0.6667, 1.0000])
     """
     _check_input(z, "qrelu")
-    thresholds = check_thresholds(_thresholds_argument(thresholds, steps, "qrelu"))
+    thresholds = check_thresholds(thresholds_argument(thresholds, steps, "qrelu"))
     return QReLUFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved), thresholds, check_mode(mode))
 
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Type, Union
 from torch import Tensor, nn
 
 from lightning_ftprop import functional as F
-from lightning_ftprop._deprecated import renamed, warn_renamed
+from lightning_ftprop._deprecated import renamed, thresholds_argument, warn_renamed
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
 __all__ = [
@@ -140,7 +140,7 @@ class QReLU(ThresholdUnit):
         steps: Optional[int] = None,
     ):
         super().__init__(rule, weighted, inplace, saved)
-        self.thresholds = F.check_thresholds(F._thresholds_argument(thresholds, steps, "QReLU"))
+        self.thresholds = F.check_thresholds(thresholds_argument(thresholds, steps, "QReLU"))
         self.mode = F.check_mode(mode)
 
     @property

@@ -1,10 +1,27 @@
-"""GPU checks that CI cannot run: the ImageNet-config smoke test on CUDA and FSDP against DDP.
+"""GPU checks that CI cannot run: the ImageNet-config smoke test on CUDA, FSDP against DDP, and memory.
 
     python scripts/gpu_check.py smoke OUT_DIR   # resnet18_imagenet_sign_soft_hinge, 1 GPU, bf16-mixed,
                                                 # 6 steps on a synthetic ImageFolder written to OUT_DIR/data
     python scripts/gpu_check.py fsdp OUT_DIR    # FTPropCallback, memory "packed" and "recompute", under
                                                 # FSDPStrategy vs DDPStrategy on every visible GPU:
                                                 # prints the largest parameter difference after 4 steps
+    python scripts/gpu_check.py memory OUT_DIR  # torchvision resnet18 (1000 classes), 224x224, batch 32:
+                                                # float / exact / packed / recompute on the fp32,
+                                                # bf16-mixed and compile paths; held and peak memory and
+                                                # step time, a markdown table and OUT_DIR/memory.json
+    python scripts/gpu_check.py memory OUT_DIR --device cpu --batch 2 --paths fp32 bf16-mixed
+                                                # a dry run on CPU at 64x64 (RSS for held memory, no peak)
+
+``memory``: every cell (variant on a path) is a fresh model with the same seed; two warm-up steps
+(the ``compile`` path compiles in them), then one measured step: ``torch.cuda.reset_peak_memory_stats()``,
+``memory_allocated`` held between the end of the forward and the backward, and
+``max_memory_allocated`` over the step (both above what was allocated before it), then the mean time of
+a few steps (forward, backward, SGD step; ``torch.cuda.synchronize`` around them). ``exact``, ``packed``
+and ``recompute`` are ``lightning_ftprop.convert(model, "sign", "soft_hinge")``; ``packed`` runs the
+forward under ``lightning_ftprop.memory.packed()``, ``recompute`` is ``memory.recompute(model)`` then the
+same. ``bf16-mixed`` is ``torch.autocast(device, dtype=torch.bfloat16)`` around the forward and loss
+(logits ``.float()``); ``compile`` is ``torch.compile(model)``, called inside ``packed()``. Ratios are
+against ``float`` on the same path. A crashing cell prints its error's first line and the run goes on.
 
 Why a GPU script: Lightning 2.6 refuses ``FSDPStrategy`` on CPU processes ("The strategy `fsdp`
 requires a GPU accelerator"), so the FSDP check of docs/distributed.md cannot run in the CPU tests.
@@ -13,9 +30,13 @@ Status: written for the day a GPU is available; not yet run (no GPU was availabl
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
+import time
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -91,8 +112,175 @@ def fsdp(out: str) -> None:
         )
 
 
+MEMORY_VARIANTS = ("float", "exact", "packed", "recompute")
+MEMORY_PATHS = ("fp32", "bf16-mixed", "compile")
+
+
+def _resnet18(variant: str):
+    """torchvision's resnet18 (1000 classes, seed 0): unconverted for ``float``, else sign/soft_hinge."""
+    import torch
+    import torchvision
+
+    import lightning_ftprop as ftp
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=1000)
+    if variant != "float":
+        ftp.convert(model, "sign", "soft_hinge")
+    if variant == "recompute":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # resnet18's stem unit (benchmarks/RESULTS.md)
+            ftp.memory.recompute(model)
+    return model
+
+
+def _allocated(device) -> float:
+    """Bytes allocated now: the CUDA caching allocator's count, or the process RSS on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _train_step(model, optim, x, y, variant: str, path: str, probe=None) -> None:
+    """Forward (under ``packed()`` for packed/recompute, autocast on bf16-mixed), backward, SGD step."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    import lightning_ftprop as ftp
+
+    ctx = ftp.memory.packed() if variant in ("packed", "recompute") else contextlib.nullcontext()
+    cast = torch.autocast(x.device.type, dtype=torch.bfloat16) if path == "bf16-mixed" else contextlib.nullcontext()
+    optim.zero_grad(set_to_none=False)
+    with ctx, cast:
+        loss = F.cross_entropy(model(x).float(), y)
+    if probe is not None:
+        probe()
+    loss.backward()
+    optim.step()
+
+
+def _memory_cell(variant: str, path: str, x, y, steps: int) -> dict:
+    """One variant on one path: held and peak MB of one step, and mean ms per step after warm-up."""
+    import torch
+
+    device = x.device
+    model = _resnet18(variant).to(device).train()
+    optim = torch.optim.SGD(model.parameters(), lr=1e-3)
+    if path == "compile":
+        torch._dynamo.reset()
+        model = torch.compile(model)
+    for _ in range(2):  # warm-up: gradients allocated; compiled (forward and backward)
+        _train_step(model, optim, x, y, variant, path)
+    cell = {}
+    before = _allocated(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def probe():
+        cell["held_mb"] = (_allocated(device) - before) / 2**20
+
+    _train_step(model, optim, x, y, variant, path, probe)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        cell["peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+        cell["peak_total_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    start = time.perf_counter()
+    for _ in range(steps):
+        _train_step(model, optim, x, y, variant, path)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    cell["step_ms"] = (time.perf_counter() - start) / steps * 1e3
+    return cell
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line`` of an error, of its innermost cause if it wraps one (compiler errors do)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _ratio_cell(cells: dict, path: str, variant: str, key: str, fmt: str) -> str:
+    """A table cell: the value and its ratio to ``float`` on the same path; blank when not measured."""
+    value, reference = cells[path, variant].get(key), cells[path, "float"].get(key)
+    if value is None:
+        return ""
+    if reference is None or variant == "float":
+        return format(value, fmt)
+    return f"{value:{fmt}} ({value / reference:.2f}x)"
+
+
+def memory_table(cells: dict, paths, variants=MEMORY_VARIANTS) -> str:
+    """The markdown table of :func:`memory_check`'s cells ``{(path, variant): {...}}``."""
+    rows = [
+        "| path | variant | held MB (vs float) | peak MB (vs float) | step ms (vs float) |",
+        "|---|---|---|---|---|",
+    ]
+    for path in paths:
+        for variant in variants:
+            if "error" in cells[path, variant]:
+                figures = [f"crash: {cells[path, variant]['error']}", "", ""]
+            else:
+                figures = [
+                    _ratio_cell(cells, path, variant, key, fmt)
+                    for key, fmt in (("held_mb", ".1f"), ("peak_mb", ".1f"), ("step_ms", ".1f"))
+                ]
+            rows.append(f"| {path} | {variant} | " + " | ".join(figures) + " |")
+    return "\n".join(rows)
+
+
+def memory_check(out: str, batch: int = 32, device: str = "cuda", size: int = 224, paths=MEMORY_PATHS, steps: int = 5):
+    """Held memory, peak memory and step time of resnet18's memory modes on each path (module docstring)."""
+    import torch
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", f"/tmp/lightning_ftprop_inductor_{os.getuid()}")
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size, device=dev)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(f"memory: resnet18, batch {batch}, {size}x{size}, {name}, torch {torch.__version__}", flush=True)
+    cells = {}
+    for path in paths:
+        for variant in MEMORY_VARIANTS:
+            start = time.perf_counter()
+            try:
+                cells[path, variant] = _memory_cell(variant, path, x, y, steps)
+            except Exception as exc:  # printed and kept in the table, and the run goes on
+                cells[path, variant] = {"error": _first_line(exc)}
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            done = cells[path, variant].get("error", "ok")
+            print(f"memory: {path} {variant}: {done} ({time.perf_counter() - start:.0f} s)", flush=True)
+    table = memory_table(cells, paths)
+    print(table)
+    config = dict(model="resnet18", classes=1000, batch=batch, size=size, device=name, torch=torch.__version__)
+    result = dict(config=config, cells=[dict(path=p, variant=v, **c) for (p, v), c in cells.items()], table=table)
+    with open(os.path.join(out, "memory.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return cells
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("smoke", "fsdp"):
-        sys.exit("usage: python scripts/gpu_check.py smoke|fsdp OUT_DIR")
-    os.makedirs(sys.argv[2], exist_ok=True)
-    {"smoke": smoke, "fsdp": fsdp}[sys.argv[1]](sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("check", choices=["smoke", "fsdp", "memory"])
+    parser.add_argument("out_dir")
+    parser.add_argument("--batch", type=int, default=32, help="memory: the batch (default 32)")
+    parser.add_argument("--device", default="cuda", help="memory: cuda, or cpu for a dry run at 64x64")
+    parser.add_argument("--size", type=int, default=0, help="memory: image side (default 224; 64 on cpu)")
+    parser.add_argument("--paths", nargs="+", default=list(MEMORY_PATHS), choices=MEMORY_PATHS, help="memory")
+    parser.add_argument("--steps", type=int, default=5, help="memory: timed steps after the measured one")
+    args = parser.parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+    if args.check == "memory":
+        size = args.size or (224 if args.device.startswith("cuda") else 64)
+        memory_check(args.out_dir, args.batch, args.device, size, list(dict.fromkeys(args.paths)), args.steps)
+    else:
+        {"smoke": smoke, "fsdp": fsdp}[args.check](args.out_dir)

@@ -22,7 +22,7 @@ from lightning_ftprop.export import (
     fold_thresholds,
     freeze,
 )
-from lightning_ftprop.functional import _qrelu_forward, _step_forward
+from lightning_ftprop.functional import qrelu_values, step_values
 from lightning_ftprop.models import get_model
 
 onnx = pytest.importorskip("onnx")
@@ -88,8 +88,8 @@ def test_frozen_units_compute_the_training_forward_including_ties_and_nan():
         assert torch.allclose(frozen(z), unit(z), equal_nan=True, rtol=0, atol=0)
     assert FrozenSign()(torch.zeros(1)).item() == -1 and FrozenStep()(torch.zeros(1)).item() == 0
     assert torch.isnan(FrozenQReLU(3)(torch.tensor([float("nan")]))).all()
-    assert torch.equal(FrozenQReLU(3)(z[:10]), _qrelu_forward(z[:10].clone(), 3))
-    assert torch.equal(FrozenStep()(z[:10]), _step_forward(z[:10].clone()))
+    assert torch.equal(FrozenQReLU(3)(z[:10]), qrelu_values(z[:10].clone(), 3))
+    assert torch.equal(FrozenStep()(z[:10]), step_values(z[:10].clone()))
 
 
 def test_freeze_leaves_no_autograd_function_and_scripts_and_exports_with_identical_outputs():

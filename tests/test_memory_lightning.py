@@ -14,7 +14,8 @@ from torch import nn
 
 import lightning_ftprop as ftp
 from lightning_ftprop import memory
-from lightning_ftprop.memory import unit_state
+from lightning_ftprop import unit_state
+from lightning_ftprop.memory import policy
 
 TESTS = Path(__file__).resolve().parent
 
@@ -27,7 +28,7 @@ class WatchedNet(TinyNet):
         self.seen = []
 
     def training_step(self, batch, batch_idx):
-        self.seen.append((unit_state.active_policy() is unit_state.packed_state, "forward" in self.net.__dict__))
+        self.seen.append((unit_state.active_policy() is policy.packed_state, "forward" in self.net.__dict__))
         return super().training_step(batch, batch_idx)
 
 

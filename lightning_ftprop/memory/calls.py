@@ -18,9 +18,10 @@ one) as
 In the backward, the first use of a reference runs the call again (:meth:`_Record.rerun`): the
 module's own ``forward`` (under ``enable_grad`` when saved tensors of the call are asked for, else
 under ``no_grad``: the same kernels, no graph), with the stored inputs (rebuilt the same way,
-recursively), the forward's RNG state and the forward's unit-state policy
-(:mod:`~lightning_ftprop.memory.unit_state`), inside :func:`rerunning` (BatchNorm running statistics
-restored afterwards, :func:`~lightning_ftprop.memory.unit_state.recomputing` True). Its output and the
+recursively), the forward's RNG state, the forward's autocast state (device type, dtype, enabled, cache, for
+the CPU and the inputs' device, as ``torch.utils.checkpoint`` restores it) and the forward's unit-state policy
+(:mod:`~lightning_ftprop.unit_state`), inside :func:`rerunning` (BatchNorm running statistics
+restored afterwards, :func:`~lightning_ftprop.unit_state.recomputing` True). Its output and the
 saved tensors that references ask for stay cached until the last reference to the call is gone. A
 call that changed an input in place (``ReLU(inplace=True)``) is re-run on a copy. So
 ``conv -> BN -> unit`` keeps the conv's input in bits and nothing else: BN's input and the unit's
@@ -47,7 +48,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lightning_ftprop.memory import unit_state
+from lightning_ftprop import unit_state
 from lightning_ftprop.memory.hooks import _alphabet, _Packed, pack, unpack
 from lightning_ftprop.nn import ThresholdUnit
 
@@ -176,11 +177,25 @@ def store(x: Tensor):
 class _Record:
     """A leaf module call that can be run again: module, stored inputs, RNG and unit state."""
 
-    __slots__ = ("module", "spec", "leaves", "grads", "rng", "policy", "clone", "saved", "wanted", "pending", "cache")
+    __slots__ = (
+        "module",
+        "spec",
+        "leaves",
+        "grads",
+        "rng",
+        "autocast",
+        "policy",
+        "clone",
+        "saved",
+        "wanted",
+        "pending",
+        "cache",
+    )
 
     def __init__(self, module: nn.Module, spec, leaves: List[Any], grads: List[bool]):
         self.module, self.spec, self.leaves, self.grads = module, spec, leaves, grads
         self.rng = None
+        self.autocast = _autocast_state(())  # set by record_call: the forward's autocast state
         self.policy = None  # the unit-state policy the call ran under (set by record_call)
         self.clone = False  # the call changed an input in place: re-run on a copy
         self.saved = 0  # how many tensors the call saved
@@ -217,6 +232,9 @@ class _Record:
                 torch.set_rng_state(self.rng[0])
                 for device, state in zip(self.rng[1], self.rng[2]):
                     torch.cuda.set_rng_state(state, device)
+            cache, devices = self.autocast
+            for device, enabled, dtype in devices:  # as torch.utils.checkpoint restores it
+                stack.enter_context(torch.autocast(device, dtype=dtype, enabled=enabled, cache_enabled=cache))
             stack.enter_context(unit_state.use_policy(self.policy))
             if self.wanted:  # its saved tensors are asked for: run it as the forward did, and collect them
                 stack.enter_context(torch.enable_grad())
@@ -248,6 +266,14 @@ def own_forward(module: nn.Module, args, kwargs):
     [[3.0]]
     """
     return type(module).forward(module, *args, **kwargs)
+
+
+def _autocast_state(leaves: Sequence[Any]):
+    """``(cache_enabled, [(device_type, enabled, dtype), ...])`` for the CPU and the inputs' devices."""
+    types = sorted({"cpu"} | {t.device.type for t in leaves if isinstance(t, Tensor)})
+    available = getattr(torch.amp, "is_autocast_available", lambda d: d in ("cpu", "cuda"))
+    devices = [(d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in types if available(d)]
+    return torch.is_autocast_cache_enabled(), devices
 
 
 def _rng_state(leaves: Sequence[Any]):
@@ -320,6 +346,7 @@ def record_call(module: nn.Module, args, kwargs):
     record = _Record(module, spec, stored, [isinstance(t, Tensor) and t.requires_grad for t in leaves])
     versions = [t._version for t in tensors]
     rng = _rng_state(leaves)
+    record.autocast = _autocast_state(leaves)
     saver = _Saver(record, leaves, stored, module)
     try:
         with torch.autograd.graph.saved_tensors_hooks(saver, load):

@@ -40,7 +40,8 @@ import torch
 from torch import Tensor
 
 from lightning_ftprop import functional as F
-from lightning_ftprop.memory import rebuild, unit_state
+from lightning_ftprop import unit_state
+from lightning_ftprop.memory import policy, rebuild
 from lightning_ftprop.memory.codec import _numpy_path, _table, lookup, pack_bools, pack_positive, unpack_bits
 from lightning_ftprop.memory.rebuild import PACKED_TAG
 
@@ -74,6 +75,8 @@ _VALUE_PRESERVING = frozenset(
         "AdaptiveMaxPool3DBackward0",
     }
 )
+# A dtype cast (autocast's copy of a unit output for a matmul): exact for the values of sign and step only.
+_CASTS = frozenset({"ToCopyBackward0"})
 _SEARCH_DEPTH = 8
 
 
@@ -82,17 +85,17 @@ def _alphabet(x: Tensor) -> Optional[int]:
 
     0: {-1, +1} (sign); 1: {0, 1} (step); ``n >= 2``: {0, 1/n, ..., 1} (qrelu with ``steps=n``).
     """
-    node = x.grad_fn
+    node, cast = x.grad_fn, False
     for _ in range(_SEARCH_DEPTH):
         if node is None:
             return None
-        if isinstance(node, F.SignFunction._backward_cls):
-            return 0
-        if isinstance(node, F.StepFunction._backward_cls):
-            return 1
-        if isinstance(node, F.QReLUFunction._backward_cls):
-            return node.steps
-        if type(node).__name__ not in _VALUE_PRESERVING:
+        alphabet = F.output_alphabet(node)
+        if alphabet is not None:
+            return alphabet if not cast or alphabet <= 1 else None  # k/n in another dtype is not code/n there
+        name = type(node).__name__
+        if name in _CASTS:
+            cast = True
+        elif name not in _VALUE_PRESERVING:
             return None
         node = node.next_functions[0][0]
     return None
@@ -253,7 +256,7 @@ def unpack(saved, samples: Optional[int] = None) -> Tensor:
 def packed() -> Iterator[None]:
     """Store every saved threshold output, mask and index tensor compactly (see the module docstring).
 
-    The units inside keep less too (:func:`~lightning_ftprop.memory.unit_state.packed_state`): nothing
+    The units inside keep less too (:func:`~lightning_ftprop.memory.policy.packed_state`): nothing
     when their ``z`` can be rebuilt in one pass (after BatchNorm here), else a 1-bit mask (``sste``)
     or ``z``. Forward and backward values are unchanged: everything is lossless. Packing happens when
     autograd saves a tensor (in the forward), unpacking when the backward needs it; the backward may
@@ -281,5 +284,5 @@ def packed() -> Iterator[None]:
             "lightning_ftprop.memory.packed() cannot run inside torch.compile (saved-tensor hooks are not "
             "traced); call the compiled model inside the context instead, or use memory='exact'"
         )
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), unit_state.use_policy(unit_state.packed_state, pack):
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), unit_state.use_policy(policy.packed_state, pack):
         yield

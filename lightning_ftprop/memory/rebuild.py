@@ -17,12 +17,24 @@ then keeps only references to those nodes and rebuilds ``z`` in its backward, in
                                                                                (a residual block's identity)
 =================================  ==========================================  ==========================================
 
-Exactness: every ``z`` is checked when it is made. The rebuild of the first sample (``z[:1]``) must
-equal ``z[:1]`` bit for bit, or the unit keeps ``z`` as before; so the gradients are bitwise those of
-``"exact"`` whenever a rebuild is used. BatchNorm's rebuild reproduces the CPU kernel's
-``fma(x, alpha, beta)``; where a kernel computes differently (a GPU, a mixed-precision BatchNorm), the
-check fails and ``z`` is kept. A ``z`` that needs a matmul to rebuild (``Linear -> unit``, a
-transformer MLP) is kept too: that is what ``memory="recompute"`` is for.
+Exactness (the contract of docs/memory.md). The rebuild uses the saved tensors of the device's own
+BatchNorm (its input, batch mean and ``invstd``) and computes ``x * alpha + beta`` in float32 (for
+half and bfloat16 inputs too), rounded to ``z``'s dtype. On the CPU in float32 that is the kernel's own
+``fma(x, alpha, beta)``, so the rebuilt ``z`` is bitwise the forward's; on any other kernel (a GPU's,
+cuDNN's, bfloat16 autocast) it equals ``z`` within the rounding of ``z``'s dtype. When ``z`` is made,
+:func:`check` compares the rebuild of its first sample with ``z[:1]``: ``"bitwise"``, ``"rounding"``
+(within 8 ulps of the sample's largest value) or a failure (the unit keeps ``z``). A rule whose
+backward jumps (``sste``, ``hinge``) uses a rebuild only when it is bitwise, so a rounding error can
+never move a unit across an edge; smooth rules (``soft_hinge``, ``log_loss``) accept rounding.
+
+Under ``create_graph=True`` (double backward: gradient penalties, Hessian-vector products) the unit's
+backward runs with grad mode on and asks for a *differentiable* rebuild (``run(differentiable=True)``):
+BatchNorm is run again on its saved input, with its weight and bias (the same kernel: the same values),
+and a max-pool's output is gathered from its saved input, both with their autograd history, so the
+second-order terms through ``z`` are kept. A packed threshold output has no history to give back: a
+double backward through a ``z`` rebuilt from one (a residual block's last unit) raises, naming
+``memory="exact"``. A ``z`` that needs a matmul to rebuild (``Linear -> unit``, a transformer MLP) is
+kept: that is what ``memory="recompute"`` is for.
 
 The unit holds the graph node (which frees its saved tensors after its own backward, which runs after
 the unit's) and a weak reference to a packed identity (kept alive by the layer that saved it until
@@ -49,14 +61,17 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Recipe", "plan", "why_not", "PACKED_TAG"]
+from lightning_ftprop import torch_private
+
+__all__ = ["Recipe", "plan", "check", "why_not", "PACKED_TAG"]
 
 #: Key of ``grad_fn.metadata`` under which :func:`~lightning_ftprop.memory.pack` records the packed form of
 #: a threshold output: ``(output_nr, weakref to the packed object)``.
 PACKED_TAG = "lightning_ftprop.packed"
 
 _MAX_DEPTH = 4
-_BATCH_NORMS = frozenset({"NativeBatchNormBackward0"})
+# The BatchNorm nodes of eager mode: the native kernel (CPU, and CUDA without cuDNN), cuDNN and MIOpen.
+_BATCH_NORMS = frozenset({"NativeBatchNormBackward0", "CudnnBatchNormBackward0", "MiopenBatchNormBackward0"})
 _MAX_POOLS = frozenset({"MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0"})
 
 
@@ -80,7 +95,8 @@ class Recipe:
     True
     """
 
-    def run(self, k: Optional[int] = None) -> Tensor:  # pragma: no cover - abstract
+    def run(self, k: Optional[int] = None, differentiable: bool = False) -> Tensor:  # pragma: no cover - abstract
+        """All of the tensor, or its first ``k`` samples; ``differentiable``: with its autograd history."""
         raise NotImplementedError
 
     def describe(self) -> str:  # pragma: no cover - abstract
@@ -92,24 +108,40 @@ def _first(x: Tensor, k: Optional[int]) -> Tensor:
 
 
 class _BatchNorm(Recipe):
-    """``z = BatchNorm(x)`` in training mode, from the BatchNorm node's saved tensors."""
+    """``z = BatchNorm(x)`` in training mode, from the BatchNorm node's saved tensors.
 
-    def __init__(self, node, bias: Optional[Tensor]):
-        self.node, self.bias = node, bias
+    ``bias`` is a copy of the bias made in the forward (``C`` numbers); ``parameter`` the live bias, for
+    the differentiable rebuild.
+    """
 
-    def run(self, k: Optional[int] = None) -> Tensor:
+    def __init__(self, node, bias: Optional[Tensor], parameter: Optional[Tensor]):
+        self.node, self.bias, self.parameter = node, bias, parameter
+
+    def run(self, k: Optional[int] = None, differentiable: bool = False) -> Tensor:
         node = self.node
+        if differentiable:  # the same kernel on the same input: the forward's values, with their history
+            x, weight = _saved(node, "input"), _saved(node, "weight")
+            eps = _saved(node, "eps") if hasattr(node, "_saved_eps") else _saved(node, "epsilon")
+            return torch.batch_norm(
+                _first(x, k), weight, self.parameter, None, None, True, 0.0, eps, torch.backends.cudnn.enabled
+            )
         with torch.no_grad():
-            x = _first(node._saved_input.detach(), k)
-            mean, invstd, weight = node._saved_result1, node._saved_result2, node._saved_weight
-            alpha = invstd if weight is None else invstd * weight.detach()
-            bias = self.bias if self.bias is not None else torch.zeros_like(alpha)
-            beta = torch.addcmul(bias, mean, alpha, value=-1)  # bias - mean * alpha, rounded once (fma)
+            x = _first(_saved(node, "input").detach(), k)
+            mean, invstd, weight = _saved(node, "result1"), _saved(node, "result2"), _saved(node, "weight")
+            alpha = invstd.float() if weight is None else invstd.float() * weight.detach().float()
+            bias = self.bias.float() if self.bias is not None else torch.zeros_like(alpha)
+            beta = torch.addcmul(bias, mean.float(), alpha, value=-1)  # bias - mean * alpha, rounded once (fma)
             shape = [1, -1] + [1] * (x.dim() - 2)
-            return torch.addcmul(beta.view(shape), x, alpha.view(shape))  # fma(x, alpha, beta)
+            wide = x if x.dtype == torch.float32 else x.float()  # float32 arithmetic, as the kernels' opmath
+            z = torch.addcmul(beta.view(shape), wide, alpha.view(shape))  # fma(x, alpha, beta)
+            return z if z.dtype == x.dtype else z.to(x.dtype)
 
     def describe(self) -> str:
         return "BatchNorm"
+
+
+def _saved(node, name: str):
+    return torch_private.saved_attribute(node, name)
 
 
 class _Rebuilding(threading.local):
@@ -134,17 +166,18 @@ class _MaxPool(Recipe):
     def __init__(self, node):
         self.node = node
 
-    def run(self, k: Optional[int] = None) -> Tensor:
+    def run(self, k: Optional[int] = None, differentiable: bool = False) -> Tensor:
         node = self.node
-        with torch.no_grad():
-            x = _first(node._saved_self.detach(), k)
+        with torch.set_grad_enabled(differentiable):
+            x = _first(_saved(node, "self"), k)
+            x = x if differentiable else x.detach()
             if k is not None:  # the check, in the forward: the same max-pool of the first samples
                 op = torch.ops.aten.max_pool2d_with_indices if x.dim() <= 4 else torch.ops.aten.max_pool3d_with_indices
-                args = (node._saved_kernel_size, node._saved_stride, node._saved_padding, node._saved_dilation)
-                return op(x, *args, node._saved_ceil_mode)[0]
+                args = [_saved(node, name) for name in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")]
+                return op(x, *args)[0]
             _REBUILDING.depth += 1  # hand the decoded indices on to the max-pool's own backward (next)
             try:
-                index = node._saved_result1
+                index = _saved(node, "result1")
             finally:
                 _REBUILDING.depth -= 1
             return x.flatten(2).gather(2, index.flatten(2)).view(index.shape)
@@ -159,9 +192,16 @@ class _Packed(Recipe):
     def __init__(self, ref: weakref.ref):
         self.ref = ref
 
-    def run(self, k: Optional[int] = None) -> Tensor:
+    def run(self, k: Optional[int] = None, differentiable: bool = False) -> Tensor:
         from lightning_ftprop.memory.hooks import unpack  # hooks imports this module
 
+        if differentiable:
+            raise RuntimeError(
+                "double backward (create_graph=True) through a threshold unit whose z is rebuilt from a packed "
+                "threshold output (a residual block's last unit) under memory='packed': the packed bits carry no "
+                "autograd history, so the second-order terms through them would be lost. Train this step with "
+                "memory='exact' (FTPropCallback(..., memory='exact')), which keeps z"
+            )
         saved = self.ref()
         if saved is None:
             raise RuntimeError("the packed threshold output a unit rebuilds z from was freed before its backward")
@@ -175,8 +215,9 @@ class _Add(Recipe):
     def __init__(self, left: Recipe, right: Recipe):
         self.left, self.right = left, right
 
-    def run(self, k: Optional[int] = None) -> Tensor:
-        return self.left.run(k).add_(self.right.run(k))  # each run returns a new tensor
+    def run(self, k: Optional[int] = None, differentiable: bool = False) -> Tensor:
+        left, right = self.left.run(k, differentiable), self.right.run(k, differentiable)
+        return left + right if differentiable else left.add_(right)  # each run returns a new tensor
 
     def describe(self) -> str:
         return f"{self.left.describe()} + {self.right.describe()}"
@@ -192,19 +233,21 @@ def _recipe(node, output_nr: int, depth: int) -> Optional[Recipe]:
     if output_nr != 0:
         return None
     if name in _BATCH_NORMS:
-        if not node._saved_training:
+        training = getattr(node, "_saved_training", None)  # cuDNN's node has none: its batch mean is empty in eval
+        if training is False or _saved(node, "result1").numel() == 0:
             return None
         edge = node.next_functions[2][0] if len(node.next_functions) > 2 else None
         if edge is not None and hasattr(edge, "variable"):
-            bias = edge.variable.detach().clone()  # C numbers; a copy, so a later in-place update changes nothing
-        elif node._saved_weight is None:
-            bias = None  # affine=False (a frozen bias would fail the check and keep z)
+            parameter = edge.variable
+            bias = parameter.detach().clone()  # C numbers; a copy, so a later in-place update changes nothing
+        elif _saved(node, "weight") is None:
+            bias = parameter = None  # affine=False (a frozen bias would fail the check and keep z)
         else:
             return None  # a weight but no reachable bias: frozen, or none; keep z
-        return _BatchNorm(node, bias)
+        return _BatchNorm(node, bias, parameter)
     if name in _MAX_POOLS:
         return _MaxPool(node)
-    if name == "AddBackward0" and node._saved_alpha == 1:
+    if name == "AddBackward0" and _saved(node, "alpha") == 1:
         (left, left_nr), (right, right_nr) = node.next_functions
         a = _recipe(left, left_nr, depth + 1)
         b = _recipe(right, right_nr, depth + 1) if a is not None else None
@@ -232,24 +275,55 @@ def plan(z: Tensor) -> Optional[Recipe]:
     >>> print(plan(net[0](x)))               # a conv's output: no one-pass recipe
     None
     """
-    return _recipe(z.grad_fn, z.output_nr, 0) if z.grad_fn is not None else None
+    if z.grad_fn is None:
+        return None
+    try:
+        return _recipe(z.grad_fn, z.output_nr, 0)
+    except AttributeError as error:  # a node's saved attributes were renamed: keep z
+        torch_private.warn_changed("autograd node attributes _saved_*", "threshold units keep z (no rebuild)", error)
+        return None
 
 
 def _same_bits(a: Tensor, b: Tensor) -> bool:
-    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
-        return False
     return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
 
 
-def check(recipe: Recipe, z: Tensor) -> bool:
-    """Whether ``recipe`` rebuilds the first sample of ``z`` bit for bit (NaN for NaN)."""
+#: Rounding tolerance of :func:`check`: ulps of the first sample's largest absolute value.
+ROUNDING_ULPS = 8
+
+
+def check(recipe: Recipe, z: Tensor) -> Optional[str]:
+    """How ``recipe`` rebuilds the first sample of ``z``: ``"bitwise"``, ``"rounding"`` or None (it does not).
+
+    ``"rounding"``: within :data:`ROUNDING_ULPS` ulps (of ``z``'s dtype) of the sample's largest
+    absolute value, NaN where ``z`` has NaN.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> z = nn.BatchNorm1d(4)(torch.randn(8, 4, requires_grad=True))
+    >>> check(plan(z), z)                    # the CPU kernel's own arithmetic
+    'bitwise'
+    """
     if z.dim() == 0 or z.shape[0] == 0:
-        return False
+        return None
     try:
         with torch.no_grad():
-            return _same_bits(recipe.run(1), z.detach()[:1])
+            rebuilt, first = recipe.run(1), z.detach()[:1]
+    except AttributeError as error:
+        torch_private.warn_changed("autograd node attributes _saved_*", "threshold units keep z (no rebuild)", error)
+        return None
     except (RuntimeError, TypeError, ValueError, IndexError):
-        return False
+        return None
+    if rebuilt.shape != first.shape or rebuilt.dtype != first.dtype or rebuilt.device != first.device:
+        return None
+    if _same_bits(rebuilt, first):
+        return "bitwise"
+    nan = torch.isnan(first)
+    if not torch.equal(nan, torch.isnan(rebuilt)):
+        return None
+    wide, want = rebuilt.double().masked_fill(nan, 0), first.double().masked_fill(nan, 0)
+    tolerance = ROUNDING_ULPS * torch.finfo(z.dtype).eps * float(want.abs().max())
+    return "rounding" if float((wide - want).abs().max()) <= tolerance else None
 
 
 def why_not(z: Tensor) -> str:

@@ -52,7 +52,8 @@ from typing import Iterator, List
 import torch
 from torch import Tensor, nn
 
-from lightning_ftprop.memory import calls, unit_state
+from lightning_ftprop import unit_state
+from lightning_ftprop.memory import calls, policy
 from lightning_ftprop.memory.hooks import _alphabet
 from lightning_ftprop.nn import ThresholdUnit
 
@@ -115,28 +116,18 @@ def _segment_rerun(module: nn.Module) -> Iterator[None]:
         yield
 
 
-def _mask_or_reference(ctx, z, rule, weighted: bool, saved: str, steps: int, mode: str) -> bool:
-    """The unit-state policy under recompute: ``sste`` keeps its 1-bit mask, any other ``z`` is referenced.
-
-    :func:`~lightning_ftprop.memory.unit_state.packed_state` on a detached ``z``: its one-pass rebuild
-    would read the saved tensors of the layers before the unit in the forward, which under recompute
-    are references (reading one re-runs a call). A reference rebuilds ``z`` anyway, so only the 1-bit
-    mask of ``sste`` is worth keeping instead.
-    """
-    if unit_state.packed_state(ctx, z.detach(), rule, weighted, saved, steps, mode):
-        return True
-    ctx.kept_why = "recompute re-runs the module call that made z (z is kept as a reference to it)"
-    return False
+#: The unit-state policy under recompute: ``sste`` keeps its 1-bit mask, any other ``z`` is referenced.
+_mask_or_reference = policy.detached_state("recompute re-runs the module call that made z (z is kept as a reference to it)")
 
 
 @contextlib.contextmanager
 def _outermost() -> Iterator[None]:
     """Around the outermost wrapped call: saved tensors go through :func:`calls.store`, and under
     :func:`~lightning_ftprop.memory.packed` the units follow :func:`_mask_or_reference`."""
-    policy = unit_state.active_policy()
-    if policy is unit_state.packed_state:
-        policy = _mask_or_reference
-    with torch.autograd.graph.saved_tensors_hooks(calls.store, calls.load), unit_state.use_policy(policy):
+    active = unit_state.active_policy()
+    if active is policy.packed_state:
+        active = _mask_or_reference
+    with torch.autograd.graph.saved_tensors_hooks(calls.store, calls.load), unit_state.use_policy(active):
         yield
 
 

@@ -1,0 +1,82 @@
+"""Every private PyTorch API the package uses, in one place, each with a fallback and one warning.
+
+Private names change between torch releases without notice. Each use goes through this module, which
+looks the name up when asked; when it is gone, or raises, the caller takes its documented fallback and
+:class:`PrivateAPIWarning` says so once per name (never a crash). The list, also in ``docs/memory.md``:
+
+============================================================  ==========================================
+private API                                                   fallback when it changes
+============================================================  ==========================================
+``torch._C._autograd._top_saved_tensors_default_hooks``       units keep their float ``z`` under
+(is ``packed()``'s hook the innermost one?)                   ``packed()`` (correct, less memory saved)
+autograd nodes' ``_saved_<name>`` attributes                  the unit keeps ``z`` (no rebuild)
+(BatchNorm and max-pool state a unit's ``z`` is rebuilt from)
+============================================================  ==========================================
+
+>>> import torch
+>>> top = saved_tensors_top_hook()
+>>> with torch.autograd.graph.saved_tensors_hooks(abs, abs):
+...     top() is not None and top()[0] is abs
+True
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Optional, Set
+
+import torch
+
+__all__ = ["PrivateAPIWarning", "saved_tensors_top_hook", "warn_changed", "saved_attribute"]
+
+
+class PrivateAPIWarning(UserWarning):
+    """A private torch API the package uses has changed; a documented fallback is taken instead."""
+
+
+_WARNED: Set[str] = set()
+
+
+def warn_changed(name: str, fallback: str, error: Optional[BaseException] = None) -> None:
+    """Warn once per ``name`` that a private torch API is gone or failed, and which ``fallback`` runs.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as seen:
+    ...     warnings.simplefilter("always")
+    ...     warn_changed("torch._example", "units keep z")
+    ...     warn_changed("torch._example", "units keep z")      # once per name
+    >>> len(seen), str(seen[0].message).endswith("changed the private API torch._example; falling back: units keep z")
+    (1, True)
+    """
+    if name in _WARNED:
+        return
+    _WARNED.add(name)
+    why = f" ({type(error).__name__}: {error})" if error is not None else ""
+    warnings.warn(
+        f"torch {torch.__version__} changed the private API {name}{why}; falling back: {fallback}",
+        PrivateAPIWarning,
+        stacklevel=3,
+    )
+
+
+_TOP_HOOKS = "torch._C._autograd._top_saved_tensors_default_hooks"
+
+
+def saved_tensors_top_hook() -> Optional[Callable[[], Optional[tuple]]]:
+    """A function returning this thread's innermost ``(pack_hook, unpack_hook)`` (or None), or None if
+    torch no longer has one (then :func:`warn_changed` has warned)."""
+    fn = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if fn is None:
+        warn_changed(_TOP_HOOKS, "threshold units keep their float z under packed()")
+        return None
+
+    def top() -> Optional[tuple]:
+        return fn(False)
+
+    return top
+
+
+def saved_attribute(node: Any, name: str) -> Any:
+    """``node._saved_<name>``: what an autograd node saved. Raises AttributeError when the node has none
+    (callers treat that as "cannot rebuild" and warn through :func:`warn_changed`)."""
+    return getattr(node, f"_saved_{name}")
