@@ -435,7 +435,9 @@ def output_alphabet(node) -> Optional[int]:
     None
     """
     alphabet = getattr(node, "alphabet", None)
-    return alphabet if isinstance(alphabet, int) and isinstance(node, torch.autograd.function.BackwardCFunction) else None
+    return (
+        alphabet if isinstance(alphabet, int) and isinstance(node, torch.autograd.function.BackwardCFunction) else None
+    )
 
 
 # --- public functional API -------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from lightning_helpers import TinyNet, make_loader, make_trainer, run_ddp_script
 from torch import nn
 
 import lightning_ftprop as ftp
-from lightning_ftprop import memory
-from lightning_ftprop import unit_state
+from lightning_ftprop import memory, unit_state
 from lightning_ftprop.memory import policy
 
 TESTS = Path(__file__).resolve().parent

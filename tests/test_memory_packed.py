@@ -16,9 +16,8 @@ from lightning_helpers import run_ddp_script
 from torch import nn
 
 import lightning_ftprop as ftp
-from lightning_ftprop import memory
-from lightning_ftprop import unit_state
-from lightning_ftprop.memory import codec, policy, rebuild
+from lightning_ftprop import memory, unit_state
+from lightning_ftprop.memory import codec, policy
 from lightning_ftprop.models import get_model
 from lightning_ftprop.summary import summary
 

@@ -92,6 +92,12 @@ class _Ref:
             record.cache = None
 
     def value(self) -> Tensor:
+        if torch.is_grad_enabled():  # the backward runs with grad mode on only under create_graph=True
+            raise RuntimeError(
+                "double backward (create_graph=True) under memory='recompute' is not supported: the tensors a re-run "
+                "rebuilds carry no autograd history, so second-order terms through them would be lost. Use "
+                "memory='packed' (second-order exact after BatchNorm and max-pool) or memory='exact' for this step"
+            )
         outputs, saved = self.record.rerun()
         t = outputs[self.index] if self.kind == "out" else saved[self.index]
         if self.view is not None:

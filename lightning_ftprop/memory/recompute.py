@@ -117,7 +117,9 @@ def _segment_rerun(module: nn.Module) -> Iterator[None]:
 
 
 #: The unit-state policy under recompute: ``sste`` keeps its 1-bit mask, any other ``z`` is referenced.
-_mask_or_reference = policy.detached_state("recompute re-runs the module call that made z (z is kept as a reference to it)")
+_mask_or_reference = policy.detached_state(
+    "recompute re-runs the module call that made z (z is kept as a reference to it)"
+)
 
 
 @contextlib.contextmanager
