@@ -11,6 +11,10 @@ private API                                                   fallback when it c
 (is ``packed()``'s hook the innermost one?)                   ``packed()`` (correct, less memory saved)
 autograd nodes' ``_saved_<name>`` attributes                  the unit keeps ``z`` (no rebuild)
 (BatchNorm and max-pool state a unit's ``z`` is rebuilt from)
+``torch._C._current_graph_task_id`` (is a backward running?   a re-run with grad mode on is taken for a
+``recompute`` refuses ``create_graph=True``)                  double backward (refused, never wrong)
+``Tensor._version`` (has a weight changed in place since      autocast's low-precision weight copies are
+the forward? checked before casting it again)                 kept as they are
 ============================================================  ==========================================
 
 >>> import torch
@@ -27,7 +31,7 @@ from typing import Any, Callable, Optional, Set
 
 import torch
 
-__all__ = ["PrivateAPIWarning", "saved_tensors_top_hook", "warn_changed", "saved_attribute"]
+__all__ = ["PrivateAPIWarning", "saved_tensors_top_hook", "warn_changed", "saved_attribute", "in_backward"]
 
 
 class PrivateAPIWarning(UserWarning):
@@ -80,3 +84,16 @@ def saved_attribute(node: Any, name: str) -> Any:
     """``node._saved_<name>``: what an autograd node saved. Raises AttributeError when the node has none
     (callers treat that as "cannot rebuild" and warn through :func:`warn_changed`)."""
     return getattr(node, f"_saved_{name}")
+
+
+def in_backward() -> bool:
+    """Whether this thread is running an autograd backward now (True when torch can no longer say).
+
+    >>> in_backward()
+    False
+    """
+    fn = getattr(torch._C, "_current_graph_task_id", None)
+    if fn is None:
+        warn_changed("torch._C._current_graph_task_id", "any re-run with grad mode on counts as a double backward")
+        return True
+    return fn() != -1

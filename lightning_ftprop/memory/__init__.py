@@ -57,6 +57,7 @@ from lightning_ftprop.memory.codec import pack_bits, unpack_bits
 from lightning_ftprop.memory.hooks import _Packed, pack, packed, unpack  # noqa: F401  (_Packed: tests)
 from lightning_ftprop.memory.modes import DEFAULT_MEMORY, MEMORY_MODES, MemoryMode, check_memory
 from lightning_ftprop.memory.recompute import _SEGMENTS, recompute  # noqa: F401  (_SEGMENTS: tests)
+from lightning_ftprop.memory.report import SavedBytes, saved_bytes
 from lightning_ftprop.unit_state import recomputing
 
 __all__ = [
@@ -71,4 +72,6 @@ __all__ = [
     "MemoryMode",
     "DEFAULT_MEMORY",
     "recomputing",
+    "saved_bytes",
+    "SavedBytes",
 ]

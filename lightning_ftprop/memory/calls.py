@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lightning_ftprop import unit_state
+from lightning_ftprop import torch_private, unit_state
+from lightning_ftprop.memory import report
 from lightning_ftprop.memory.hooks import _alphabet, _Packed, pack, unpack
 from lightning_ftprop.nn import ThresholdUnit
 
@@ -92,7 +93,7 @@ class _Ref:
             record.cache = None
 
     def value(self) -> Tensor:
-        if torch.is_grad_enabled():  # the backward runs with grad mode on only under create_graph=True
+        if torch.is_grad_enabled() and torch_private.in_backward():  # grad mode in a backward: create_graph=True
             raise RuntimeError(
                 "double backward (create_graph=True) under memory='recompute' is not supported: the tensors a re-run "
                 "rebuilds carry no autograd history, so second-order terms through them would be lost. Use "
@@ -348,14 +349,15 @@ def record_call(module: nn.Module, args, kwargs):
     """
     leaves, spec = pytree.tree_flatten((args, kwargs))
     tensors = [t for t in leaves if isinstance(t, Tensor)]
-    stored = [store(t) if isinstance(t, Tensor) else t for t in leaves]
+    keep = report.metered(store)
+    stored = [keep(t) if isinstance(t, Tensor) else t for t in leaves]
     record = _Record(module, spec, stored, [isinstance(t, Tensor) and t.requires_grad for t in leaves])
     versions = [t._version for t in tensors]
     rng = _rng_state(leaves)
     record.autocast = _autocast_state(leaves)
     saver = _Saver(record, leaves, stored, module)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(saver, load):
+        with torch.autograd.graph.saved_tensors_hooks(report.metered(saver), load):
             record.policy = unit_state.active_policy()  # as seen under the saver (see unit_state)
             out = own_forward(module, args, kwargs)
     finally:

@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from lightning_ftprop import functional as F
-from lightning_ftprop import unit_state
-from lightning_ftprop.memory import policy, rebuild
+from lightning_ftprop import torch_private, unit_state
+from lightning_ftprop.memory import policy, rebuild, report
 from lightning_ftprop.memory.codec import _numpy_path, _table, lookup, pack_bools, pack_positive, unpack_bits
 from lightning_ftprop.memory.rebuild import PACKED_TAG
 
@@ -155,6 +155,59 @@ class _Packed:
 _MAX_ALPHABET = 255  # codes are uint8
 
 
+# Autograd nodes whose output is always a view of their input (never a copy).
+_VIEWS = frozenset({"TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0", "ExpandBackward0"})
+
+
+class _CastOf:
+    """A dtype cast of a leaf (autocast's bf16 copy of a weight), or a view of one: kept as the leaf, the
+    dtype and the view's geometry.
+
+    The leaf is held by the graph anyway; the cast is deterministic, so casting again in the backward
+    gives the same bits. A leaf changed in place since the forward is an error, as in autograd.
+    """
+
+    __slots__ = ("leaf", "dtype", "version", "geometry", "__weakref__")
+
+    def __init__(self, leaf: Tensor, dtype: torch.dtype, version: int, like: Tensor):
+        self.leaf, self.dtype, self.version = leaf, dtype, version
+        self.geometry = (like.size(), like.stride(), like.storage_offset())
+
+    def value(self) -> Tensor:
+        if self.leaf._version != self.version:
+            raise RuntimeError(
+                f"a {tuple(self.leaf.shape)} leaf tensor (a parameter) whose {self.dtype} cast the backward needs was "
+                "modified in place after the forward; step the optimizer after backward()"
+            )
+        return self.leaf.detach().to(self.dtype).as_strided(*self.geometry)
+
+
+def _cast_of_leaf(x: Tensor) -> Optional[_CastOf]:
+    """``x`` as a :class:`_CastOf` when it is a dtype cast of a dense leaf on the same device (or a view of one)."""
+    node = x.grad_fn
+    for _ in range(_SEARCH_DEPTH):
+        name = type(node).__name__
+        if name in _CASTS:
+            break
+        if name not in _VIEWS:
+            return None
+        node = node.next_functions[0][0]
+    else:
+        return None
+    leaf = getattr(node.next_functions[0][0], "variable", None)
+    if not isinstance(leaf, Tensor) or not leaf.is_floating_point() or leaf.dtype == x.dtype:
+        return None
+    if leaf.device != x.device or not leaf.is_contiguous():  # the cast of a contiguous leaf is contiguous
+        return None
+    if x.untyped_storage().nbytes() != leaf.numel() * x.element_size():  # x views all of the cast, nothing else
+        return None
+    version = getattr(leaf, "_version", None)
+    if version is None:  # a private tensor attribute: without it, no in-place check; keep x
+        torch_private.warn_changed("Tensor._version", "autocast's weight copies are kept as they are")
+        return None
+    return _CastOf(leaf, x.dtype, version, x)
+
+
 def pack(x: Tensor):
     """The compact form of a saved tensor, or ``x`` itself when nothing exact is smaller.
 
@@ -191,6 +244,9 @@ def pack(x: Tensor):
         return x
     if not x.is_floating_point():
         return x
+    cast = _cast_of_leaf(x)
+    if cast is not None:
+        return cast
     n = _alphabet(x)
     if n is None or n > _MAX_ALPHABET:
         return x
@@ -219,6 +275,8 @@ def unpack(saved, samples: Optional[int] = None) -> Tensor:
     >>> torch.equal(unpack(pack(mask)), mask)
     True
     """
+    if isinstance(saved, _CastOf):
+        saved = saved.value()
     if not isinstance(saved, _Packed):
         return saved if samples is None else saved[:samples]
     if saved.kind == "int":
@@ -284,5 +342,6 @@ def packed() -> Iterator[None]:
             "lightning_ftprop.memory.packed() cannot run inside torch.compile (saved-tensor hooks are not "
             "traced); call the compiled model inside the context instead, or use memory='exact'"
         )
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), unit_state.use_policy(policy.packed_state, pack):
+    hook = report.metered(pack)  # pack itself, unless a memory.report.Meter counts
+    with torch.autograd.graph.saved_tensors_hooks(hook, unpack), unit_state.use_policy(policy.packed_state, hook):
         yield

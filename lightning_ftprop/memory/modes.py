@@ -6,8 +6,10 @@ import contextlib
 import warnings
 from typing import List, Optional, Tuple
 
+import torch
 from torch import nn
 
+from lightning_ftprop.memory import report
 from lightning_ftprop.memory.hooks import packed
 from lightning_ftprop.memory.recompute import recompute
 
@@ -39,6 +41,10 @@ def check_memory(memory: str) -> str:
     if memory not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode {memory!r}; valid modes are: {', '.join(MEMORY_MODES)}")
     return memory
+
+
+def _same(t):
+    return t
 
 
 _NOT_GIVEN: str = "<not given>"  # compared by identity: MemoryMode(None) stays a TypeError
@@ -86,6 +92,9 @@ class MemoryMode:
         if self.memory != "exact":
             self._stack = contextlib.ExitStack()
             self._stack.enter_context(packed())
+        elif report.active_meter() is not None:  # count what plain autograd keeps
+            self._stack = contextlib.ExitStack()
+            self._stack.enter_context(torch.autograd.graph.saved_tensors_hooks(report.metered(_same), _same))
 
     def end_step(self) -> None:
         if self._stack is not None:

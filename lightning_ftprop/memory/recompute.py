@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ftprop import unit_state
-from lightning_ftprop.memory import calls, policy
+from lightning_ftprop.memory import calls, policy, report
 from lightning_ftprop.memory.hooks import _alphabet
 from lightning_ftprop.nn import ThresholdUnit
 
@@ -129,7 +129,8 @@ def _outermost() -> Iterator[None]:
     active = unit_state.active_policy()
     if active is policy.packed_state:
         active = _mask_or_reference
-    with torch.autograd.graph.saved_tensors_hooks(calls.store, calls.load), unit_state.use_policy(active):
+    store = report.metered(calls.store)
+    with torch.autograd.graph.saved_tensors_hooks(store, calls.load), unit_state.use_policy(active):
         yield
 
 
