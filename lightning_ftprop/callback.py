@@ -137,7 +137,7 @@ class FTPropCallback(Callback):
             log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps
         )
         #: The memory part: runs every training step under the spec's memory mode.
-        self.step_memory = TrainingStepMemory(self.spec["memory"])
+        self.step_memory = TrainingStepMemory(self.spec["memory"], log_every_n_steps=log_every_n_steps)
         #: The names of the swapped modules, set in ``setup``.
         self.layers: List[str] = []
         #: ``{"swapped", "excluded", "left"}`` counts of the last swap, logged once as hyperparameters.

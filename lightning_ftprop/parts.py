@@ -5,7 +5,8 @@ Both integrations do the same three things, with the same code:
 * **swap**: :func:`swap` converts a model as a spec says (:func:`lightning_ftprop.spec.apply_spec`)
   and prepares its memory mode (``"recompute"`` segments the model);
 * **memory**: :class:`TrainingStepMemory`, a Lightning callback, runs each training step (forward and
-  backward) under the spec's memory mode (:class:`lightning_ftprop.memory.MemoryMode`);
+  backward) under the spec's memory mode (:class:`lightning_ftprop.memory.MemoryMode`) and logs
+  ``ftprop/saved_MB``, the bytes held for the backward;
 * **diagnostics**: :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`, a Lightning
   callback, gathers and logs the per-layer target statistics.
 
@@ -29,14 +30,15 @@ same objects gives one code path for both, and each part can be tested (and repl
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
 from lightning_ftprop.memory import MemoryMode
+from lightning_ftprop.memory.report import Meter
 from lightning_ftprop.spec import apply_spec
 
 __all__ = ["TrainingStepMemory", "training_step_parts", "swap"]
@@ -58,21 +60,31 @@ def swap(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
 
 
 class TrainingStepMemory(Callback):
-    """Runs each training step (forward and backward) under a memory mode.
+    """Runs each training step (forward and backward) under a memory mode, and logs what it holds.
 
     It enters the mode in ``on_train_batch_start`` and leaves it in ``on_train_batch_end`` (and on
     an exception or at teardown), so the forward, where tensors are saved, and the backward of every
     training step run inside it. Validation and test run as usual.
 
+    Every ``log_every_n_steps`` optimizer steps (global steps 0, n, 2n, ...; 0: never) it counts the
+    bytes autograd holds for that step's backward (:class:`~lightning_ftprop.memory.report.Meter`, as
+    :func:`~lightning_ftprop.memory.saved_bytes` does) and logs ``ftprop/saved_MB``.
+
     >>> TrainingStepMemory("packed").mode.memory
     'packed'
     """
 
-    def __init__(self, memory: str) -> None:
+    def __init__(self, memory: str, log_every_n_steps: int = 0) -> None:
         self.mode = MemoryMode(memory)
+        self.log_every_n_steps = log_every_n_steps
+        self._meter: Optional[Meter] = None
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._close_meter()
+        if self.log_every_n_steps and trainer.global_step % self.log_every_n_steps == 0:
+            self._meter = Meter(pl_module, exclude=[t for t in _tensors(batch)])
+            self._meter.__enter__()  # before the mode: its hooks count what they keep
         self.mode.begin_step()
 
     @override
@@ -80,14 +92,31 @@ class TrainingStepMemory(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.mode.end_step()
+        meter = self._close_meter()
+        if meter is not None:
+            pl_module.log("ftprop/saved_MB", meter.total / 2**20, on_step=True, on_epoch=False)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self.mode.end_step()
+        self._close_meter()
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.mode.end_step()
+        self._close_meter()
+
+    def _close_meter(self) -> Optional[Meter]:
+        meter, self._meter = self._meter, None
+        if meter is not None:
+            meter.__exit__(None, None, None)
+        return meter
+
+
+def _tensors(batch: Any) -> List[Tensor]:
+    from torch.utils._pytree import tree_leaves
+
+    return [t for t in tree_leaves(batch) if isinstance(t, Tensor)]
 
 
 def training_step_parts(spec: Mapping[str, Any], **log_options: int) -> List[Callback]:
@@ -103,6 +132,6 @@ def training_step_parts(spec: Mapping[str, Any], **log_options: int) -> List[Cal
     parts: List[Callback] = []
     if any(options.values()):
         parts.append(FTPropDiagnostics(**options))
-    if spec["memory"] != "exact":
-        parts.append(TrainingStepMemory(spec["memory"]))
+    if spec["memory"] != "exact" or options["log_every_n_steps"]:
+        parts.append(TrainingStepMemory(spec["memory"], log_every_n_steps=options["log_every_n_steps"]))
     return parts
