@@ -9,7 +9,7 @@
                                                 # float / exact / packed / recompute on the fp32,
                                                 # bf16-mixed and compile paths; held and peak memory and
                                                 # step time, a markdown table and OUT_DIR/memory.json
-    python scripts/gpu_check.py memory OUT_DIR --device cpu --batch 2 --paths fp32 bf16-mixed
+    MALLOC_MMAP_THRESHOLD_=65536 python scripts/gpu_check.py memory OUT_DIR --device cpu --batch 2
                                                 # a dry run on CPU at 64x64 (RSS for held memory, no peak)
 
 ``memory``: every cell (variant on a path) is a fresh model with the same seed; two warm-up steps
@@ -168,6 +168,7 @@ def _train_step(model, optim, x, y, variant: str, path: str, probe=None) -> None
 def _memory_cell(variant: str, path: str, x, y, steps: int) -> dict:
     """One variant on one path: held and peak MB of one step, and mean ms per step after warm-up."""
     import torch
+    from torch._dynamo.utils import counters
 
     device = x.device
     model = _resnet18(variant).to(device).train()
@@ -177,6 +178,7 @@ def _memory_cell(variant: str, path: str, x, y, steps: int) -> dict:
         model = torch.compile(model)
     for _ in range(2):  # warm-up: gradients allocated; compiled (forward and backward)
         _train_step(model, optim, x, y, variant, path)
+    graphs = counters["stats"]["unique_graphs"]
     cell = {}
     before = _allocated(device)
     if device.type == "cuda":
@@ -196,6 +198,8 @@ def _memory_cell(variant: str, path: str, x, y, steps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     cell["step_ms"] = (time.perf_counter() - start) / steps * 1e3
+    if counters["stats"]["unique_graphs"] != graphs:
+        raise RuntimeError("a measured or timed step compiled (a recompile after the warm-up)")
     return cell
 
 
@@ -212,9 +216,11 @@ def _ratio_cell(cells: dict, path: str, variant: str, key: str, fmt: str) -> str
     value, reference = cells[path, variant].get(key), cells[path, "float"].get(key)
     if value is None:
         return ""
-    if reference is None or variant == "float":
+    if variant == "float":
         return format(value, fmt)
-    return f"{value:{fmt}} ({value / reference:.2f}x)"
+    if reference is None:
+        return f"{value:{fmt}} (float crashed)"
+    return f"{value:{fmt}} ({value / reference:.2f}x)" if reference > 0 else f"{value:{fmt}} (n/a)"
 
 
 def memory_table(cells: dict, paths, variants=MEMORY_VARIANTS) -> str:

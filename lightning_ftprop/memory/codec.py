@@ -75,6 +75,9 @@ def pack_positive(flat: Tensor) -> Tensor:
     """
     if _numpy_path(flat) and flat.dtype in (torch.float32, torch.float64, torch.float16):
         return torch.from_numpy(np.packbits(np.greater(flat.numpy(), 0), bitorder="little"))
+    if _numpy_path(flat) and flat.dtype == torch.bfloat16:  # numpy has no bfloat16: compare the bits
+        # a bfloat16 is > 0 exactly when its int16 pattern is > 0 (no NaN here: pack() checks first)
+        return torch.from_numpy(np.packbits(np.greater(flat.view(torch.int16).numpy(), 0), bitorder="little"))
     return pack_bools(flat > 0)
 
 
@@ -123,6 +126,9 @@ def lookup(data: Tensor, table: Tensor, numel: int) -> Tensor:
     data = data.reshape(-1)[:nbytes]
     if _numpy_path(data) and table.dtype in _NUMPY_TABLES:  # numpy's take: one pass, no int64 indices
         return torch.from_numpy(np.take(table.numpy(), data.numpy(), axis=0)).view(-1)[:numel]
+    if _numpy_path(data) and table.dtype == torch.bfloat16:  # the same on the bit patterns
+        bits = np.take(table.view(torch.int16).numpy(), data.numpy(), axis=0)
+        return torch.from_numpy(bits).view(torch.bfloat16).view(-1)[:numel]
     return table.index_select(0, data.long()).view(-1)[:numel]
 
 

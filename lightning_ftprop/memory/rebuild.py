@@ -132,9 +132,11 @@ class _BatchNorm(Recipe):
             bias = self.bias.float() if self.bias is not None else torch.zeros_like(alpha)
             beta = torch.addcmul(bias, mean.float(), alpha, value=-1)  # bias - mean * alpha, rounded once (fma)
             shape = [1, -1] + [1] * (x.dim() - 2)
-            wide = x if x.dtype == torch.float32 else x.float()  # float32 arithmetic, as the kernels' opmath
-            z = torch.addcmul(beta.view(shape), wide, alpha.view(shape))  # fma(x, alpha, beta)
-            return z if z.dtype == x.dtype else z.to(x.dtype)
+            if x.dtype == torch.float32:
+                return torch.addcmul(beta.view(shape), x, alpha.view(shape))  # fma(x, alpha, beta)
+            # half and bfloat16: float32 arithmetic (the kernels' opmath), rounded once on writing to z
+            z = torch.empty_like(x)
+            return torch.addcmul(beta.view(shape), x, alpha.view(shape), out=z)
 
     def describe(self) -> str:
         return "BatchNorm"
