@@ -55,6 +55,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from lightning_ftprop import compiled
 from lightning_ftprop._deprecated import renamed, thresholds_argument, warn_renamed
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 from lightning_ftprop.unit_state import UnitCall, active_policy
@@ -421,6 +422,41 @@ class QReLUFunction(torch.autograd.Function):
         return _backward(ctx, g), None, None, None, None, None
 
 
+class _ThroughCodesFunction(torch.autograd.Function):
+    """A unit traced by ``torch.compile`` under ``memory="packed"``: ``h = decode(unpack(pack(codes(z))))``.
+
+    The forward is bitwise the unit's (NaN where ``z`` is NaN); the backward is the unit's own, on ``z``
+    (see :mod:`lightning_ftprop.compiled`). Inputs: ``(z, rule, weighted, alphabet, mode)``.
+    """
+
+    @staticmethod
+    def forward(z, rule, weighted, alphabet, mode):
+        planes = compiled.pack_planes(compiled.codes(z, alphabet), compiled.bits(alphabet))
+        h = compiled.decode(compiled.unpack_planes(planes, z.numel()), alphabet, z.dtype).view(z.shape)
+        return torch.where(torch.isnan(z), z, h)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, ctx.rule, ctx.weighted, ctx.alphabet, ctx.mode = inputs
+        ctx.steps = ctx.alphabet if ctx.alphabet >= 2 else 0
+        ctx.save_for_backward(z)
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        return _backward_from_z(g, z, ctx.rule, ctx.weighted, ctx.steps, ctx.mode), None, None, None, None
+
+
+def _apply(function, alphabet: int, z: Tensor, *args) -> Tensor:
+    """``function.apply(z, *args)``, or, traced by ``torch.compile`` under ``memory="packed"`` for a weighted
+    rule that keeps ``z`` (``saved="input"``), the same unit computed through its codes."""
+    rule, weighted, saved = args[0], args[1], args[2]
+    if torch.compiler.is_compiling() and compiled.packing_on() and saved == "input":
+        mode = args[4] if len(args) > 4 else "single"
+        return compiled.in_region(_ThroughCodesFunction.apply, z, rule, weighted, alphabet, mode)
+    return function.apply(z, *args)
+
+
 def output_alphabet(node) -> Optional[int]:
     """Which values the output of autograd node ``node`` holds, when ``node`` is a threshold unit's; else None.
 
@@ -497,7 +533,7 @@ def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True
         (tensor([-1., -1.,  1.,  1.]), tensor([0., 1., 1., 0.]))
     """
     _check_input(z, "sign")
-    return SignFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
+    return _apply(SignFunction, 0, z, get_rule(rule), bool(weighted), check_saved(saved))
 
 
 def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "input") -> Tensor:
@@ -512,7 +548,7 @@ def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True
         (tensor([0., 0., 1.]), tensor([ 0.7864, -1.0000,  0.0000]))
     """
     _check_input(z, "step")
-    return StepFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved))
+    return _apply(StepFunction, 1, z, get_rule(rule), bool(weighted), check_saved(saved))
 
 
 def qrelu(
@@ -533,7 +569,9 @@ def qrelu(
     """
     _check_input(z, "qrelu")
     thresholds = check_thresholds(thresholds_argument(thresholds, steps, "qrelu"))
-    return QReLUFunction.apply(z, get_rule(rule), bool(weighted), check_saved(saved), thresholds, check_mode(mode))
+    return _apply(
+        QReLUFunction, thresholds, z, get_rule(rule), bool(weighted), check_saved(saved), thresholds, check_mode(mode)
+    )
 
 
 #: Deprecated name of :func:`check_thresholds` (warns; removed in the next release).

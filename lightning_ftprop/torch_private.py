@@ -13,6 +13,8 @@ autograd nodes' ``_saved_<name>`` attributes                  the unit keeps ``z
 (BatchNorm and max-pool state a unit's ``z`` is rebuilt from)
 ``torch._C._current_graph_task_id`` (is a backward running?   a re-run with grad mode on is taken for a
 ``recompute`` refuses ``create_graph=True``)                  double backward (refused, never wrong)
+``torch._functorch.config.ban_recompute_used_far_apart``      a compiled residual unit keeps its ``z``
+(may the partitioner recompute a residual unit's ``z``?)
 ``Tensor._version`` (has a weight changed in place since      autocast's low-precision weight copies are
 the forward? checked before casting it again)                 kept as they are
 ============================================================  ==========================================
@@ -31,7 +33,14 @@ from typing import Any, Callable, Optional, Set
 
 import torch
 
-__all__ = ["PrivateAPIWarning", "saved_tensors_top_hook", "warn_changed", "saved_attribute", "in_backward"]
+__all__ = [
+    "PrivateAPIWarning",
+    "saved_tensors_top_hook",
+    "warn_changed",
+    "saved_attribute",
+    "in_backward",
+    "functorch_config",
+]
 
 
 class PrivateAPIWarning(UserWarning):
@@ -97,3 +106,17 @@ def in_backward() -> bool:
         warn_changed("torch._C._current_graph_task_id", "any re-run with grad mode on counts as a double backward")
         return True
     return fn() != -1
+
+
+def functorch_config():
+    """``torch._functorch.config`` (AOTAutograd's partitioner options), or None when it is gone.
+
+    >>> functorch_config() is not None
+    True
+    """
+    try:
+        import torch._functorch.config as config
+    except ImportError as error:
+        warn_changed("torch._functorch.config", "a compiled residual unit keeps its z", error)
+        return None
+    return config

@@ -136,11 +136,11 @@ def active_policy() -> Optional[Policy]:
     True
     None
     """
+    if torch.compiler.is_compiling():  # traced units: lightning_ftprop.compiled decides instead
+        return None
     policy = _STATE.policy
     if policy is None or _STATE.pack_hook is None:
         return policy
-    if torch.compiler.is_compiling():
-        return None
     top = torch_private.saved_tensors_top_hook()
     if top is None:
         return None

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_ftprop import compiled, torch_private, unit_state
 from lightning_ftprop import functional as F
-from lightning_ftprop import torch_private, unit_state
 from lightning_ftprop.memory import policy, rebuild, report
 from lightning_ftprop.memory.codec import _numpy_path, _table, lookup, pack_bools, pack_positive, unpack_bits
 from lightning_ftprop.memory.rebuild import PACKED_TAG
@@ -344,4 +344,5 @@ def packed() -> Iterator[None]:
         )
     hook = report.metered(pack)  # pack itself, unless a memory.report.Meter counts
     with torch.autograd.graph.saved_tensors_hooks(hook, unpack), unit_state.use_policy(policy.packed_state, hook):
-        yield
+        with compiled.packing():  # units that torch.compile traces keep bits too (lightning_ftprop.compiled)
+            yield

@@ -1,0 +1,132 @@
+"""Threshold units under ``torch.compile`` with ``memory="packed"``: the compiled graph keeps bits.
+
+Saved-tensor hooks are not traced inside a compiled region, so :func:`lightning_ftprop.memory.packed`
+cannot pack what a compiled graph keeps. Instead, while :func:`packing` is on (``packed()`` turns it
+on), a unit traced by ``torch.compile`` computes its output *through its codes*::
+
+    planes = pack_planes(codes(z))             uint8 bit planes, bits = ceil(log2(levels)) per element
+    h      = decode(unpack_planes(planes))     bitwise the unit's forward (NaN where z is NaN)
+
+inside a selective-checkpointing region (``torch.utils.checkpoint`` with
+``create_selective_checkpoint_contexts``) whose policy must-saves the planes and prefers to recompute
+everything else. So AOTAutograd's partitioner keeps the planes and rebuilds ``h`` in the backward for
+the layer that reads it (the next conv), and the unit's ``z`` is recomputed from what BatchNorm keeps
+anyway. The unit's backward is its usual one, on ``z``: the gradients are bitwise those of the compiled
+``memory="exact"`` units.
+
+Not covered (their compiled graphs keep floats, as with ``memory="exact"``): the output of a max-pool
+or another op between a unit and the layer that saves it (convnet4's pools), and a residual unit's
+``z`` unless torch's partitioner may recompute values used far apart (``packed()`` sets
+``torch._functorch.config.ban_recompute_used_far_apart = False``, a private option, while it is on).
+
+>>> import torch
+>>> codes_ = codes(torch.tensor([-1.0, 0.5, 2.0, 0.0]), alphabet=0)
+>>> planes = pack_planes(codes_, bits=1)
+>>> decode(unpack_planes(planes, 4), alphabet=0, dtype=torch.float32)
+tensor([-1.,  1.,  1., -1.])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from functools import partial
+from typing import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from lightning_ftprop import torch_private
+
+__all__ = ["packing", "packing_on", "codes", "decode", "pack_planes", "unpack_planes", "bits", "in_region"]
+
+
+class _Switch:
+    on = False  # a plain global (not thread-local): torch.compile guards on it and recompiles when it flips
+
+
+def packing_on() -> bool:
+    """Whether units traced by ``torch.compile`` now compute their output through their bit codes."""
+    return _Switch.on
+
+
+@contextlib.contextmanager
+def packing() -> Iterator[None]:
+    """Inside the block, units that ``torch.compile`` traces keep bits (see the module docstring).
+
+    >>> with packing():
+    ...     packing_on()
+    True
+    >>> packing_on()
+    False
+    """
+    previous = _Switch.on
+    _Switch.on = True
+    with contextlib.ExitStack() as stack:
+        config = torch_private.functorch_config()
+        if config is not None and hasattr(config, "ban_recompute_used_far_apart"):
+            stack.enter_context(config.patch(ban_recompute_used_far_apart=False))
+        elif config is not None:
+            torch_private.warn_changed(
+                "torch._functorch.config.ban_recompute_used_far_apart", "a compiled residual unit keeps its z"
+            )
+        try:
+            yield
+        finally:
+            _Switch.on = previous
+
+
+def bits(alphabet: int) -> int:
+    """Bits per code: 1 for sign (0) and step (1), ``ceil(log2(n + 1))`` for qrelu with ``n`` thresholds."""
+    return 1 if alphabet <= 1 else math.ceil(math.log2(alphabet + 1))
+
+
+def codes(z: Tensor, alphabet: int) -> Tensor:
+    """uint8 codes of the unit's output for input ``z``: ``1[z > 0]`` (sign, step), ``clip(ceil((n-1) z), 0, n)``."""
+    if alphabet <= 1:
+        return (z > 0).to(torch.uint8)
+    return torch.clamp(torch.mul(z, alphabet - 1).ceil(), 0, alphabet).to(torch.uint8)
+
+
+def decode(codes_: Tensor, alphabet: int, dtype: torch.dtype) -> Tensor:
+    """The unit's output from its codes, with the forward's own operations (so bitwise the same)."""
+    c = codes_.to(dtype)
+    if alphabet == 0:
+        return c * 2 - 1
+    return c if alphabet == 1 else c / alphabet
+
+
+def pack_planes(codes_: Tensor, bits: int) -> Tensor:
+    """``(bits, ceil(N / 8))`` uint8: bit ``i % 8`` of byte ``i // 8`` of plane ``j`` is bit ``j`` of code ``i``.
+
+    The layout of :func:`lightning_ftprop.memory.pack_bits`, with traceable ops only.
+    """
+    flat = codes_.reshape(-1)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    shifts = torch.arange(8, dtype=torch.uint8, device=flat.device)
+    return torch.stack([(((flat >> j) & 1).view(-1, 8) << shifts).sum(-1, dtype=torch.uint8) for j in range(bits)])
+
+
+def unpack_planes(planes: Tensor, numel: int) -> Tensor:
+    """The first ``numel`` codes of :func:`pack_planes`'s planes (pointwise: cheap to recompute)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=planes.device)
+    out = None
+    for j in range(planes.shape[0]):
+        plane = ((planes[j].unsqueeze(-1) >> shifts) & 1).reshape(-1)[:numel]
+        out = plane if out is None else out | (plane << j)
+    return out
+
+
+def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Must-save the bit planes (the one uint8 ``sum``), recompute everything else."""
+    if op == torch.ops.aten.sum.dim_IntList and kwargs.get("dtype") == torch.uint8:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def in_region(fn, *args):
+    """``fn(*args)`` in a selective-checkpointing region with the planes-only policy."""
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=partial(create_selective_checkpoint_contexts, _policy))
