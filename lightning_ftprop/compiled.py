@@ -83,10 +83,11 @@ def bits(alphabet: int) -> int:
 
 
 def codes(z: Tensor, alphabet: int) -> Tensor:
-    """uint8 codes of the unit's output for input ``z``: ``1[z > 0]`` (sign, step), ``clip(ceil((n-1) z), 0, n)``."""
+    """The codes of the unit's output for input ``z``, as float32 integers: ``1[z > 0]`` (sign, step),
+    ``clip(ceil((n-1) z), 0, n)`` (qrelu). Float, not uint8: CPU inductor reduces floats far faster."""
     if alphabet <= 1:
-        return (z > 0).to(torch.uint8)
-    return torch.clamp(torch.mul(z, alphabet - 1).ceil(), 0, alphabet).to(torch.uint8)
+        return (z > 0).to(torch.float32)
+    return torch.clamp(torch.mul(z, alphabet - 1).ceil(), 0, alphabet).to(torch.float32)
 
 
 def decode(codes_: Tensor, alphabet: int, dtype: torch.dtype) -> Tensor:
@@ -97,17 +98,26 @@ def decode(codes_: Tensor, alphabet: int, dtype: torch.dtype) -> Tensor:
     return c if alphabet == 1 else c / alphabet
 
 
+_WEIGHTS = tuple(float(2**k) for k in range(8))
+
+
 def pack_planes(codes_: Tensor, bits: int) -> Tensor:
     """``(bits, ceil(N / 8))`` uint8: bit ``i % 8`` of byte ``i // 8`` of plane ``j`` is bit ``j`` of code ``i``.
 
-    The layout of :func:`lightning_ftprop.memory.pack_bits`, with traceable ops only.
+    The layout of :func:`lightning_ftprop.memory.pack_bits`, with traceable ops only: each byte is the
+    float sum of its eight bits times ``2^k`` (exact: at most 255), cast once to uint8, the one uint8
+    cast of a unit's region (what :func:`in_region`'s policy saves).
     """
     flat = codes_.reshape(-1)
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))
-    shifts = torch.arange(8, dtype=torch.uint8, device=flat.device)
-    return torch.stack([(((flat >> j) & 1).view(-1, 8) << shifts).sum(-1, dtype=torch.uint8) for j in range(bits)])
+    weights = torch.tensor(_WEIGHTS, dtype=flat.dtype, device=flat.device)
+    planes = []
+    for j in range(bits):
+        bit = flat if bits == 1 else torch.remainder(torch.floor(flat / 2**j), 2)  # exact on small integers
+        planes.append((bit.view(-1, 8) * weights).sum(-1).to(torch.uint8))
+    return torch.stack(planes)
 
 
 def unpack_planes(planes: Tensor, numel: int) -> Tensor:
@@ -121,8 +131,8 @@ def unpack_planes(planes: Tensor, numel: int) -> Tensor:
 
 
 def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    """Must-save the bit planes (the one uint8 ``sum``), recompute everything else."""
-    if op == torch.ops.aten.sum.dim_IntList and kwargs.get("dtype") == torch.uint8:
+    """Must-save the bit planes (the one cast to uint8), recompute everything else."""
+    if op == torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.uint8:
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 
