@@ -318,7 +318,8 @@ def packed() -> Iterator[None]:
     when their ``z`` can be rebuilt in one pass (after BatchNorm here), else a 1-bit mask (``sste``)
     or ``z``. Forward and backward values are unchanged: everything is lossless. Packing happens when
     autograd saves a tensor (in the forward), unpacking when the backward needs it; the backward may
-    run inside or outside the context.
+    run inside or outside the context. A ``torch.compile``'d model called inside the context keeps its
+    units' bit codes too (:mod:`lightning_ftprop.compiled`).
 
     >>> import copy, torch
     >>> from torch import nn
@@ -334,8 +335,8 @@ def packed() -> Iterator[None]:
     True
 
     Raises:
-        RuntimeError: inside ``torch.compile`` (saved-tensor hooks cannot be traced there); compile
-            the model and train it with ``memory="exact"``, or run the packed model eagerly.
+        RuntimeError: entered inside a compiled region (saved-tensor hooks cannot be traced there);
+            call the compiled model inside the context instead.
     """
     if torch.compiler.is_compiling():
         raise RuntimeError(

@@ -20,13 +20,17 @@ MEMORY_MODES: Tuple[str, ...] = ("exact", "packed", "recompute")
 
 
 #: The default of ``FTPropCallback(memory=...)`` and of the spec's ``memory`` key. ``"packed"``, from
-#: the figures of the default rule (sign/soft_hinge, FTP-SH; benchmarks/RESULTS.md, section 5, CPU):
-#: it changes no bit of any gradient, for every rule, and holds 0.49x (torchvision and timm resnet18),
-#: 0.64-0.66x (convnet8, convnet4), 0.63x (GPT-2), 0.79x (alexnet_dorefa) and 0.87x (BERT) of the
-#: float network's memory between forward and backward, where ``"exact"`` holds 0.72-1.42x, for
-#: 1.01-1.08x the exact step time. ``"recompute"`` holds far less (0.00-0.01x on the convnets and
-#: ResNets, 0.44x GPT-2, 0.61x BERT) but re-runs the forward's module calls (1.43-1.53x the ReLU step
-#: time) and equals ``"exact"`` only up to float reassociation: a cost users should opt into.
+#: the figures of the default rule (sign/soft_hinge, FTP-SH; benchmarks/RESULTS.md, section 5, CPU, RSS,
+#: against the float network on the same path), on each path people train with:
+#:
+#: * fp32 eager: 0.48x (resnet18) and 0.66x (convnet4), gradients bitwise those of ``"exact"``, for
+#:   1.07-1.10x the exact step time;
+#: * bf16 autocast: 0.29x and 0.46x, bitwise on the CPU, for 1.11-1.22x;
+#: * ``torch.compile``: 0.83x and 0.95x, bitwise the compiled exact units, for 1.07-1.10x.
+#:
+#: ``"recompute"`` holds far less in eager mode (0.00-0.01x on the convnets and ResNets, 0.44x GPT-2,
+#: 0.61x BERT) but re-runs the forward's module calls (about 1.5x the ReLU step time) and refuses
+#: ``create_graph``: a cost users should opt into.
 DEFAULT_MEMORY = "packed"
 
 
