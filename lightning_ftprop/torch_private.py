@@ -4,20 +4,16 @@ Private names change between torch releases without notice. Each use goes throug
 looks the name up when asked; when it is gone, or raises, the caller takes its documented fallback and
 :class:`PrivateAPIWarning` says so once per name (never a crash). The list, also in ``docs/memory.md``:
 
-============================================================  ==========================================
-private API                                                   fallback when it changes
-============================================================  ==========================================
-``torch._C._autograd._top_saved_tensors_default_hooks``       units keep their float ``z`` under
-(is ``packed()``'s hook the innermost one?)                   ``packed()`` (correct, less memory saved)
-autograd nodes' ``_saved_<name>`` attributes                  the unit keeps ``z`` (no rebuild)
-(BatchNorm and max-pool state a unit's ``z`` is rebuilt from)
-``torch._C._current_graph_task_id`` (is a backward running?   a re-run with grad mode on is taken for a
-``recompute`` refuses ``create_graph=True``)                  double backward (refused, never wrong)
-``torch._functorch.config.ban_recompute_used_far_apart``      a compiled residual unit keeps its ``z``
-(may the partitioner recompute a residual unit's ``z``?)
-``Tensor._version`` (has a weight changed in place since      autocast's low-precision weight copies are
-the forward? checked before casting it again)                 kept as they are
-============================================================  ==========================================
+* ``torch._C._autograd._top_saved_tensors_default_hooks`` (is ``packed()``'s hook the innermost one?):
+  units keep their float ``z`` under ``packed()`` (correct, less memory saved);
+* autograd nodes' ``_saved_<name>`` attributes (the BatchNorm and max-pool state a unit's ``z`` is
+  rebuilt from): the unit keeps ``z``;
+* ``torch._C._current_graph_task_id`` (is a backward running? ``recompute`` refuses ``create_graph``):
+  a re-run with grad mode on is taken for a double backward and refused, never wrong;
+* ``torch._functorch.config.ban_recompute_used_far_apart`` (may a compiled graph recompute a residual
+  unit's ``z``?): a compiled residual unit keeps its ``z``;
+* ``Tensor._version`` (has a weight changed in place since the forward, before casting it again?):
+  autocast's low-precision weight copies are kept as they are.
 
 >>> import torch
 >>> top = saved_tensors_top_hook()

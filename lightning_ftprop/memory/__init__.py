@@ -13,12 +13,13 @@ Three memory modes, from most to least held memory:
 * ``"packed"``: :func:`packed`, a context manager used like ``torch.autograd.graph.save_on_cpu``.
   Inside it every saved tensor that is a threshold output (or a max-pool, view or transpose of one)
   is bit-packed, a saved ``bool`` mask is bit-packed, and a saved ``int64`` tensor (max-pool indices)
-  is kept in the smallest integer type that holds its range. The units' own state is compact too
-  (:mod:`~lightning_ftprop.memory.unit_state`): a unit whose ``z`` one pass rebuilds from what
-  autograd keeps anyway (after BatchNorm, a max-pool, a residual sum; :mod:`~lightning_ftprop.memory.rebuild`)
-  keeps nothing, whatever its rule; otherwise ``sste`` keeps the 1-bit mask ``1[|u| <= 1]``, ``ste``
-  nothing, and other rules ``z``. Everything is lossless, so the gradients are bitwise identical to
-  ``"exact"`` for every rule.
+  is kept in the smallest integer type that holds its range; autocast's low-precision copy of a weight
+  is kept as the weight. The units' own state is compact too (:mod:`~lightning_ftprop.memory.policy`):
+  a unit whose ``z`` one pass rebuilds from what autograd keeps anyway (after BatchNorm, a max-pool, a
+  residual sum; :mod:`~lightning_ftprop.memory.rebuild`) keeps nothing, whatever its rule; otherwise
+  ``sste`` keeps the 1-bit mask ``1[|u| <= 1]``, ``ste`` nothing, and other rules ``z``. The gradients
+  equal ``"exact"`` within the contract of docs/memory.md (bitwise on the CPU in fp32 and bf16). A
+  ``torch.compile``'d model called inside keeps its units' bit codes (:mod:`lightning_ftprop.compiled`).
 * ``"recompute"``: :func:`recompute` on the model, then training under :func:`packed`. Besides the
   bits, the forward keeps references to the module calls that computed the other saved tensors
   (``conv -> BN -> unit``: BN's input and the unit's ``z``); the backward calls those modules again.
@@ -31,14 +32,15 @@ The package, one module per part:
 * :mod:`~lightning_ftprop.memory.codec`: the bit codec (:func:`pack_bits`, :func:`unpack_bits`);
 * :mod:`~lightning_ftprop.memory.hooks`: the packed saved-tensor hooks (:func:`pack`, :func:`unpack`,
   :func:`packed`);
-* :mod:`~lightning_ftprop.memory.unit_state`: the unit-state protocol, what a threshold unit keeps for
-  its backward, decided per thread (:func:`recomputing` among it);
+* :mod:`~lightning_ftprop.memory.policy`: the unit-state policy of :func:`packed`, an implementation of
+  the units' protocol (:mod:`lightning_ftprop.unit_state`);
 * :mod:`~lightning_ftprop.memory.rebuild`: rebuilding a unit's ``z`` in its backward from what autograd
   keeps anyway;
 * :mod:`~lightning_ftprop.memory.recompute`: rebuilding saved tensors in the backward by calling the
   module calls of the forward again (:func:`recompute`);
 * :mod:`~lightning_ftprop.memory.modes`: :data:`MEMORY_MODES`, :data:`DEFAULT_MEMORY` and
-  :class:`MemoryMode`.
+  :class:`MemoryMode`;
+* :mod:`~lightning_ftprop.memory.report`: :func:`saved_bytes`, the bytes autograd holds for the backward.
 
 >>> import torch
 >>> from torch import nn

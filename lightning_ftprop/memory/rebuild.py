@@ -63,7 +63,7 @@ from torch import Tensor
 
 from lightning_ftprop import torch_private
 
-__all__ = ["Recipe", "plan", "check", "why_not", "PACKED_TAG"]
+__all__ = ["Recipe", "plan", "check", "why_not", "PACKED_TAG", "ROUNDING_ULPS"]
 
 #: Key of ``grad_fn.metadata`` under which :func:`~lightning_ftprop.memory.pack` records the packed form of
 #: a threshold output: ``(output_nr, weakref to the packed object)``.
