@@ -18,8 +18,8 @@ ReLU()
 
 Data flows one way: rules -> functional -> nn -> convert -> spec -> (callback, mixin).
 
-``import lightning_ftprop`` loads only torch and seven core modules: rules, functional, nn, memory,
-recognise, convert and summary. The Lightning pieces (``FTPropCallback``, ``FTPropMixin``,
+``import lightning_ftprop`` loads only torch and ten core modules: rules, functional, nn, memory,
+recognise, convert, summary, unit_state, compiled and torch_private. The Lightning pieces (``FTPropCallback``, ``FTPropMixin``,
 ``FTPropDiagnostics``, ``ImageClassifier``) and the ``models``/``data`` subpackages load on first
 use, so plain-PyTorch users never pay for Lightning, torchvision or torchmetrics.
 """

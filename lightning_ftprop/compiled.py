@@ -47,7 +47,11 @@ class _Switch:
 
 
 def packing_on() -> bool:
-    """Whether units traced by ``torch.compile`` now compute their output through their bit codes."""
+    """Whether units traced by ``torch.compile`` now compute their output through their bit codes.
+
+    >>> packing_on()                          # on only inside memory.packed() (or packing())
+    False
+    """
     return _Switch.on
 
 
@@ -78,20 +82,32 @@ def packing() -> Iterator[None]:
 
 
 def bits(alphabet: int) -> int:
-    """Bits per code: 1 for sign (0) and step (1), ``ceil(log2(n + 1))`` for qrelu with ``n`` thresholds."""
+    """Bits per code: 1 for sign (0) and step (1), ``ceil(log2(n + 1))`` for qrelu with ``n`` thresholds.
+
+    >>> bits(0), bits(3), bits(5)
+    (1, 2, 3)
+    """
     return 1 if alphabet <= 1 else math.ceil(math.log2(alphabet + 1))
 
 
 def codes(z: Tensor, alphabet: int) -> Tensor:
     """The codes of the unit's output for input ``z``, as float32 integers: ``1[z > 0]`` (sign, step),
-    ``clip(ceil((n-1) z), 0, n)`` (qrelu). Float, not uint8: CPU inductor reduces floats far faster."""
+    ``clip(ceil((n-1) z), 0, n)`` (qrelu). Float, not uint8: CPU inductor reduces floats far faster.
+
+    >>> codes(torch.tensor([-0.5, 0.2, 0.6, 2.0]), alphabet=3)
+    tensor([0., 1., 2., 3.])
+    """
     if alphabet <= 1:
         return (z > 0).to(torch.float32)
     return torch.clamp(torch.mul(z, alphabet - 1).ceil(), 0, alphabet).to(torch.float32)
 
 
 def decode(codes_: Tensor, alphabet: int, dtype: torch.dtype) -> Tensor:
-    """The unit's output from its codes, with the forward's own operations (so bitwise the same)."""
+    """The unit's output from its codes, with the forward's own operations (so bitwise the same).
+
+    >>> decode(torch.tensor([0.0, 1.0, 2.0, 3.0]), alphabet=3, dtype=torch.float32)
+    tensor([0.0000, 0.3333, 0.6667, 1.0000])
+    """
     c = codes_.to(dtype)
     if alphabet == 0:
         return c * 2 - 1
@@ -107,6 +123,9 @@ def pack_planes(codes_: Tensor, bits: int) -> Tensor:
     The layout of :func:`lightning_ftprop.memory.pack_bits`, with traceable ops only: each byte is the
     float sum of its eight bits times ``2^k`` (exact: at most 255), cast once to uint8, the one uint8
     cast of a unit's region (what :func:`in_region`'s policy saves).
+
+    >>> pack_planes(torch.tensor([1.0, 0, 1, 1, 0, 0, 0, 0, 1]), bits=1)
+    tensor([[13,  1]], dtype=torch.uint8)
     """
     flat = codes_.reshape(-1)
     pad = (-flat.numel()) % 8
@@ -121,7 +140,11 @@ def pack_planes(codes_: Tensor, bits: int) -> Tensor:
 
 
 def unpack_planes(planes: Tensor, numel: int) -> Tensor:
-    """The first ``numel`` codes of :func:`pack_planes`'s planes (pointwise: cheap to recompute)."""
+    """The first ``numel`` codes of :func:`pack_planes`'s planes (pointwise: cheap to recompute).
+
+    >>> unpack_planes(torch.tensor([[13, 1]], dtype=torch.uint8), 9)
+    tensor([1, 0, 1, 1, 0, 0, 0, 0, 1], dtype=torch.uint8)
+    """
     shifts = torch.arange(8, dtype=torch.uint8, device=planes.device)
     out = None
     for j in range(planes.shape[0]):
@@ -138,5 +161,10 @@ def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 
 def in_region(fn, *args):
-    """``fn(*args)`` in a selective-checkpointing region with the planes-only policy."""
+    """``fn(*args)`` in a selective-checkpointing region with the planes-only policy.
+
+    >>> x = torch.randn(3, requires_grad=True)
+    >>> torch.equal(in_region(torch.tanh, x), torch.tanh(x))
+    True
+    """
     return checkpoint(fn, *args, use_reentrant=False, context_fn=partial(create_selective_checkpoint_contexts, _policy))

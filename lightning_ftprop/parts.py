@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -114,9 +115,9 @@ class TrainingStepMemory(Callback):
 
 
 def _tensors(batch: Any) -> List[Tensor]:
-    from torch.utils._pytree import tree_leaves
-
-    return [t for t in tree_leaves(batch) if isinstance(t, Tensor)]
+    found: List[Tensor] = []
+    apply_to_collection(batch, Tensor, found.append)
+    return found
 
 
 def training_step_parts(spec: Mapping[str, Any], **log_options: int) -> List[Callback]:

@@ -40,7 +40,12 @@ __all__ = [
 
 
 class PrivateAPIWarning(UserWarning):
-    """A private torch API the package uses has changed; a documented fallback is taken instead."""
+    """A private torch API the package uses has changed; a documented fallback is taken instead.
+
+    >>> import warnings
+    >>> warnings.simplefilter("ignore", PrivateAPIWarning)   # to silence it, knowing the fallback
+    >>> warnings.resetwarnings()
+    """
 
 
 _WARNED: Set[str] = set()
@@ -73,7 +78,11 @@ _TOP_HOOKS = "torch._C._autograd._top_saved_tensors_default_hooks"
 
 def saved_tensors_top_hook() -> Optional[Callable[[], Optional[tuple]]]:
     """A function returning this thread's innermost ``(pack_hook, unpack_hook)`` (or None), or None if
-    torch no longer has one (then :func:`warn_changed` has warned)."""
+    torch no longer has one (then :func:`warn_changed` has warned).
+
+    >>> saved_tensors_top_hook()() is None   # no saved-tensor hooks are active
+    True
+    """
     fn = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
     if fn is None:
         warn_changed(_TOP_HOOKS, "threshold units keep their float z under packed()")
@@ -87,7 +96,13 @@ def saved_tensors_top_hook() -> Optional[Callable[[], Optional[tuple]]]:
 
 def saved_attribute(node: Any, name: str) -> Any:
     """``node._saved_<name>``: what an autograd node saved. Raises AttributeError when the node has none
-    (callers treat that as "cannot rebuild" and warn through :func:`warn_changed`)."""
+    (callers treat that as "cannot rebuild" and warn through :func:`warn_changed`).
+
+    >>> import torch
+    >>> z = torch.nn.BatchNorm1d(2)(torch.randn(4, 2, requires_grad=True))
+    >>> saved_attribute(z.grad_fn, "eps")
+    1e-05
+    """
     return getattr(node, f"_saved_{name}")
 
 

@@ -73,6 +73,14 @@ class UnitCall:
         keeps_z: whether the unit, with no policy, keeps ``z`` itself (else a compact surrogate, or nothing).
         backward_from_z: ``(g, z) -> dz``, the unit's exact backward given ``z``: a policy that rebuilds
             ``z`` calls it, and ``backward_from_z(ones, z)`` is the unit's surrogate ``S(z)``.
+
+    >>> import torch
+    >>> from lightning_ftprop import functional as F
+    >>> calls = []
+    >>> with use_policy(calls.append):      # a policy that records the call and keeps the default state
+    ...     _ = F.sign(torch.tensor([0.5, -2.0], requires_grad=True), rule="sste")
+    >>> calls[0].rule.name, calls[0].keeps_z, calls[0].backward_from_z(torch.ones(2), calls[0].z.detach())
+    ('sste', True, tensor([1., 0.]))
     """
 
     z: Tensor
@@ -93,6 +101,14 @@ class UnitState:
         why: the reason, in words.
         tensors: saved with ``ctx.save_for_backward`` (through any saved-tensor hooks).
         backward: ``(saved_tensors, g) -> dz``; None: the unit keeps its default state, for ``why``.
+
+    >>> import torch
+    >>> from lightning_ftprop import functional as F
+    >>> def explain(call):
+    ...     return UnitState("", "kept for a reason of mine")
+    >>> with use_policy(explain):
+    ...     F.sign(torch.randn(2, requires_grad=True) * 1, rule="soft_hinge").grad_fn.kept
+    ('z (float32)', 'kept for a reason of mine')
     """
 
     kept: str

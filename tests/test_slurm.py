@@ -159,12 +159,16 @@ def progress(work: Path) -> List[Tuple[str, float, int, int]]:
 
 
 def diagnostics_rows(work: Path) -> Dict[int, Dict[str, str]]:
-    """``{global step: {ftprop/... key: value}}`` from every ``metrics.csv`` the job's CSVLogger wrote."""
+    """``{global step: {ftprop/<layer>/... key: value}}`` from every ``metrics.csv`` the job's CSVLogger wrote.
+
+    ``ftprop/saved_MB`` (the memory part's, logged in its own row) is left out: after a resume, the first
+    ``recompute`` step holds more than the uninterrupted one (it finds its segments again).
+    """
     rows: Dict[int, Dict[str, str]] = {}
     for path in sorted((work / "logs").rglob("metrics.csv")):
         with open(path) as f:
             for row in csv.DictReader(f):
-                values = {k: v for k, v in row.items() if k.startswith("ftprop/") and v}
+                values = {k: v for k, v in row.items() if k.startswith("ftprop/") and k != "ftprop/saved_MB" and v}
                 if values:
                     assert int(row["step"]) not in rows, f"step {row['step']} logged twice ({path})"
                     rows[int(row["step"])] = values

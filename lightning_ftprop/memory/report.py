@@ -79,12 +79,28 @@ _ACTIVE = _Active()
 
 
 def active_meter() -> Optional[Meter]:
-    """The :class:`Meter` counting in this thread now, or None."""
+    """The :class:`Meter` counting in this thread now, or None.
+
+    >>> with Meter() as meter:
+    ...     active_meter() is meter
+    True
+    """
     return _ACTIVE.meter
 
 
 def metered(pack_hook: Callable[[Tensor], Any]) -> Callable[[Tensor], Any]:
-    """``pack_hook``, counting what it keeps when a meter is active (else ``pack_hook`` itself)."""
+    """``pack_hook``, counting what it keeps when a meter is active (else ``pack_hook`` itself).
+
+    >>> import torch
+    >>> def keep(t):
+    ...     return t
+    >>> metered(keep) is keep                # no meter: the hook itself
+    True
+    >>> with Meter() as meter:
+    ...     _ = metered(keep)(torch.zeros(10))
+    >>> meter.total
+    40
+    """
     meter = _ACTIVE.meter
     if meter is None:
         return pack_hook
