@@ -18,7 +18,7 @@ from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
 STEPS, STOP = 6, 3  # an epoch of the embedded subset is 750 steps at batch 16: both are mid-epoch
 
 
-def _fit(root, variant: str, memory: str, ckpt_path=None, save_every=None):
+def _fit(root, variant: str, memory: str, ckpt_path=None, save_every=None, weights_only=None):
     """Train to STEPS; returns the module (its parameters are the final ones)."""
     seed_everything(7)
     spec = {"activation": "sign", "rule": "soft_hinge", "memory": memory, "log_every_n_steps": 2}
@@ -42,7 +42,7 @@ def _fit(root, variant: str, memory: str, ckpt_path=None, save_every=None):
         limit_val_batches=0,
         callbacks=callbacks,
     )
-    trainer.fit(model, EmbeddedFashionMNISTDataModule(batch_size=16), ckpt_path=ckpt_path)
+    trainer.fit(model, EmbeddedFashionMNISTDataModule(batch_size=16), ckpt_path=ckpt_path, weights_only=weights_only)
     assert trainer.global_step == STEPS
     return model
 
@@ -95,3 +95,38 @@ def test_cli_resume_with_another_spec_or_memory_on_the_command_line_is_refused(t
     with pytest.raises(ValueError, match=expected + "memory: 'packed' != 'recompute'"):
         main([*resume, "--model.ftprop.memory=recompute"])
     assert main(resume) == 0  # the checkpoint's own settings resume
+
+
+def _plain(value, where: str = "checkpoint") -> None:
+    """``value`` holds only what ``torch.load(weights_only=True)`` accepts: tensors and primitives."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert isinstance(key, (str, int)), f"{where}: key {key!r}"
+            _plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _plain(item, f"{where}[{i}]")
+    else:
+        assert value is None or isinstance(value, (str, int, float, bool, torch.Tensor)), f"{where}: {type(value)}"
+
+
+@pytest.mark.parametrize("variant", ["mixin", "callback"])
+def test_weights_only_resume_ends_bitwise_equal(tmp_path, variant):
+    """The callback's and the mixin's checkpoint state is plain data, so a weights_only resume works."""
+    uninterrupted = _bits(_fit(tmp_path, variant, "packed", save_every=STOP))
+    checkpoint = tmp_path / f"step={STOP}.ckpt"
+    loaded = torch.load(checkpoint, weights_only=True)  # raises on anything but tensors and primitives
+    ftprop_state = {k: v for k, v in loaded["callbacks"].items() if "FTProp" in k}
+    ftprop_state["ftprop"] = loaded.get("ftprop")
+    ftprop_state["hyper_parameters"] = loaded.get("hyper_parameters")
+    _plain(ftprop_state)
+    assert any(ftprop_state.values())
+    resumed = _bits(_fit(tmp_path / "resumed", variant, "packed", ckpt_path=checkpoint, weights_only=True))
+    _assert_bitwise_equal(resumed, uninterrupted)
+
+
+def test_load_from_checkpoint_with_weights_only_gives_back_threshold_units(tmp_path):
+    model = _fit(tmp_path, "mixin", "packed", save_every=STOP)
+    loaded = ftp.ImageClassifier.load_from_checkpoint(tmp_path / f"step={STOP}.ckpt", weights_only=True)
+    assert [type(m).__name__ for m in loaded.modules() if isinstance(m, ftp.ThresholdUnit)] == ["Sign"] * 3
+    assert loaded.ftprop_spec == model.ftprop_spec
