@@ -346,6 +346,8 @@ _TRANSFORMERS = [
         "SqrtSoftplusActivation",
         "XIELUActivation",
     )
+] + [
+    "transformers.models.bloom.modeling_bloom.BloomGelu",  # BLOOM's MLP activation, a class of its own
 ]  # not LinearActivation: it is the identity
 _TIMM = [
     *(

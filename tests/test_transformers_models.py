@@ -40,7 +40,12 @@ def llama():
     return transformers.LlamaForCausalLM(config), "model.layers.{}.mlp.act_fn"
 
 
-MODELS = {"bert": bert, "gpt2": gpt2, "llama": llama}
+def bloom():
+    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=2)
+    return transformers.BloomForCausalLM(config), "transformer.h.{}.mlp.gelu_impl"  # BloomGelu, its own class
+
+
+MODELS = {"bert": bert, "gpt2": gpt2, "llama": llama, "bloom": bloom}
 
 
 class LanguageModel(LightningModule):
