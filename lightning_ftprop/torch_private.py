@@ -12,8 +12,12 @@ looks the name up when asked; when it is gone, or raises, the caller takes its d
   a re-run with grad mode on is taken for a double backward and refused, never wrong;
 * ``torch._functorch.config.ban_recompute_used_far_apart`` (may a compiled graph recompute a residual
   unit's ``z``?): a compiled residual unit keeps its ``z``;
-* ``Tensor._version`` (has a weight changed in place since the forward, before casting it again?):
-  autocast's low-precision weight copies are kept as they are.
+* ``Tensor._version`` (has a weight changed in place since the forward, before casting it again? has
+  a module call's output changed since, under ``recompute``?): autocast's low-precision weight copies are
+  kept as they are, and ``recompute`` keeps the tensors it would have referenced;
+* ``Tensor._base`` (is a saved tensor a view of a module call's output?): ``recompute`` keeps such views;
+* ``torch.utils._pytree`` (the arguments of a module call ``recompute`` runs again): a flattening of
+  tuples, lists and dicts (other containers become leaves).
 
 >>> import torch
 >>> top = saved_tensors_top_hook()
@@ -36,6 +40,9 @@ __all__ = [
     "saved_attribute",
     "in_backward",
     "functorch_config",
+    "version",
+    "view_base",
+    "pytree",
 ]
 
 
@@ -131,3 +138,77 @@ def functorch_config():
         warn_changed("torch._functorch.config", "a compiled residual unit keeps its z", error)
         return None
     return config
+
+
+def version(t: torch.Tensor) -> Optional[int]:
+    """``t._version`` (bumped by every in-place change), or None when torch no longer has it.
+
+    >>> t = torch.zeros(2)
+    >>> before = version(t); _ = t.add_(1); version(t) == before + 1
+    True
+    """
+    value = getattr(t, "_version", None)
+    if value is None:
+        warn_changed("Tensor._version", "recompute keeps the tensors it would reference; weight casts are kept")
+    return value
+
+
+def view_base(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """The tensor ``t`` is a view of (``t._base``), or None (not a view, or torch no longer says).
+
+    >>> x = torch.zeros(4)
+    >>> view_base(x[1:]) is x, view_base(x)
+    (True, None)
+    """
+    if not hasattr(t, "_base"):
+        warn_changed("Tensor._base", "recompute keeps views of module outputs as they are")
+        return None
+    return t._base
+
+
+class _Leaves:
+    """The part of ``torch.utils._pytree`` that ``recompute`` uses, for tuples, lists and dicts."""
+
+    @staticmethod
+    def tree_flatten(tree: Any):
+        if isinstance(tree, (tuple, list)):
+            parts = [_Leaves.tree_flatten(x) for x in tree]
+            return [leaf for leaves, _ in parts for leaf in leaves], (type(tree), [spec for _, spec in parts])
+        if isinstance(tree, dict):
+            parts = [(key, _Leaves.tree_flatten(value)) for key, value in tree.items()]
+            leaves = [leaf for _, (sub, _) in parts for leaf in sub]
+            return leaves, (dict, [(key, spec) for key, (_, spec) in parts])
+        return [tree], None
+
+    @staticmethod
+    def tree_unflatten(leaves, spec):
+        leaves = list(leaves)
+
+        def build(spec):
+            if spec is None:
+                return leaves.pop(0)
+            kind, children = spec
+            if kind is dict:
+                return {key: build(child) for key, child in children}
+            return kind(build(child) for child in children)
+
+        return build(spec)
+
+    @staticmethod
+    def tree_leaves(tree: Any):
+        return _Leaves.tree_flatten(tree)[0]
+
+
+def pytree():
+    """``torch.utils._pytree``, or, when it is gone, a flattening of tuples, lists and dicts.
+
+    >>> leaves, spec = pytree().tree_flatten(((1, 2), {"a": 3}))
+    >>> leaves, pytree().tree_unflatten(leaves, spec)
+    ([1, 2, 3], ((1, 2), {'a': 3}))
+    """
+    try:
+        from torch.utils import _pytree
+    except ImportError as error:
+        warn_changed("torch.utils._pytree", "module-call arguments flattened as tuples, lists and dicts", error)
+        return _Leaves
+    return _pytree

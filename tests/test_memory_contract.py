@@ -291,3 +291,30 @@ def test_recognising_threshold_outputs_needs_no_private_name():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(memory.pack(h), memory._Packed)
+
+
+def test_recompute_without_private_tensor_attributes_or_pytree_keeps_exact_gradients(monkeypatch):
+    """Without Tensor._version/_base (fallback: no references) or torch.utils._pytree (a plain flattening),
+    recompute still trains to the gradients of exact."""
+    from lightning_ftprop.memory import calls
+
+    want = _first_order(_convnet("soft_hinge"), "exact")
+    monkeypatch.setattr(calls, "pytree", torch_private._Leaves)
+    _assert_close(_first_order(_convnet("soft_hinge"), "recompute"), want, rtol=1e-5)
+    monkeypatch.setattr(calls, "version", lambda t: None)
+    monkeypatch.setattr(calls, "view_base", lambda t: None)
+    _assert_close(_first_order(_convnet("soft_hinge"), "recompute"), want, rtol=1e-5)
+
+
+def test_a_missing_tensor_attribute_warns_once_and_reads_as_none(monkeypatch):
+    monkeypatch.setattr(torch_private, "_WARNED", set())
+
+    class NoVersion:
+        pass
+
+    with pytest.warns(torch_private.PrivateAPIWarning, match="Tensor._version") as caught:
+        assert torch_private.version(NoVersion()) is None
+        assert torch_private.version(NoVersion()) is None
+    assert len(caught) == 1
+    leaves, spec = torch_private._Leaves.tree_flatten(((torch.ones(1), 2), {"k": [3, None]}))
+    assert torch_private._Leaves.tree_unflatten(leaves, spec)[1] == {"k": [3, None]}

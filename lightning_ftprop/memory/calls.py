@@ -45,15 +45,17 @@ from typing import Any, Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
 from lightning_ftprop import torch_private, unit_state
 from lightning_ftprop.memory import report
 from lightning_ftprop.memory.hooks import _alphabet, _Packed, pack, unpack
 from lightning_ftprop.nn import ThresholdUnit
+from lightning_ftprop.torch_private import version, view_base
 
 __all__ = ["state", "store", "load", "record_call", "own_forward", "rerunning"]
+
+pytree = torch_private.pytree()
 
 _SMALL = 1 << 14  # saved tensors with at most this many elements are kept as they are
 
@@ -141,13 +143,13 @@ def load(stored) -> Any:
 def _reference(x: Tensor) -> Optional[_Ref]:
     """A reference to the recorded call whose output ``x`` is (or is a plain view of), if any."""
     hit = state.outputs.get(x)
-    if hit is not None and hit[2] == x._version:
+    if hit is not None and hit[2] is not None and hit[2] == version(x):
         return _Ref(hit[0], "out", hit[1])
-    base = x._base
+    base = view_base(x)
     if base is None or x.dtype != base.dtype:
         return None
     hit = state.outputs.get(base)
-    if hit is None or hit[2] != base._version:
+    if hit is None or hit[2] is None or hit[2] != version(base):
         return None
     view = (x.size(), x.stride(), x.storage_offset() - base.storage_offset(), base.stride())
     return _Ref(hit[0], "out", hit[1], view)
@@ -293,7 +295,7 @@ class _Saver:
 
     def __init__(self, record: _Record, leaves: List[Any], stored: List[Any], module):
         self.record = record
-        self.inputs = {id(t): (t, s, t._version) for t, s in zip(leaves, stored) if isinstance(t, Tensor)}
+        self.inputs = {id(t): (t, s, version(t)) for t, s in zip(leaves, stored) if isinstance(t, Tensor)}
         self.own = {id(t) for t in module.parameters(recurse=False)} | {id(t) for t in module.buffers(recurse=False)}
         self.kept_float = False
 
@@ -305,7 +307,7 @@ class _Saver:
         record = self.record
         record.saved += 1
         hit = self.inputs.get(id(x))
-        if hit is not None and hit[0] is x and hit[2] == x._version:
+        if hit is not None and hit[0] is x and hit[2] is not None and hit[2] == version(x):
             self.kept_float |= isinstance(hit[1], Tensor) and hit[1].is_floating_point()
             return hit[1]
         if x.is_floating_point() and _alphabet(x) is not None:
@@ -313,7 +315,8 @@ class _Saver:
         ref = _reference(x) if x.is_floating_point() else None
         if ref is not None:
             return ref
-        base = x if x._base is None else x._base
+        base = view_base(x)
+        base = x if base is None else base
         if id(base) in self.own or base.grad_fn is None and base.requires_grad or x.numel() <= _SMALL:
             return x
         if x.dtype in (torch.bool, torch.uint8):
@@ -352,7 +355,7 @@ def record_call(module: nn.Module, args, kwargs):
     keep = report.metered(store)
     stored = [keep(t) if isinstance(t, Tensor) else t for t in leaves]
     record = _Record(module, spec, stored, [isinstance(t, Tensor) and t.requires_grad for t in leaves])
-    versions = [t._version for t in tensors]
+    versions = [version(t) for t in tensors]
     rng = _rng_state(leaves)
     record.autocast = _autocast_state(leaves)
     saver = _Saver(record, leaves, stored, module)
@@ -365,11 +368,11 @@ def record_call(module: nn.Module, args, kwargs):
     after = _rng_state(leaves)
     if not torch.equal(after[0], rng[0]) or any(not torch.equal(a, b) for a, b in zip(after[2], rng[2])):
         record.rng = rng
-    record.clone = any(t._version != v for t, v in zip(tensors, versions))
+    record.clone = any(v is None or version(t) != v for t, v in zip(tensors, versions))
     held = {id(t) for t in tensors}
     for index, t in enumerate(x for x in pytree.tree_leaves(out) if isinstance(x, Tensor)):
         if id(t) not in held and t.is_floating_point():  # an input given back keeps its own recipe
-            state.outputs[t] = (record, index, t._version)
+            state.outputs[t] = (record, index, version(t))
     return out, kept_float and isinstance(module, ThresholdUnit)
 
 
@@ -391,7 +394,7 @@ def rerunning(modules: Sequence[nn.Module]) -> Iterator[None]:
         m
         for module in modules
         for m in module.modules()
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats
+        if getattr(m, "track_running_stats", False) and m.training and hasattr(m, "running_mean")
     ]
     kept = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None] for m in norms]
     state.plain += 1

@@ -174,7 +174,7 @@ class _CastOf:
         self.geometry = (like.size(), like.stride(), like.storage_offset())
 
     def value(self) -> Tensor:
-        if self.leaf._version != self.version:
+        if torch_private.version(self.leaf) != self.version:
             raise RuntimeError(
                 f"a {tuple(self.leaf.shape)} leaf tensor (a parameter) whose {self.dtype} cast the backward needs was "
                 "modified in place after the forward; step the optimizer after backward()"
@@ -201,9 +201,8 @@ def _cast_of_leaf(x: Tensor) -> Optional[_CastOf]:
         return None
     if x.untyped_storage().nbytes() != leaf.numel() * x.element_size():  # x views all of the cast, nothing else
         return None
-    version = getattr(leaf, "_version", None)
+    version = torch_private.version(leaf)
     if version is None:  # a private tensor attribute: without it, no in-place check; keep x
-        torch_private.warn_changed("Tensor._version", "autocast's weight copies are kept as they are")
         return None
     return _CastOf(leaf, x.dtype, version, x)
 
