@@ -14,9 +14,9 @@ the layer that reads it (the next conv), and the unit's ``z`` is recomputed from
 anyway. The unit's backward is its usual one, on ``z``: the gradients are bitwise those of the compiled
 ``memory="exact"`` units.
 
-Not covered (their compiled graphs keep floats, as with ``memory="exact"``): the output of a max-pool
-or another op between a unit and the layer that saves it (convnet4's pools), and a residual unit's
-``z`` unless torch's partitioner may recompute values used far apart (``packed()`` sets
+Not covered (their compiled graphs keep floats, as with ``memory="exact"``): a unit's ``z`` that nothing
+else keeps (convnet4's ``conv -> max-pool -> unit``: the soft hinge's backward needs it), and a residual
+unit's ``z`` unless torch's partitioner may recompute values used far apart (``packed()`` sets
 ``torch._functorch.config.ban_recompute_used_far_apart = False``, a private option, while it is on).
 
 >>> import torch

@@ -57,7 +57,7 @@ from lightning_ftprop.memory import calls, policy, report
 from lightning_ftprop.memory.hooks import _alphabet
 from lightning_ftprop.nn import ThresholdUnit
 
-__all__ = ["recompute"]
+__all__ = ["recompute", "is_recomputed"]
 
 _SEGMENTS = "_ftprop_segments"  # instance attribute of every module recompute() wraps: its _Role
 
@@ -249,3 +249,17 @@ def recompute(model: nn.Module, enable: bool = True) -> List[str]:
         module.__dict__[_SEGMENTS] = role
         module.__dict__["forward"] = _Forward(module, forward is _node_forward)
     return units
+
+
+def is_recomputed(model: nn.Module) -> bool:
+    """Whether :func:`recompute` has prepared ``model`` (and not undone it).
+
+    >>> from torch import nn
+    >>> import lightning_ftprop as ftp
+    >>> model = nn.Sequential(nn.Linear(2, 2), ftp.Sign())
+    >>> _ = recompute(model); is_recomputed(model)
+    True
+    >>> _ = recompute(model, enable=False); is_recomputed(model)
+    False
+    """
+    return _SEGMENTS in model.__dict__

@@ -218,12 +218,11 @@ def saved_bytes(model: nn.Module, *args: Any, mode: Optional[str] = None, **kwar
     0.13
     """
     from lightning_ftprop.memory.modes import DEFAULT_MEMORY, MemoryMode, check_memory
+    from lightning_ftprop.memory.recompute import is_recomputed
 
     mode = check_memory(DEFAULT_MEMORY if mode is None else mode)
-    from lightning_ftprop.memory.recompute import _SEGMENTS
-
     runner = MemoryMode(mode)
-    segmented = mode == "recompute" and _SEGMENTS not in model.__dict__  # prepared here, undone after
+    segmented = mode == "recompute" and not is_recomputed(model)  # prepared here, undone after
     if segmented:
         runner.prepare(model)
     inputs = [t for t in list(args) + list(kwargs.values()) if isinstance(t, Tensor)]
