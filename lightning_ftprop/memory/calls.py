@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -199,6 +199,7 @@ class _Record:
         "wanted",
         "pending",
         "cache",
+        "before_rerun",
     )
 
     def __init__(self, module: nn.Module, spec, leaves: List[Any], grads: List[bool]):
@@ -211,6 +212,7 @@ class _Record:
         self.wanted: set = set()  # which of them are stored as references to this re-run
         self.pending = 0  # live references to this call's re-run
         self.cache = None
+        self.before_rerun = None  # called with the module before a re-run (FSDP2: gather its parameters)
 
     def rerun(self):
         """``(outputs, saved)`` of the call run again; cached while references to it live."""
@@ -245,6 +247,8 @@ class _Record:
             for device, enabled, dtype in devices:  # as torch.utils.checkpoint restores it
                 stack.enter_context(torch.autocast(device, dtype=dtype, enabled=enabled, cache_enabled=cache))
             stack.enter_context(unit_state.use_policy(self.policy))
+            if self.before_rerun is not None:
+                self.before_rerun(self.module)
             if self.wanted:  # its saved tensors are asked for: run it as the forward did, and collect them
                 stack.enter_context(torch.enable_grad())
                 stack.enter_context(torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t))
@@ -325,8 +329,11 @@ class _Saver:
         return _Ref(record, "saved", record.saved - 1)
 
 
-def record_call(module: nn.Module, args, kwargs):
+def record_call(module: nn.Module, args, kwargs, before_rerun: Optional[Callable[[nn.Module], None]] = None):
     """Run one leaf module call, storing its saved tensors per the module docstring.
+
+    ``before_rerun(module)`` is called before the call runs again in the backward
+    (:class:`~lightning_ftprop.memory.sharding.Owners` gathers FSDP2's sharded parameters there).
 
     Returns ``(output, kept_float)``: ``kept_float`` is True when the module is a threshold unit that
     kept a float ``z`` (its input came from no recorded call; :func:`~lightning_ftprop.memory.recompute`
@@ -355,6 +362,7 @@ def record_call(module: nn.Module, args, kwargs):
     keep = report.metered(store)
     stored = [keep(t) if isinstance(t, Tensor) else t for t in leaves]
     record = _Record(module, spec, stored, [isinstance(t, Tensor) and t.requires_grad for t in leaves])
+    record.before_rerun = before_rerun
     versions = [version(t) for t in tensors]
     rng = _rng_state(leaves)
     record.autocast = _autocast_state(leaves)

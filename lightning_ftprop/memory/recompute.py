@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ftprop import unit_state
-from lightning_ftprop.memory import calls, policy, report
+from lightning_ftprop.memory import calls, policy, report, sharding
 from lightning_ftprop.memory.hooks import _alphabet
 from lightning_ftprop.nn import ThresholdUnit
 
@@ -76,8 +76,9 @@ class _Role:
 class _Plan:
     """Shared by the wrappers of one recompute() call."""
 
-    def __init__(self):
+    def __init__(self, model: nn.Module):
         self.warned = False
+        self.owners = sharding.Owners(model)  # FSDP2: re-runs gather the shards they use first
 
 
 def _plain() -> bool:
@@ -88,7 +89,7 @@ def _plain() -> bool:
 def _leaf_forward(self: nn.Module, *args, **kwargs):
     if _plain():
         return calls.own_forward(self, args, kwargs)
-    out, uncovered = calls.record_call(self, args, kwargs)
+    out, uncovered = calls.record_call(self, args, kwargs, before_rerun=self.__dict__[_SEGMENTS].plan.owners.unshard)
     if uncovered and calls.state.depth:
         calls.state.uncovered.append(self.__dict__[_SEGMENTS].name)
     return out
@@ -235,7 +236,7 @@ def recompute(model: nn.Module, enable: bool = True) -> List[str]:
             f"recompute() found no threshold unit in {type(model).__name__}; convert it first "
             "(lightning_ftprop.convert) - there is nothing to recompute from packed bits"
         )
-    plan = _Plan()
+    plan = _Plan(model)
     units = []
     for name, module in model.named_modules():
         if isinstance(module, ThresholdUnit):

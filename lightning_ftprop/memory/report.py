@@ -163,8 +163,9 @@ class Meter:
     def count(self, kept: Any) -> Any:
         """Add the bytes of ``kept`` (what a pack hook returned) once; returns ``kept``."""
         tensor = kept if isinstance(kept, Tensor) else getattr(kept, "data", None)
-        if not isinstance(tensor, Tensor):
-            return kept  # a reference to a module call: rebuilt in the backward
+        if not isinstance(tensor, Tensor) or isinstance(tensor, nn.Parameter):
+            return kept  # a reference to a module call (rebuilt in the backward), or a parameter (FSDP2's unsharded)
+        tensor = _local(tensor)
         key = _storage_key(tensor)
         if key in self._seen or key in self._excluded:
             return kept
@@ -177,7 +178,14 @@ class Meter:
         return kept
 
 
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's (FSDP2, tensor parallel) local shard, whose storage is real; any other tensor as it is."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
 def _storage_key(t: Tensor):
+    t = _local(t)
     return (t.device, t.untyped_storage().data_ptr()) if t.untyped_storage().nbytes() else ("empty", id(t))
 
 
