@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from fractions import Fraction
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -447,10 +448,31 @@ class _ThroughCodesFunction(torch.autograd.Function):
         return _backward_from_z(g, z, ctx.rule, ctx.weighted, ctx.steps, ctx.mode), None, None, None, None
 
 
+#: The oldest torch whose ``torch.compile`` keeps the units' backward. Under torch 2.11 a compiled unit's
+#: backward is dropped: resnet18's compiled ``exact`` gradients reach the stem as zeros (measured on the CPU
+#: and on an H200, 2026-12-04, benchmarks/prototypes/compile_vs_eager.py), so tracing one there raises.
+COMPILE_MIN_TORCH = (2, 12)
+_COMPILE_SUPPORTED = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= COMPILE_MIN_TORCH
+if not _COMPILE_SUPPORTED:
+    warnings.warn(
+        f"lightning_ftprop needs torch >= {'.'.join(map(str, COMPILE_MIN_TORCH))} under torch.compile, found "
+        f"{torch.__version__}: a compiled model breaks its graph at every threshold unit, which runs eagerly "
+        "(this torch drops a compiled unit's backward), and fullgraph=True raises",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
 def _apply(function, alphabet: int, z: Tensor, *args) -> Tensor:
     """``function.apply(z, *args)``, or, traced by ``torch.compile`` under ``memory="packed"`` for a weighted
     rule that keeps ``z`` (``saved="input"``), the same unit computed through its codes."""
     rule, weighted, saved = args[0], args[1], args[2]
+    if torch.compiler.is_compiling() and not _COMPILE_SUPPORTED:
+        raise RuntimeError(
+            f"torch.compile of a threshold unit needs torch >= {'.'.join(map(str, COMPILE_MIN_TORCH))}, found "
+            f"{torch.__version__}: this torch drops the unit's backward (zero gradients). Upgrade torch, or train "
+            "this model without torch.compile"
+        )
     if torch.compiler.is_compiling() and compiled.packing_on() and saved == "input":
         mode = args[4] if len(args) > 4 else "single"
         return compiled.in_region(_ThroughCodesFunction.apply, z, rule, weighted, alphabet, mode)

@@ -2,9 +2,10 @@
 
     python scripts/gpu_check.py smoke OUT_DIR   # resnet18_imagenet_sign_soft_hinge, 1 GPU, bf16-mixed,
                                                 # 6 steps on a synthetic ImageFolder written to OUT_DIR/data
-    python scripts/gpu_check.py fsdp OUT_DIR    # FTPropCallback, memory "packed" and "recompute", under
-                                                # FSDPStrategy vs DDPStrategy on every visible GPU:
-                                                # prints the largest parameter difference after 4 steps
+    python scripts/gpu_check.py fsdp OUT_DIR    # FTPropCallback under FSDPStrategy ("packed", "recompute")
+                                                # and FSDP2 through ModelParallelStrategy (every memory
+                                                # mode) vs DDPStrategy on every visible GPU: prints the
+                                                # largest parameter difference after 4 steps
     python scripts/gpu_check.py memory OUT_DIR  # torchvision resnet18 (1000 classes), 224x224, batch 32:
                                                 # float / exact / packed / recompute on the fp32,
                                                 # bf16-mixed and compile paths; held and peak memory and
@@ -25,7 +26,8 @@ against ``float`` on the same path. A crashing cell prints its error's first lin
 
 Why a GPU script: Lightning 2.6 refuses ``FSDPStrategy`` on CPU processes ("The strategy `fsdp`
 requires a GPU accelerator"), so the FSDP check of docs/distributed.md cannot run in the CPU tests.
-Status: written for the day a GPU is available; not yet run (no GPU was available when it was written).
+``python -m pytest tests/test_gpu.py`` is the rest of the GPU checks (the memory contract on cuDNN, CUDA
+autocast and inductor's CUDA code); benchmarks/RESULTS.md section 5 has what the last GPU run printed.
 """
 
 from __future__ import annotations
@@ -66,12 +68,23 @@ def smoke(out: str) -> None:
 def _fit(strategy, memory: str, devices: int):
     import lightning.pytorch as pl
     import torch
+    from lightning.pytorch.strategies import ModelParallelStrategy
     from lightning_helpers import TinyNet, make_loader
 
     import lightning_ftprop as ftp
 
+    class Sharded(TinyNet):  # FSDP2: fully_shard in configure_model, as ModelParallelStrategy asks
+        def configure_model(self):
+            from torch.distributed.fsdp import FSDPModule, fully_shard
+
+            if not isinstance(self.net, FSDPModule):
+                mesh = self.device_mesh["data_parallel"]
+                for i in (0, 3, 5):
+                    fully_shard(self.net[i], mesh=mesh)
+                fully_shard(self.net, mesh=mesh)
+
     torch.manual_seed(0)
-    model = TinyNet(hidden=16)
+    model = (Sharded if isinstance(strategy, ModelParallelStrategy) else TinyNet)(hidden=16)
     trainer = pl.Trainer(
         accelerator="gpu",
         strategy=strategy,
@@ -84,31 +97,39 @@ def _fit(strategy, memory: str, devices: int):
         enable_model_summary=False,
     )
     trainer.fit(model, make_loader(n=64, batch_size=8))
-    state = trainer.strategy.lightning_module_state_dict()  # FSDP "full": the unsharded parameters on rank 0
-    return trainer.global_rank, {k: v.detach().float().cpu() for k, v in state.items()}
+    full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p) for n, p in model.named_parameters()}
+    return trainer.global_rank, {k: v.detach().float().cpu() for k, v in full.items()}
 
 
 def fsdp(out: str) -> None:
     import torch
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     devices = torch.cuda.device_count()
     results = {}
     for name, strategy, memory in [
-        ("ddp/packed", DDPStrategy(), "packed"),
-        ("fsdp/packed", FSDPStrategy(state_dict_type="full"), "packed"),
-        ("fsdp/recompute", FSDPStrategy(state_dict_type="full"), "recompute"),
+        ("ddp/packed", lambda: DDPStrategy(), "packed"),
+        ("fsdp/packed", lambda: FSDPStrategy(state_dict_type="full"), "packed"),
+        ("fsdp/recompute", lambda: FSDPStrategy(state_dict_type="full"), "recompute"),
+        ("fsdp2/exact", lambda: ModelParallelStrategy(devices, 1), "exact"),
+        ("fsdp2/packed", lambda: ModelParallelStrategy(devices, 1), "packed"),
+        ("fsdp2/recompute", lambda: ModelParallelStrategy(devices, 1), "recompute"),
     ]:
-        rank, results[name] = _fit(strategy, memory, devices)
+        try:
+            rank, results[name] = _fit(strategy(), memory, devices)
+        except Exception as exc:  # printed, and the other strategies still run
+            rank = int(os.environ.get("LOCAL_RANK", 0))
+            print(f"fsdp: {name} crashed: {_first_line(exc)}", flush=True)
     if rank != 0:
         return
     reference = results["ddp/packed"]
-    for name in ("fsdp/packed", "fsdp/recompute"):
+    for name in [n for n in results if n != "ddp/packed"]:
         worst = max((results[name][k] - reference[k]).abs().max().item() for k in reference)
         equal = all(torch.equal(results[name][k], reference[k]) for k in reference)
         print(
-            f"fsdp: {name} vs ddp/packed on {devices} GPU(s), {STEPS} steps: bitwise equal {equal}, max |diff| {worst:.3e}"
+            f"fsdp: {name} vs ddp/packed on {devices} GPU(s), {STEPS} steps: bitwise equal {equal}, max |diff| {worst:.3e}",
+            flush=True,
         )
 
 
@@ -265,13 +286,20 @@ def memory_check(out: str, batch: int = 32, device: str = "cuda", size: int = 22
                 torch.cuda.empty_cache()
             done = cells[path, variant].get("error", "ok")
             print(f"memory: {path} {variant}: {done} ({time.perf_counter() - start:.0f} s)", flush=True)
+            _write(out, name, batch, size, cells, [p for p in paths if all((p, v) in cells for v in MEMORY_VARIANTS)])
+    print(memory_table(cells, paths))
+    return cells
+
+
+def _write(out: str, device: str, batch: int, size: int, cells: dict, paths) -> None:
+    """OUT_DIR/memory.json after every cell, so a run stopped by its time limit keeps what it measured."""
+    import torch
+
+    config = dict(model="resnet18", classes=1000, batch=batch, size=size, device=device, torch=torch.__version__)
     table = memory_table(cells, paths)
-    print(table)
-    config = dict(model="resnet18", classes=1000, batch=batch, size=size, device=name, torch=torch.__version__)
     result = dict(config=config, cells=[dict(path=p, variant=v, **c) for (p, v), c in cells.items()], table=table)
     with open(os.path.join(out, "memory.json"), "w") as f:
         json.dump(result, f, indent=1)
-    return cells
 
 
 if __name__ == "__main__":

@@ -87,3 +87,19 @@ def test_the_paper_networks_compile_with_fullgraph_under_packed(net, shape):
     exact = memory.saved_bytes(torch.compile(copy.deepcopy(model), fullgraph=True), x, mode="exact").total
     packed = memory.saved_bytes(torch.compile(model, fullgraph=True), x, mode="packed").total
     assert packed < exact
+
+
+def test_on_a_torch_that_drops_compiled_backwards_units_break_the_graph_and_keep_eager_gradients(monkeypatch):
+    """torch 2.11 drops a compiled unit's backward (zero gradients): there the units refuse to be traced, so
+    ``fullgraph=True`` raises, naming the torch needed, and a plain compile runs them eagerly."""
+    from lightning_ftprop import functional
+
+    monkeypatch.setattr(functional, "_COMPILE_SUPPORTED", False)
+    model = _net("sign", "soft_hinge")
+    want = _grads(copy.deepcopy(model), False)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"needs torch >= 2\.12"):
+        torch.compile(copy.deepcopy(model), fullgraph=True, backend="aot_eager")(X)
+    torch._dynamo.reset()
+    got = _grads(torch.compile(copy.deepcopy(model), backend="aot_eager"), False)
+    assert all(torch.equal(want[k], got[k]) for k in want)
