@@ -1,5 +1,6 @@
 """Do compiled units give eager's gradients? resnet18 (sign/soft_hinge): eager exact vs torch.compile
 (inductor) exact and packed. python benchmarks/prototypes/compile_vs_eager.py [cuda|cpu] [size]"""
+
 import copy
 import sys
 
@@ -35,6 +36,8 @@ for name, packed in (("compiled exact", False), ("compiled packed", True)):
     torch._dynamo.reset()
     got = grads(torch.compile(copy.deepcopy(base)), packed)
     worst = max(float((got[k] - want[k]).abs().max() / want[k].abs().max().clamp_min(1e-30)) for k in want)
-    print(f"{name} vs eager exact on {device}: worst relative difference {worst:.2e}; "
-          f"|conv1 grad| eager {float(want['conv1.weight'].norm()):.4e} compiled {float(got['conv1.weight'].norm()):.4e}",
-          flush=True)
+    print(
+        f"{name} vs eager exact on {device}: worst relative difference {worst:.2e}; "
+        f"|conv1 grad| eager {float(want['conv1.weight'].norm()):.4e} compiled {float(got['conv1.weight'].norm()):.4e}",
+        flush=True,
+    )

@@ -1,5 +1,6 @@
 """One-off GPU diagnosis (2026-12-04): where a packed resnet18 step spends its time on CUDA, and what the
 compiled exact graph keeps. python benchmarks/prototypes/gpu_profile.py"""
+
 import collections
 import copy
 import time
@@ -7,6 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch.profiler import ProfilerActivity, profile
 
 import lightning_ftprop as ftp
 from lightning_ftprop import memory
@@ -33,8 +35,6 @@ for packed in (False, True):
         step(model, packed)
     torch.cuda.synchronize()
     print("packed" if packed else "exact", f"{(time.perf_counter() - t) / 5 * 1e3:.1f} ms/step", flush=True)
-
-from torch.profiler import ProfilerActivity, profile
 
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     step(model, True)
