@@ -22,16 +22,24 @@ does nothing. With gradient accumulation it waits for the step that updates the 
 that arrives during validation is acted on at the end of the next training step: leave a
 ``--signal=USR1@<seconds>`` margin longer than a validation pass.
 
+The signal: ``signal=None`` (the default) takes the one ``SLURMEnvironment(requeue_signal=...)`` says
+(``SIGUSR1`` unless set), so the environment is the one place to change it; ``signal="SIGTERM"`` (or
+``"TERM"``, ``15``, ``signal.SIGTERM``) sets it here. ``scripts/slurm/train.sbatch`` reads it from
+``SBATCH_SIGNAL``, the variable sbatch itself takes ``--signal`` from. Requeueing on ``SIGTERM`` (what SLURM
+sends on preemption and ``scancel``) means this callback owns ``SIGTERM`` during training: Lightning's own
+``SIGTERM`` handling (stop every rank with ``SIGTERMException``, no checkpoint) is replaced.
+
 Mechanism: in ``setup`` (which Lightning runs before it installs its signal handlers) it installs a
-handler for the environment's ``requeue_signal`` that only records the signal; Lightning, finding a
-handler there, leaves it in place. ``teardown`` restores the previous handler. The cost is one
-all-reduce of one integer per ``check_every_n_steps`` steps.
+handler for the signal that only records it; Lightning, finding a handler there, leaves it in place,
+except for ``SIGTERM``, which Lightning always wraps, so ``on_train_start`` installs it again.
+``teardown`` restores the previous handler. The cost is one all-reduce of one integer per
+``check_every_n_steps`` steps.
 """
 
 from __future__ import annotations
 
-import signal
-from typing import Any, Optional
+import signal as _signal
+from typing import Any, Optional, Union
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -46,22 +54,28 @@ class StepBoundaryRequeue(Callback):
     Args:
         check_every_n_steps: look for the signal (one all-reduce across ranks) every this many
             optimizer steps; 1 (the default) reacts at the end of the step in which it arrived.
+        signal: the requeue signal: None (the default) for the SLURM environment's ``requeue_signal``,
+            or a name (``"SIGTERM"``, ``"TERM"``), number or ``signal.Signals``.
 
     Raises:
-        ValueError: ``check_every_n_steps`` is not a positive int.
+        ValueError: ``check_every_n_steps`` is not a positive int, or ``signal`` names no signal this
+            callback can take (the message lists those).
 
     >>> StepBoundaryRequeue(check_every_n_steps=10).check_every_n_steps
     10
+    >>> StepBoundaryRequeue(signal="TERM").signal
+    <Signals.SIGTERM: 15>
     >>> StepBoundaryRequeue(check_every_n_steps=0)
     Traceback (most recent call last):
     ...
     ValueError: check_every_n_steps must be an int >= 1, got 0
     """
 
-    def __init__(self, check_every_n_steps: int = 1) -> None:
+    def __init__(self, check_every_n_steps: int = 1, signal: Union[None, str, int, _signal.Signals] = None) -> None:
         if isinstance(check_every_n_steps, bool) or not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be an int >= 1, got {check_every_n_steps!r}")
         self.check_every_n_steps = check_every_n_steps
+        self.signal: Optional[_signal.Signals] = None if signal is None else _parse_signal(signal)
         self._signum: Optional[int] = None
         self._previous: Any = None
         self._received = False
@@ -73,9 +87,13 @@ class StepBoundaryRequeue(Callback):
         environment = trainer._accelerator_connector.cluster_environment
         if stage != "fit" or not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
             return
-        self._signum = environment.requeue_signal
+        self._signum = self.signal if self.signal is not None else environment.requeue_signal
         self._received = False
-        self._previous = signal.signal(self._signum, self._record)
+        self._previous = _signal.signal(self._signum, self._record)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._signum is not None and _signal.getsignal(self._signum) is not self._record:
+            _signal.signal(self._signum, self._record)  # SIGTERM: Lightning wrapped it after setup
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -97,5 +115,28 @@ class StepBoundaryRequeue(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._signum is not None:
-            signal.signal(self._signum, self._previous if self._previous is not None else signal.SIG_DFL)
+            _signal.signal(self._signum, self._previous if self._previous is not None else _signal.SIG_DFL)
             self._signum = self._previous = None
+
+
+#: The signals a requeue may use: the ones SLURM sends or that users pass to ``--signal``/``scancel --signal``.
+REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP", "SIGCONT", "SIGALRM")
+
+
+def _parse_signal(value: Union[str, int, _signal.Signals]) -> _signal.Signals:
+    """``signal.Signals`` for ``"SIGTERM"``, ``"term"``, ``15`` or ``signal.SIGTERM``; ValueError otherwise.
+
+    >>> _parse_signal("usr1"), _parse_signal(15)
+    (<Signals.SIGUSR1: 10>, <Signals.SIGTERM: 15>)
+    """
+    try:
+        if isinstance(value, str) and not value.strip().isdigit():
+            name = value.strip().upper()
+            parsed = _signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+        else:
+            parsed = _signal.Signals(int(value))
+    except (KeyError, ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.name not in REQUEUE_SIGNALS:
+        raise ValueError(f"signal must be one of {', '.join(REQUEUE_SIGNALS)} (a name or number), got {value!r}")
+    return parsed

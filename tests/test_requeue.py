@@ -28,3 +28,14 @@ def test_without_slurm_it_installs_no_signal_handler_and_training_runs(monkeypat
     trainer.fit(TinyNet(), make_loader())
     assert trainer.global_step == 3 and callback._signum is None
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+@pytest.mark.parametrize("value", ["SIGKILL", "nope", 9, 0, ""])
+def test_a_requeue_signal_it_cannot_take_is_refused_listing_the_allowed(value):
+    with pytest.raises(ValueError, match=r"signal must be one of SIGUSR1, SIGUSR2, SIGTERM.*got"):
+        StepBoundaryRequeue(signal=value)
+
+
+@pytest.mark.parametrize("value", ["SIGTERM", "term", 15, signal.SIGTERM])
+def test_the_requeue_signal_is_taken_by_name_or_number(value):
+    assert StepBoundaryRequeue(signal=value).signal == signal.SIGTERM

@@ -88,7 +88,9 @@ def _job_args(variant: str, memory: str, logs: Path) -> Tuple[str, List[str]]:
     return "convnet4_fashion_mnist_relu", common + callback
 
 
-def submit(work: Path, variant: str, memory: str, sleep: float = 0.0, slow_after: int = PREEMPT_AFTER - 1) -> str:
+def submit(
+    work: Path, variant: str, memory: str, sleep: float = 0.0, slow_after: int = PREEMPT_AFTER - 1, **env_vars: str
+) -> str:
     """Submit ``train.sbatch`` for the tests' workload from ``work``; returns the job id.
 
     With ``sleep``, every rank sleeps that long after each step from ``slow_after`` on (see slurm_probe.py).
@@ -108,6 +110,7 @@ def submit(work: Path, variant: str, memory: str, sleep: float = 0.0, slow_after
         FTPROP_PROBE_DIR=str(work),
         FTPROP_PROBE_SLEEP=str(sleep),
         FTPROP_PROBE_SLOW_AFTER=str(slow_after),
+        **env_vars,
     )
     resources = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=0"]
     command = ["sbatch", "--parsable", f"--chdir={work}", f"--output={work / 'slurm.out'}", "--time=15"]
@@ -215,7 +218,18 @@ def test_plain_two_task_job_trains_two_gloo_ranks_to_max_steps(reference):
     "variant, memory", [("mixin", "packed"), ("mixin", "recompute"), ("callback", "packed"), ("callback", "recompute")]
 )
 def test_preempted_job_requeues_resumes_and_ends_bitwise_equal_to_uninterrupted(reference, tmp_path, variant, memory):
-    job = submit(tmp_path, variant, memory, sleep=0.5)
+    _preempt_requeue_and_compare(reference, tmp_path, variant, memory, "USR1")
+
+
+def test_requeue_signal_set_once_in_sbatch_signal_is_sigterm_for_slurm_and_lightning(reference, tmp_path):
+    """``SBATCH_SIGNAL=TERM@90``: the one place the requeue signal is set (scripts/slurm/train.sbatch). A
+    SIGTERM then checkpoints at the step boundary and requeues, where Lightning alone would stop the ranks."""
+    _preempt_requeue_and_compare(reference, tmp_path, "callback", "packed", "TERM", SBATCH_SIGNAL="TERM@90")
+    assert "requeue signal SIGTERM" in (tmp_path / "slurm.out").read_text()
+
+
+def _preempt_requeue_and_compare(reference, tmp_path, variant, memory, signal_name, **env_vars):
+    job = submit(tmp_path, variant, memory, sleep=0.5, **env_vars)
     wait_for(
         lambda: any(e == "step" and s >= PREEMPT_AFTER for e, _, _, s in progress(tmp_path)),
         240,
@@ -223,7 +237,7 @@ def test_preempted_job_requeues_resumes_and_ends_bitwise_equal_to_uninterrupted(
         tmp_path,
     )
     signalled = time.time()
-    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+    subprocess.run(["scancel", f"--signal={signal_name}", job], check=True, timeout=30)
     # SLURM holds a requeued batch job for 120 s (its BeginTime); lift the hold to keep the test short
     wait_for(lambda: job_state(job) == ("PENDING", "BeginTime"), 120, "the requeue", tmp_path, poll=0.1)
     requeued = time.time()
@@ -245,7 +259,7 @@ def test_preempted_job_requeues_resumes_and_ends_bitwise_equal_to_uninterrupted(
     rows_a, rows_b = diagnostics_rows(tmp_path), diagnostics_rows(reference)
     assert rows_a == rows_b
     print(
-        f"\n{variant}/{memory}: USR1 -> requeued (PENDING) {requeued - signalled:.1f} s; "
+        f"\n{variant}/{memory}: {signal_name} -> requeued (PENDING) {requeued - signalled:.1f} s; "
         f"hold lifted -> training resumed {resume[0] - requeued:.1f} s; saved at step {saved}"
     )
 
