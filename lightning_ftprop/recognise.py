@@ -348,6 +348,7 @@ _TRANSFORMERS = [
     )
 ] + [
     "transformers.models.bloom.modeling_bloom.BloomGelu",  # BLOOM's MLP activation, a class of its own
+    "transformers.models.lxmert.modeling_lxmert.GeLU",  # LXMERT's visual answer head: gelu(x)
 ]  # not LinearActivation: it is the identity
 _TIMM = [
     *(

@@ -5,15 +5,19 @@ swapped, three steps of ``Trainer.fit`` under ``FTPropCallback`` log ``ftprop/*`
 brings back the very same modules. ``transformers`` is a test dependency only.
 """
 
+import ast
 import csv
 import glob
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_ftprop as ftp
@@ -113,3 +117,83 @@ def test_three_steps_under_the_callback_log_ftprop_keys(name, tmp_path):
     with open(glob.glob(str(tmp_path / "**" / "hparams.yaml"), recursive=True)[0]) as f:
         hparams = yaml.safe_load(f)
     assert hparams["ftprop/swapped"] == len(callback.layers) and hparams["ftprop/left"] == 0
+
+
+# --- every activation class the installed transformers defines ---------------------------------------
+
+#: Activation-like classes of transformers' modeling modules that are not a hidden unit's nonlinearity to swap,
+#: each with why. The test below fails on any other class it finds that the recognisers do not know.
+OUT_OF_SCOPE = {
+    "transformers.models.bit.modeling_bit.BitGroupNormActivation": "a GroupNorm (weights) that calls its "
+    "activation submodule, which is recognised and swapped",
+    "transformers.models.inkling2.modeling_inkling2.Inkling2Softcap": "soft-capping c*tanh(x/c) of a gate "
+    "inside a two-input gated unit, not a unit of its own",
+    "transformers.models.inkling2_loop.modeling_inkling2_loop.Inkling2LoopSoftcap": "as Inkling2Softcap",
+    "transformers.models.neucodec.modeling_neucodec.NeuCodecAntiAliasedActivation1d": "up-sampling filter, a "
+    "learnable Snake activation (parameters alpha, beta) and down-sampling filter around it",
+    "transformers.models.qwen2_5_omni.modeling_qwen2_5_omni.Qwen2_5OmniAntiAliasedActivation1d": "as "
+    "NeuCodecAntiAliasedActivation1d",
+    "transformers.models.qwen2_5_omni.modeling_qwen2_5_omni.Activation1d": "a subclass of "
+    "Qwen2_5OmniAntiAliasedActivation1d",
+    "transformers.models.xcodec2.modeling_xcodec2.Xcodec2AntiAliasedActivation1d": "as "
+    "NeuCodecAntiAliasedActivation1d",
+}
+
+_ACTIVATION_NAME = re.compile(r"(?i)(gelu|silu|swish|relu|mish|activation|sigmoid|tanh|softplus|softcap|glu$|act$)")
+_CALL = re.compile(r"(\w+)\(")
+
+
+def _builds_weights(source: str) -> bool:
+    """Whether ``__init__``'s source calls a layer with weights (Linear, Conv*, *Norm*, Embedding, Parameter)."""
+    return any(
+        name in ("Linear", "Parameter", "Embedding") or name.startswith("Conv") or "Norm" in name
+        for name in _CALL.findall(source)
+    )
+
+
+def _activation_classes(package) -> list:
+    """``(class path, source file)`` of every activation-like ``nn.Module`` in ``package``'s modeling modules.
+
+    Read from the source (no import): a class whose name says activation (gelu, silu, act, ...), whose
+    ``forward`` (if it defines one) takes one input and whose ``__init__`` builds no weights; or a subclass of
+    such a class.
+    """
+    found, names = [], set()
+    for path in sorted((Path(package.__file__).parent / "models").glob("*/modeling_*.py")):
+        if path.name.startswith(("modeling_tf_", "modeling_flax_")):
+            continue
+        source = path.read_text()
+        module = f"transformers.models.{path.parent.name}.{path.stem}"
+        for node in ast.parse(source).body:
+            if not isinstance(node, ast.ClassDef) or "torch.autograd.Function" in map(ast.unparse, node.bases):
+                continue
+            subclass = any(ast.unparse(b) in names for b in node.bases)
+            if not subclass and not _ACTIVATION_NAME.search(node.name):
+                continue
+            methods = {n.name: n for n in node.body if isinstance(n, ast.FunctionDef)}
+            forward, init = methods.get("forward"), methods.get("__init__")
+            one_input = forward is not None and len(forward.args.args) == 2
+            weights = init is not None and _builds_weights(ast.get_source_segment(source, init) or "")
+            if subclass or (one_input and not weights):
+                found.append(f"{module}.{node.name}")
+                names.add(node.name)
+    return found
+
+
+def test_every_activation_class_of_the_transformers_modeling_modules_is_recognised_or_out_of_scope():
+    transformers = pytest.importorskip("transformers")
+    found = _activation_classes(transformers)
+    registered = set(ftp.registered_activations())
+    unknown = [path for path in found if path not in registered and path not in OUT_OF_SCOPE]
+    assert "transformers.models.bloom.modeling_bloom.BloomGelu" in found  # the scan sees what it should
+    assert not unknown, f"activation classes neither recognised nor listed out of scope: {unknown}"
+
+
+def test_lxmert_gelu_is_swapped_and_reverted():
+    from transformers.models.lxmert.modeling_lxmert import GeLU
+
+    model = nn.Sequential(nn.Linear(4, 4), GeLU(), nn.Linear(4, 2))
+    assert ftp.convert(model, "sign") == ["1"]
+    assert isinstance(model[1], ftp.Sign)
+    ftp.revert(model)
+    assert isinstance(model[1], GeLU)
