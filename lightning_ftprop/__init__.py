@@ -20,7 +20,7 @@ Data flows one way: rules -> functional -> nn -> convert -> spec -> (callback, m
 
 ``import lightning_ftprop`` loads only torch and ten core modules: rules, functional, nn, memory,
 recognise, convert, summary, unit_state, compiled and torch_private. The Lightning pieces (``FTPropCallback``, ``FTPropMixin``,
-``FTPropDiagnostics``, ``ImageClassifier``) and the ``models``/``data`` subpackages load on first
+``FTPropDiagnostics``, ``FabricFTProp``, ``ImageClassifier``) and the ``models``/``data`` subpackages load on first
 use, so plain-PyTorch users never pay for Lightning, torchvision or torchmetrics.
 """
 
@@ -42,6 +42,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "FTPropCallback": "lightning_ftprop.callback",
     "FTPropDiagnostics": "lightning_ftprop.diagnostics",
+    "FabricFTProp": "lightning_ftprop.fabric",
     "FTPropMixin": "lightning_ftprop.mixin",
     "ImageClassifier": "lightning_ftprop.module",
     "models": "lightning_ftprop.models",
@@ -88,6 +89,7 @@ __all__ = [
     "threshold_units",
     "FTPropCallback",
     "FTPropDiagnostics",
+    "FabricFTProp",
     "FTPropMixin",
     "ImageClassifier",
 ]

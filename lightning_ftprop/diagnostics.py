@@ -306,7 +306,8 @@ class FTPropDiagnostics(Callback):
         self._handles = [
             unit.register_forward_hook(functools.partial(self._forward_hook, i)) for i, (_, unit) in enumerate(units)
         ]
-        self.metric = TargetCounts(len(units)).to(pl_module.device)
+        device = next((t.device for t in [*pl_module.parameters(), *pl_module.buffers()]), torch.device("cpu"))
+        self.metric = TargetCounts(len(units)).to(device)
 
     def _detach(self) -> None:
         for handle in self._handles:
@@ -368,6 +369,12 @@ class FTPropDiagnostics(Callback):
         self._gather_stats = self._gather_histograms = False
 
     def _log_stats(self, trainer: Trainer) -> None:
+        metrics = self._compute_stats()
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=self._step)
+
+    def _compute_stats(self) -> Dict[str, float]:
+        """The gathered step's ``{"ftprop/<layer>/<stat>": value}``, summed over ranks; counters reset."""
         counts, loss = self.metric.compute()  # sums over ranks: every rank calls this on the same step
         # compute() squeezes one-element results: restore the per-layer shapes
         counts, loss = counts.reshape(-1, 4).tolist(), loss.reshape(-1).tolist()
@@ -381,8 +388,7 @@ class FTPropDiagnostics(Callback):
         self.latest = metrics
         self.logged_steps += 1
         self.last_logged_step = self._step
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=self._step)
+        return metrics
 
     def _log_histograms(self, trainer: Trainer) -> None:
         import wandb

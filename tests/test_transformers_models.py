@@ -135,8 +135,7 @@ OUT_OF_SCOPE = {
     "NeuCodecAntiAliasedActivation1d",
     "transformers.models.qwen2_5_omni.modeling_qwen2_5_omni.Activation1d": "a subclass of "
     "Qwen2_5OmniAntiAliasedActivation1d",
-    "transformers.models.xcodec2.modeling_xcodec2.Xcodec2AntiAliasedActivation1d": "as "
-    "NeuCodecAntiAliasedActivation1d",
+    "transformers.models.xcodec2.modeling_xcodec2.Xcodec2AntiAliasedActivation1d": "as NeuCodecAntiAliasedActivation1d",
 }
 
 _ACTIVATION_NAME = re.compile(r"(?i)(gelu|silu|swish|relu|mish|activation|sigmoid|tanh|softplus|softcap|glu$|act$)")
