@@ -106,6 +106,9 @@ def test_gpu_saved_bytes_of_resnet18_packed_are_below_the_float_twin(bf16):
     assert packed_bytes < 0.6 * float_bytes, (packed_bytes, float_bytes)
 
 
+@pytest.mark.skipif(
+    not ftp.functional._COMPILE_SUPPORTED, reason="this torch drops a compiled unit's backward (needs >= 2.12)"
+)
 def test_gpu_compiled_packed_units_keep_bits_and_match_compiled_exact():
     torch._dynamo.reset()
     model = _convnet("soft_hinge")
