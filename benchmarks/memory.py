@@ -140,8 +140,8 @@ def inputs(net: str, batch: int, device="cpu"):
     return x, torch.randint(0, classes, (batch,), device=device)
 
 
-def build(net: str, variant: str, activation: str, rule: str, steps: int) -> torch.nn.Module:
-    kwargs = {"steps": steps} if activation == "qrelu" else {}
+def build(net: str, variant: str, activation: str, rule: str, thresholds: int) -> torch.nn.Module:
+    kwargs = {"thresholds": thresholds} if activation == "qrelu" else {}
     if net in THIRD_PARTY:
         model = third_party(net)
         if variant != "relu":
@@ -204,7 +204,7 @@ def worker(args: argparse.Namespace) -> Dict[str, float]:
     net, variant = args.worker
     path = args.paths[0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build(net, variant, args.activation, args.rule, args.steps).to(device).train()
+    model = build(net, variant, args.activation, args.rule, args.thresholds).to(device).train()
     model = on_path(model, path)
     x, y = inputs(net, args.batch, device)
     mode = "exact" if variant == "relu" else variant
@@ -259,7 +259,7 @@ def held(net: str, variant: str, batch: int, args: argparse.Namespace, path: str
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     env.update(TORCHINDUCTOR_CACHE_DIR=INDUCTOR_CACHE, TORCHINDUCTOR_COMPILE_THREADS="1")
     cmd = [sys.executable, __file__, "--worker", net, variant, "--batch", str(batch), "--path", path]
-    cmd += ["--activation", args.activation, "--rule", args.rule, "--steps", str(args.steps)]
+    cmd += ["--activation", args.activation, "--rule", args.rule, "--thresholds", str(args.thresholds)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired as exc:
@@ -315,7 +315,7 @@ def step_times(net: str, args: argparse.Namespace, path: str = "eager") -> Dict[
     models, optims = {}, {}
     for variant in VARIANTS:
         torch.manual_seed(0)
-        model = build(net, variant, args.activation, args.rule, args.steps).train()
+        model = build(net, variant, args.activation, args.rule, args.thresholds).train()
         optims[variant] = torch.optim.SGD(model.parameters(), lr=1e-3)
         models[variant] = on_path(model, path)
     x, y = inputs(net, batch)
@@ -410,7 +410,7 @@ def main() -> None:
         help="the rules to measure (default: every rule; the default rule is reported first)",
     )
     parser.add_argument("--rule", default=DEFAULT_RULE, help=argparse.SUPPRESS)  # a worker's rule
-    parser.add_argument("--steps", type=int, default=3, help="qrelu steps")
+    parser.add_argument("--thresholds", type=int, default=3, help="qrelu thresholds")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--time-batch", type=int, default=0, help="batch for step time (default: the net's)")
@@ -446,10 +446,10 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rules = _ordered_rules(args.rules)
     paths = list(dict.fromkeys(args.paths))
-    steps = f" steps={args.steps}" if args.activation == "qrelu" else ""
+    qrelu = f" thresholds={args.thresholds}" if args.activation == "qrelu" else ""
     print(f"# benchmarks/memory.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, device {device}")
-    print(f"# torch {torch.__version__}; threshold unit {args.activation}{steps}, rules {', '.join(rules)}; 1 thread")
+    print(f"# torch {torch.__version__}; threshold unit {args.activation}{qrelu}, rules {', '.join(rules)}; 1 thread")
     print(f"# paths {', '.join(paths)}; ratios against ReLU on the same path")
     print(f"# the default: FTPropCallback({args.activation!r}) = rule {DEFAULT_RULE!r}, memory={DEFAULT_MEMORY!r}\n")
 

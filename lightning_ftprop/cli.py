@@ -182,13 +182,6 @@ def _check_same_ftprop(given: Optional[dict], saved: Optional[dict]) -> None:
 def __getattr__(name: str):  # FTPropCLI is built lazily: importing Lightning takes seconds
     if name == "FTPropCLI":
         return _cli_class()
-    if name == "load_checkpoint_model":  # moved to the library module lightning_ftprop.checkpoint
-        from lightning_ftprop._deprecated import renamed
-        from lightning_ftprop.checkpoint import load_checkpoint_model
-
-        return renamed(
-            load_checkpoint_model, "lightning_ftprop.cli.load_checkpoint_model", "lightning_ftprop.checkpoint"
-        )
     raise AttributeError(name)
 
 

@@ -5,7 +5,7 @@ target ``t = sign(-g)`` (see :mod:`lightning_ftprop.functional`). The statistics
 coordinates in which the unit's backward applies its rule (:func:`rule_coordinates`, the very
 coordinates of :func:`lightning_ftprop.functional.unit_coordinates`): ``u = z`` for sign and step;
 for qrelu ``u = 2z - 1`` in ``"single"`` mode, and in ``"per_threshold"`` mode one coordinate per
-threshold, ``u_k = z - theta_k``, so each element counts ``steps`` times (once per threshold). Let
+threshold, ``u_k = z - theta_k``, so each element counts ``thresholds`` times (once per threshold). Let
 ``s = +1 if u > 0 else -1`` be the side of the threshold the unit is on. Over the ``N`` coordinates
 of one optimizer step of a layer (elements times coordinates per element; all micro-batches, all
 calls of a shared unit, all DDP ranks)::
@@ -61,7 +61,6 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lightning_ftprop._deprecated import warn_renamed
 from lightning_ftprop._namespace import check_trainer
 from lightning_ftprop.convert import threshold_units
 from lightning_ftprop.functional import unit_coordinates
@@ -105,17 +104,6 @@ def rule_coordinates(unit: nn.Module, z: Tensor) -> List[Tensor]:
         return [z]
     edges = (*unit.rule.edges, 0.0)  # 0: the side s is exact too
     return [u for u, _ in unit_coordinates(z, unit.thresholds, unit.mode, edges)]
-
-
-def rule_coordinate(unit: nn.Module, z: Tensor) -> Tensor:
-    """Deprecated: use :func:`rule_coordinates` (a qrelu ``"per_threshold"`` unit has one coordinate per threshold)."""
-    warn_renamed("lightning_ftprop.diagnostics.rule_coordinate", "lightning_ftprop.diagnostics.rule_coordinates")
-    coordinates = rule_coordinates(unit, z)
-    if len(coordinates) != 1:
-        raise ValueError(
-            f"{unit!r} has {len(coordinates)} coordinates (one per threshold); use rule_coordinates(unit, z)"
-        )
-    return coordinates[0]
 
 
 def target_counts(u: Tensor, g: Tensor, rule: Rule) -> Tuple[Tensor, Tensor]:

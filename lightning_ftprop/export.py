@@ -51,7 +51,7 @@ Edge cases:
   within a few ulps of ``t``; such a unit flips, and the folded model is the one that agrees with real
   arithmetic. Measured (``test_folded_thresholds_are_exact_and_the_float_bn_flips_only_near_a_threshold``,
   64 channels with random BN statistics, 1.28 M units per case): for N(0, 1) inputs no unit flipped
-  (sign and qrelu with 5 steps); for inputs placed within 4 ulp of a threshold 9.1 % (sign) and
+  (sign and qrelu with 5 thresholds); for inputs placed within 4 ulp of a threshold 9.1 % (sign) and
   12.4 % (qrelu) of the units flipped. On the four paper networks with random BN statistics (gamma
   of both signs, one gamma = 0) no class changed and the median relative logit difference was 0
   (256 random inputs; 128 for AlexNet; ``tests/test_export.py``).
@@ -78,7 +78,6 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_ftprop._deprecated import warn_renamed
 from lightning_ftprop.functional import qrelu_values, sign_values, step_values
 from lightning_ftprop.nn import QReLU, Sign, Step, ThresholdUnit
 
@@ -224,12 +223,10 @@ class FoldedThreshold(nn.Module):
             [0., 1.]])
     """
 
-    def __init__(self, activation: str, threshold: Tensor, direction: Tensor, steps: Optional[int] = None):
+    def __init__(self, activation: str, threshold: Tensor, direction: Tensor):
         super().__init__()
         if activation not in ("sign", "step", "qrelu"):
             raise ValueError(f"unknown activation {activation!r}; valid: sign, step, qrelu")
-        if steps is not None:  # the count is threshold.shape[0]; the argument is no longer needed
-            warn_renamed("FoldedThreshold(..., steps)", "FoldedThreshold(activation, threshold, direction)")
         self.activation = activation
         #: The number of thresholds per channel (``threshold.shape[0]``; 1 for sign and step).
         self.thresholds = int(threshold.shape[0])

@@ -57,7 +57,6 @@ import torch
 from torch import Tensor
 
 from lightning_ftprop import compiled
-from lightning_ftprop._deprecated import renamed, thresholds_argument, warn_renamed
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 from lightning_ftprop.unit_state import UnitCall, active_policy
 
@@ -129,13 +128,13 @@ def sign_values(z: Tensor) -> Tensor:
     return step_values(z).mul_(2).sub_(1)
 
 
-def qrelu_values(z: Tensor, steps: int) -> Tensor:
-    """The forward of :func:`qrelu` alone, ``clip(ceil((n - 1) z), 0, n) / n`` with ``n = steps``.
+def qrelu_values(z: Tensor, thresholds: int) -> Tensor:
+    """The forward of :func:`qrelu` alone, ``clip(ceil((n - 1) z), 0, n) / n`` with ``n = thresholds``.
 
     >>> qrelu_values(torch.tensor([0.2, 0.6]), 3)
     tensor([0.3333, 0.6667])
     """
-    return torch.clamp(torch.mul(z, steps - 1).ceil_(), 0, steps).div_(steps)  # clamp_ has no vmap rule
+    return torch.clamp(torch.mul(z, thresholds - 1).ceil_(), 0, thresholds).div_(thresholds)  # clamp_ has no vmap rule
 
 
 # --- what the backward keeps -----------------------------------------------------------------------
@@ -237,23 +236,23 @@ def edge_exact_affine(z: Tensor, a: int, b: Union[int, Fraction], edges: Sequenc
     return u
 
 
-def _affine_maps(steps: int, mode: str) -> List[Tuple[int, Fraction, float]]:
+def _affine_maps(thresholds: int, mode: str) -> List[Tuple[int, Fraction, float]]:
     """``(a, b, scale)``: the rule sees ``u = a*z + b`` and the backward sums ``scale * grad``."""
-    if steps == 0:
+    if thresholds == 0:
         return [(1, Fraction(0), 1.0)]
     if mode == "single":
         return [(2, Fraction(-1), 1.0)]
-    return [(1, -Fraction(k, steps - 1), 1.0 / steps) for k in range(steps)]
+    return [(1, -Fraction(k, thresholds - 1), 1.0 / thresholds) for k in range(thresholds)]
 
 
-def _coordinates(z: Tensor, steps: int, mode: str, edges: Sequence[float] = ()) -> Coordinates:
-    """Where the rule looks at the unit: ``u = z`` (sign, step; ``steps = 0``) or the qrelu modes.
+def _coordinates(z: Tensor, thresholds: int, mode: str, edges: Sequence[float] = ()) -> Coordinates:
+    """Where the rule looks at the unit: ``u = z`` (sign, step; ``thresholds = 0``) or the qrelu modes.
 
     The shifted qrelu coordinates are edge-exact for ``edges`` (see :func:`edge_exact_affine`).
     """
-    if steps == 0:
+    if thresholds == 0:
         return [(z, 1.0)]
-    return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in _affine_maps(steps, mode)]
+    return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in _affine_maps(thresholds, mode)]
 
 
 def unit_coordinates(z: Tensor, thresholds: int = 0, mode: str = "single", edges: Sequence[float] = ()) -> Coordinates:
@@ -271,34 +270,36 @@ def unit_coordinates(z: Tensor, thresholds: int = 0, mode: str = "single", edges
     return _coordinates(z, thresholds, mode, edges)
 
 
-def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], steps: int, mode: str) -> Tensor:
+def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], thresholds: int, mode: str) -> Tensor:
     """``sum scale * g * 1[w0 <= a*z + b <= w1]``, the window tested on ``z`` itself: exact, one pass each.
 
     ``hardtanh_backward`` keeps ``g`` where ``lo < z < hi``; with ``lo`` the float below the real
     ``(w0 - b) / a`` and ``hi`` the float above ``(w1 - b) / a`` that is the closed window.
     """
     grads = []
-    for a, b, scale in _affine_maps(steps, mode):
+    for a, b, scale in _affine_maps(thresholds, mode):
         lo, hi = _neighbours(window[0], a, b, z.dtype)[0], _neighbours(window[1], a, b, z.dtype)[1]
         grad = torch.ops.aten.hardtanh_backward(g, z, lo, hi)
         grads.append(grad if scale == 1.0 else grad.mul_(scale))
     return grads[0] if len(grads) == 1 else sum(grads)
 
 
-def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0, mode: str = "single") -> None:
+def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, thresholds: int = 0, mode: str = "single") -> None:
     """Keep what the backward needs; ``ctx.kept`` says what and why (``(what, why)``, read by summary).
 
     A unit-state policy (:mod:`lightning_ftprop.unit_state`) active in this thread may keep less.
     """
-    ctx.rule, ctx.weighted, ctx.steps, ctx.mode = rule, weighted, steps, mode
+    ctx.rule, ctx.weighted, ctx.thresholds, ctx.mode = rule, weighted, thresholds, mode
     ctx.unit_backward = None
     symmetric = weighted and rule.surrogate is not None
     keeps_z = rule.uses_input and not (symmetric and saved != "input")
     why = f"{rule.name}'s backward reads z"
     policy = active_policy()
     if policy is not None:
-        backward_from_z = functools.partial(_backward_from_z, rule=rule, weighted=weighted, steps=steps, mode=mode)
-        state = policy(UnitCall(z, rule, weighted, steps, mode, keeps_z, backward_from_z))
+        backward_from_z = functools.partial(
+            _backward_from_z, rule=rule, weighted=weighted, thresholds=thresholds, mode=mode
+        )
+        state = policy(UnitCall(z, rule, weighted, thresholds, mode, keeps_z, backward_from_z))
         if state is not None and state.backward is not None:
             ctx.kept, ctx.unit_backward, ctx.compact = (state.kept, state.why), state.backward, True
             ctx.save_for_backward(*state.tensors)
@@ -310,7 +311,7 @@ def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0
         ctx.save_for_backward()
     elif ctx.compact:
         ctx.kept = (f"S(z) as {saved}", f"saved={saved!r}")
-        s = sum(scale * rule.surrogate(u) for u, scale in _coordinates(z, steps, mode, rule.edges))
+        s = sum(scale * rule.surrogate(u) for u, scale in _coordinates(z, thresholds, mode, rule.edges))
         if saved == "bf16":
             ctx.save_for_backward(s.to(torch.bfloat16))
         else:
@@ -320,11 +321,13 @@ def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, steps: int = 0
         ctx.save_for_backward(z)
 
 
-def _backward_from_z(g: Tensor, z: Tensor, rule: Rule, weighted: bool, steps: int, mode: str) -> Tensor:
+def _backward_from_z(g: Tensor, z: Tensor, rule: Rule, weighted: bool, thresholds: int, mode: str) -> Tensor:
     """The unit's backward from its pre-activation ``z`` (what ``saved="input"`` keeps)."""
-    if weighted and steps and rule.window is not None:
-        return _window_backward(g, z, rule.window, steps, mode)
-    grads = [scale * target_prop_grad(g, u, rule, weighted) for u, scale in _coordinates(z, steps, mode, rule.edges)]
+    if weighted and thresholds and rule.window is not None:
+        return _window_backward(g, z, rule.window, thresholds, mode)
+    grads = [
+        scale * target_prop_grad(g, u, rule, weighted) for u, scale in _coordinates(z, thresholds, mode, rule.edges)
+    ]
     return grads[0] if len(grads) == 1 else sum(grads)
 
 
@@ -339,7 +342,7 @@ def _backward(ctx, g: Tensor) -> Tensor:
     if ctx.compact:
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
-    return _backward_from_z(g, kept, rule, ctx.weighted, ctx.steps, ctx.mode)
+    return _backward_from_z(g, kept, rule, ctx.weighted, ctx.thresholds, ctx.mode)
 
 
 # --- autograd Functions ----------------------------------------------------------------------------
@@ -410,8 +413,8 @@ class QReLUFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z, rule, weighted, saved, steps, mode):
-        return qrelu_values(z, steps)
+    def forward(z, rule, weighted, saved, thresholds, mode):
+        return qrelu_values(z, thresholds)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -439,13 +442,13 @@ class _ThroughCodesFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         z, ctx.rule, ctx.weighted, ctx.alphabet, ctx.mode = inputs
-        ctx.steps = ctx.alphabet if ctx.alphabet >= 2 else 0
+        ctx.thresholds = ctx.alphabet if ctx.alphabet >= 2 else 0
         ctx.save_for_backward(z)
 
     @staticmethod
     def backward(ctx, g):
         (z,) = ctx.saved_tensors
-        return _backward_from_z(g, z, ctx.rule, ctx.weighted, ctx.steps, ctx.mode), None, None, None, None
+        return _backward_from_z(g, z, ctx.rule, ctx.weighted, ctx.thresholds, ctx.mode), None, None, None, None
 
 
 #: The oldest torch whose ``torch.compile`` keeps the units' backward. Under torch 2.11 a compiled unit's
@@ -530,14 +533,11 @@ def check_mode(mode: str) -> str:
 
 
 def check_saved(saved: str) -> str:
-    """Validate a saved form (see the module docstring); the old name ``"exact"`` warns and becomes ``"input"``.
+    """Validate a saved form (see the module docstring).
 
     >>> check_saved("uint8")
     'uint8'
     """
-    if saved == "exact":  # renamed: "exact" is also a memory mode (lightning_ftprop.memory)
-        warn_renamed("saved='exact'", "saved='input'")
-        return "input"
     if saved not in SAVED_FORMS:
         raise ValueError(f"unknown saved form {saved!r}; valid forms are: {', '.join(SAVED_FORMS)}")
     return saved
@@ -580,21 +580,14 @@ def qrelu(
     thresholds: int = 3,
     mode: str = "single",
     saved: str = "input",
-    steps: Optional[int] = None,
 ) -> Tensor:
     """Quantized ReLU ``clip(ceil((n-1) z), 0, n) / n`` with ``n = thresholds``, with an FTPROP-MB backward.
-
-    ``steps`` is the deprecated name of ``thresholds`` (it warns).
 
     >>> qrelu(torch.tensor([-1.0, 0.2, 0.6, 2.0]), thresholds=3)
     tensor([0.0000, 0.3333, 0.6667, 1.0000])
     """
     _check_input(z, "qrelu")
-    thresholds = check_thresholds(thresholds_argument(thresholds, steps, "qrelu"))
+    thresholds = check_thresholds(thresholds)
     return _apply(
         QReLUFunction, thresholds, z, get_rule(rule), bool(weighted), check_saved(saved), thresholds, check_mode(mode)
     )
-
-
-#: Deprecated name of :func:`check_thresholds` (warns; removed in the next release).
-check_steps = renamed(check_thresholds, "lightning_ftprop.functional.check_steps")

@@ -9,8 +9,7 @@ The network is built as a float network (:mod:`lightning_ftprop.models`) and, be
 the spec with the keys of :class:`~lightning_ftprop.FTPropCallback` (``activation``, ``rule``,
 ``weighted``, ``include``, ``exclude``, ``mapping``, ``unit_kwargs``, ``log_every_n_steps``,
 ``histogram_every_n_steps``). ``activation``, ``rule``, ``thresholds`` and ``mode`` are shorthands that
-fill that dict (``thresholds``/``mode`` go to ``unit_kwargs``; ``steps`` is the deprecated name of
-``thresholds``). So every threshold run logs the per-layer
+fill that dict (``thresholds``/``mode`` go to ``unit_kwargs``). So every threshold run logs the per-layer
 ``ftprop/<layer>/*`` diagnostics, stores the spec in its checkpoints and reloads with
 ``ImageClassifier.load_from_checkpoint(path)`` as threshold units.
 
@@ -37,11 +36,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_ftprop._deprecated import warn_renamed
 from lightning_ftprop.mixin import FTPropMixin
 from lightning_ftprop.models import FLOAT_ACTIVATION_NAMES, MODELS, get_model
 from lightning_ftprop.models.activation import check_network_activation
-from lightning_ftprop.nn import normalise_unit_kwargs
 from lightning_ftprop.rules import DEFAULT_RULE
 
 __all__ = ["ImageClassifier", "resolve_ftprop"]
@@ -53,7 +50,6 @@ def resolve_ftprop(
     thresholds: Optional[int] = None,
     mode: Optional[str] = None,
     ftprop: Optional[Mapping[str, Any]] = None,
-    steps: Optional[int] = None,
 ) -> Tuple[str, Optional[Dict[str, Any]]]:
     """``(network activation, hparams["ftprop"])`` from the shorthands and the ``ftprop`` dict.
 
@@ -75,13 +71,6 @@ def resolve_ftprop(
     """
     if ftprop is not None and not isinstance(ftprop, Mapping):
         raise TypeError(f"ftprop must be a dict with the keys of FTPropCallback or None, got {ftprop!r}")
-    if steps is not None:
-        warn_renamed("ImageClassifier(steps=...)", "ImageClassifier(thresholds=...)")
-        if thresholds is not None and thresholds != steps:
-            raise TypeError(
-                f"got thresholds={thresholds!r} and its deprecated name steps={steps!r}; give thresholds only"
-            )
-        thresholds = steps
     if activation is not None and check_network_activation(activation) in FLOAT_ACTIVATION_NAMES:
         given = {k: v for k, v in (("thresholds", thresholds), ("mode", mode), ("ftprop", ftprop)) if v is not None}
         if given:
@@ -92,7 +81,7 @@ def resolve_ftprop(
             )
         return activation, None
     options = dict(ftprop or {})
-    unit_kwargs = normalise_unit_kwargs(options.get("unit_kwargs") or {})
+    unit_kwargs = dict(options.get("unit_kwargs") or {})
     for key, value, target in (
         ("activation", activation, options),
         ("rule", rule, options),
@@ -142,7 +131,6 @@ class ImageClassifier(FTPropMixin, LightningModule):
         gamma: the learning-rate decay factor.
         ftprop: the threshold units' spec, a dict with the keys of :class:`~lightning_ftprop.FTPropCallback`
             (see :class:`~lightning_ftprop.FTPropMixin`); the shorthands above fill it.
-        steps: the deprecated name of ``thresholds`` (it warns).
 
     ``hparams`` records the resolved ``activation`` and ``ftprop`` (None for a float baseline), not the
     shorthands ``rule``, ``thresholds`` and ``mode``.
@@ -176,7 +164,6 @@ class ImageClassifier(FTPropMixin, LightningModule):
         milestones: Optional[List[int]] = None,
         gamma: float = 0.1,
         ftprop: Optional[Dict[str, Any]] = None,
-        steps: Optional[int] = None,
     ):
         super().__init__()
         if arch not in MODELS:
@@ -192,8 +179,8 @@ class ImageClassifier(FTPropMixin, LightningModule):
             raise ValueError(
                 f"milestones must be strictly increasing 1-based epochs >= 2 (the first epoch is 1), got {milestones!r}"
             )
-        activation, ftprop = resolve_ftprop(activation, rule, thresholds, mode, ftprop, steps=steps)
-        self.save_hyperparameters(ignore=["rule", "thresholds", "mode", "steps"])  # the shorthands live on in ftprop
+        activation, ftprop = resolve_ftprop(activation, rule, thresholds, mode, ftprop)
+        self.save_hyperparameters(ignore=["rule", "thresholds", "mode"])  # the shorthands live on in ftprop
         self.save_hyperparameters({**self.hparams, "activation": activation, "ftprop": ftprop})  # the resolved values
         network_activation = activation if ftprop is None else "relu"
         self.net = get_model(arch, activation=network_activation, num_classes=num_classes, in_channels=in_channels)

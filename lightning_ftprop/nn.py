@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Dict, Mapping, Optional, Type, Union
+from typing import Dict, Type, Union
 
 from torch import Tensor, nn
 
 from lightning_ftprop import functional as F
-from lightning_ftprop._deprecated import renamed, thresholds_argument, warn_renamed
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "UNIT_CLASSES",
     "make_unit",
     "check_unit_name",
-    "normalise_unit_kwargs",
 ]
 
 
@@ -118,8 +116,6 @@ class QReLU(ThresholdUnit):
         thresholds: the number of thresholds, at ``k / (n - 1)``. 3 is the paper's 2-bit qReLU;
             the ResNet-18 runs used 5.
         mode: ``"single"`` (one rule centred at 0.5, the paper's code) or ``"per_threshold"``.
-        steps: the deprecated name of ``thresholds`` (it warns; "step" names the unit
-            :class:`Step` and, in Lightning, a training step).
 
     >>> QReLU(thresholds=5)
     QReLU(thresholds=5, mode='single', rule='soft_hinge', weighted=True)
@@ -137,17 +133,10 @@ class QReLU(ThresholdUnit):
         saved: str = "input",
         thresholds: int = 3,
         mode: str = "single",
-        steps: Optional[int] = None,
     ):
         super().__init__(rule, weighted, inplace, saved)
-        self.thresholds = F.check_thresholds(thresholds_argument(thresholds, steps, "QReLU"))
+        self.thresholds = F.check_thresholds(thresholds)
         self.mode = F.check_mode(mode)
-
-    @property
-    def steps(self) -> int:
-        """Deprecated: use ``thresholds``."""
-        warn_renamed("QReLU.steps", "QReLU.thresholds")
-        return self.thresholds
 
     @property
     def levels(self) -> int:  # type: ignore[override]
@@ -161,34 +150,6 @@ class QReLU(ThresholdUnit):
 
     def forward(self, z: Tensor) -> Tensor:
         return F.qrelu(z, self.rule, self.weighted, self.thresholds, self.mode, self.saved)
-
-
-_DEPRECATED_ARGUMENTS = {"steps"}  # accepted (they warn) but not listed as a unit's arguments
-
-
-def normalise_unit_kwargs(kwargs: Mapping[str, Any], warn: bool = True) -> Dict[str, Any]:
-    """Unit arguments under their current names: ``steps`` -> ``thresholds``, ``saved="exact"`` -> ``"input"``.
-
-    With ``warn`` each old name emits its DeprecationWarning; without, it is rewritten silently
-    (to compare a spec stored by an older release).
-
-    >>> normalise_unit_kwargs({"steps": 5, "mode": "single"}, warn=False)
-    {'mode': 'single', 'thresholds': 5}
-    """
-    out = dict(kwargs)
-    if "steps" in out:
-        if warn:
-            warn_renamed("the unit argument steps", "thresholds", stacklevel=4)
-        steps = out.pop("steps")
-        if out.setdefault("thresholds", steps) != steps:
-            raise TypeError(
-                f"got thresholds={out['thresholds']!r} and its deprecated name steps={steps!r}; give thresholds only"
-            )
-    if out.get("saved") == "exact":
-        if warn:
-            warn_renamed("saved='exact'", "saved='input'", stacklevel=4)
-        out["saved"] = "input"
-    return out
 
 
 #: Threshold unit name -> its class: the ``activation`` names :func:`make_unit` and ``convert`` accept.
@@ -209,8 +170,8 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
     QReLU(thresholds=5, mode='per_threshold', rule='sste', weighted=True)
     """
     cls = UNIT_CLASSES[check_unit_name(activation)]
-    allowed = [p for p in inspect.signature(cls).parameters if p != "rule" and p not in _DEPRECATED_ARGUMENTS]
-    unknown = sorted(set(kwargs) - set(allowed) - (_DEPRECATED_ARGUMENTS & set(inspect.signature(cls).parameters)))
+    allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
+    unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise TypeError(
             f"{cls.__name__} does not take {', '.join(unknown)}; its arguments are: rule, {', '.join(allowed)}"
@@ -239,7 +200,3 @@ def check_unit_name(activation: str) -> str:
     if activation not in UNIT_CLASSES:
         raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(UNIT_CLASSES)}")
     return activation
-
-
-#: Deprecated name of :func:`check_unit_name` (warns; removed in the next release).
-check_activation_name = renamed(check_unit_name, "lightning_ftprop.nn.check_activation_name")

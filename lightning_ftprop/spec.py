@@ -31,10 +31,7 @@ dict, None), so it survives YAML, ``save_hyperparameters`` and ``torch.load(weig
 (``"mypkg.layers.MyAct"``, matched by name, never imported) or names of registered predicates;
 ``nn.Module`` types are accepted and stored by name. A mapping value is a unit name, ``None``, or
 a unit name with that target's own arguments, given as a pair ``("qrelu", {"thresholds": 5})`` and
-stored as the list ``["qrelu", {"thresholds": 5}]`` (YAML and JSON have no tuples). Unit arguments
-renamed since an older release (qrelu's ``steps``, now ``thresholds``; ``saved="exact"``, now
-``"input"``) are accepted with a DeprecationWarning and stored under the new names, and a spec
-stored by an older release compares equal to its renamed form. Every argument is validated by the checks of
+stored as the list ``["qrelu", {"thresholds": 5}]`` (YAML and JSON have no tuples). Every argument is validated by the checks of
 :mod:`lightning_ftprop.convert` and :func:`~lightning_ftprop.nn.make_unit`, so a bad value raises
 the same exception here, in ``convert``, in the callback and in the mixin.
 """
@@ -47,7 +44,7 @@ from torch import nn
 
 from lightning_ftprop.convert import check_convert_args, check_mapping, check_patterns, convert, mapping_key_name
 from lightning_ftprop.memory import DEFAULT_MEMORY, check_memory
-from lightning_ftprop.nn import check_unit_name, normalise_unit_kwargs
+from lightning_ftprop.nn import check_unit_name
 from lightning_ftprop.rules import DEFAULT_RULE, Rule
 
 __all__ = ["SPEC_KEYS", "make_spec", "spec_from_dict", "apply_spec", "spec_differences"]
@@ -57,10 +54,10 @@ SPEC_KEYS = ("activation", "rule", "weighted", "include", "exclude", "mapping", 
 _RUNTIME_KEYS = ("memory",)  # keys that change how a step runs, not what it computes
 
 
-def _storable_target(target: Any, warn: bool = True) -> Any:
-    """A normalised mapping value as plain data: a ``(name, kwargs)`` pair becomes ``[name, kwargs]``."""
+def _storable_target(target: Any) -> Any:
+    """A mapping value as plain data: a ``(name, kwargs)`` pair becomes ``[name, kwargs]``."""
     if isinstance(target, (tuple, list)) and len(target) == 2 and isinstance(target[1], Mapping):
-        return [target[0], normalise_unit_kwargs(target[1], warn=warn)]
+        return [target[0], dict(target[1])]
     return target
 
 
@@ -122,7 +119,7 @@ def make_spec(
         "include": check_patterns(include, "include"),
         "exclude": check_patterns(exclude, "exclude"),
         "mapping": _mapping(mapping),
-        "unit_kwargs": normalise_unit_kwargs(unit_kwargs),
+        "unit_kwargs": dict(unit_kwargs),
         "memory": check_memory(memory),
     }
     check_convert_args(**_convert_kwargs(spec))
@@ -165,25 +162,21 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> List[str]:
     return convert(model, **_convert_kwargs(spec))
 
 
-def _current_names(spec: Mapping[str, Any]) -> Dict[str, Any]:
-    """``spec`` with renamed unit arguments under their current names (a spec stored by an older release)."""
+def _plain(spec: Mapping[str, Any]) -> Dict[str, Any]:
+    """``spec`` with its mapping's ``(name, kwargs)`` pairs as lists, as a stored spec holds them."""
     out = dict(spec)
-    if isinstance(out.get("unit_kwargs"), Mapping):
-        out["unit_kwargs"] = normalise_unit_kwargs(out["unit_kwargs"], warn=False)
     if isinstance(out.get("mapping"), Mapping):
-        out["mapping"] = {key: _storable_target(target, warn=False) for key, target in out["mapping"].items()}
+        out["mapping"] = {key: _storable_target(target) for key, target in out["mapping"].items()}
     return out
 
 
 def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> List[str]:
     """``"key: expected != found"`` for every key on which two specs disagree (``memory`` aside).
 
-    Unit arguments renamed since a spec was stored (``steps`` -> ``thresholds``) compare equal.
-
-    >>> spec_differences({"unit_kwargs": {"steps": 5}}, {"unit_kwargs": {"thresholds": 5}})
-    []
+    >>> spec_differences({"rule": "sste", "memory": "exact"}, {"rule": "soft_hinge", "memory": "packed"})
+    ["rule: 'sste' != 'soft_hinge'"]
     """
-    expected, found = _current_names(expected), _current_names(found)
+    expected, found = _plain(expected), _plain(found)
     return [
         f"{key}: {expected.get(key)!r} != {found.get(key)!r}"
         for key in SPEC_KEYS

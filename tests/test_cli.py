@@ -214,6 +214,7 @@ def test_cifar_config_on_a_missing_data_dir_names_the_path(tmp_path):
     assert str(missing) in str(err.value)
 
 
+@pytest.mark.ddp
 def test_imagenet_resnet18_config_trains_two_steps_with_ddp_on_two_cpu_processes(tmp_path):
     write_image_folder(str(tmp_path / "imagenet"), per_class={"train": 4, "val": 2}, size=(40, 40))
     run_dir = tmp_path / "run"

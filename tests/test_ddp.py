@@ -9,6 +9,8 @@ import pytest
 import torch
 from lightning_helpers import reference_stats, run_ddp_script
 
+pytestmark = pytest.mark.ddp
+
 TESTS = Path(__file__).resolve().parent
 
 

@@ -20,7 +20,7 @@ from lightning_helpers import (
 )
 
 import lightning_ftprop as ftp
-from lightning_ftprop.diagnostics import layer_key, rule_coordinate, rule_coordinates, stats_from_counts, target_counts
+from lightning_ftprop.diagnostics import layer_key, rule_coordinates, stats_from_counts, target_counts
 from lightning_ftprop.rules import get_rule
 
 
@@ -53,14 +53,6 @@ def test_rule_coordinates_of_qrelu_follow_its_backward_mode():
     per_threshold = rule_coordinates(ftp.QReLU(thresholds=3, mode="per_threshold"), z)
     assert [u.tolist() for u in per_threshold] == [[0.0, 0.25, 1.0], [-0.5, -0.25, 0.5], [-1.0, -0.75, 0.0]]
     assert [u.tolist() for u in rule_coordinates(ftp.Sign(), z)] == [z.tolist()]
-
-
-def test_rule_coordinate_is_deprecated_and_refuses_several_coordinates():
-    z = torch.tensor([0.0, 0.25])
-    with pytest.warns(DeprecationWarning, match="rule_coordinate is deprecated.*use .*rule_coordinates"):
-        assert rule_coordinate(ftp.QReLU(mode="single"), z).tolist() == [-1.0, -0.5]
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="3 coordinates"):
-        rule_coordinate(ftp.QReLU(mode="per_threshold"), z)
 
 
 def _per_threshold_reference(records, thresholds, rule):

@@ -24,7 +24,7 @@ def test_qrelu_forward_is_right_closed_two_bit_staircase():
     assert torch.equal(F.qrelu(z) * 3, torch.tensor([0.0, 0, 1, 1, 2, 2, 3, 3]))
 
 
-def test_qrelu_five_steps_has_six_levels_at_quarter_thresholds():
+def test_qrelu_five_thresholds_has_six_levels_at_quarter_steps():
     z = torch.tensor([0.0, 0.25, 0.26, 0.5, 0.75, 1.0, 1.2])
     assert torch.equal(F.qrelu(z, thresholds=5) * 5, torch.tensor([0.0, 1, 2, 2, 3, 4, 5]))
     assert ftp.QReLU(thresholds=5).levels == 6 and ftp.QReLU(thresholds=5).bits == 3

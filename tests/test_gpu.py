@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_grads_close
 from torch import nn
 
 import lightning_ftprop as ftp
@@ -55,15 +56,6 @@ def _grads(model: nn.Module, mode: str, bf16: bool) -> dict:
     return {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _assert_close(got: dict, want: dict, rtol: float) -> None:
-    """Each gradient within ``rtol`` of the larger of its own and all gradients' largest entry."""
-    scale = max(float(g.abs().max()) for g in want.values())
-    assert got.keys() == want.keys()
-    for name in want:
-        err = float((got[name] - want[name]).abs().max())
-        assert err <= rtol * max(scale, float(want[name].abs().max())), (name, err, scale)
-
-
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("mode", ["packed", "recompute"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
@@ -75,7 +67,7 @@ def test_gpu_packed_and_recompute_gradients_match_exact(rule, mode, bf16):
         got = _grads(copy.deepcopy(model), mode, bf16)
     finally:
         torch.backends.cudnn.deterministic = False
-    _assert_close(got, want, rtol=BF16 if bf16 else 1e-5)
+    assert_grads_close(got, want, rtol=BF16 if bf16 else 1e-5)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
@@ -115,7 +107,7 @@ def test_gpu_compiled_packed_units_keep_bits_and_match_compiled_exact():
     exact = torch.compile(copy.deepcopy(model), fullgraph=True)
     packed = torch.compile(copy.deepcopy(model), fullgraph=True)
     want, got = _grads(exact, "exact", False), _grads(packed, "packed", False)
-    _assert_close(got, want, rtol=1e-5)
+    assert_grads_close(got, want, rtol=1e-5)
     x = _data()[0]
     assert memory.saved_bytes(packed, x, mode="packed").total < memory.saved_bytes(exact, x, mode="exact").total
 

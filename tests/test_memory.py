@@ -21,8 +21,8 @@ CALLS = importlib.import_module("lightning_ftprop.memory.calls")
 UNITS = {  # label -> (activation, unit kwargs)
     "sign": ("sign", {}),
     "step": ("step", {}),
-    "qrelu3": ("qrelu", {"steps": 3}),
-    "qrelu5": ("qrelu", {"steps": 5}),
+    "qrelu3": ("qrelu", {"thresholds": 3}),
+    "qrelu5": ("qrelu", {"thresholds": 5}),
 }
 NETS = {"convnet4": (4, 3, 32, 32), "resnet18": (2, 3, 32, 32), "convnet8": (4, 3, 32, 32)}
 
@@ -125,7 +125,7 @@ def test_masks_and_indices_pack_losslessly_and_floats_pass_through():
     float_tensor = torch.randn(4, 4, requires_grad=True) * 2  # not a threshold output
     assert memory.pack(float_tensor) is float_tensor
     z = torch.tensor([0.5, float("nan"), -0.5] * 4, requires_grad=True)
-    for unit in (ftp.Sign(), ftp.QReLU(steps=5)):
+    for unit in (ftp.Sign(), ftp.QReLU(thresholds=5)):
         with_nan = unit(z)  # NaN in, NaN out: no code can store it, so the tensor is kept as it is
         assert memory.pack(with_nan) is with_nan
 
@@ -229,7 +229,7 @@ def test_model_without_threshold_units_is_unchanged_under_packed():
 @pytest.mark.parametrize("rule", ftp.available_rules())
 @pytest.mark.parametrize(
     "arch, activation, kwargs",
-    [("convnet8", "sign", {}), ("resnet18", "qrelu", {"steps": 5}), ("convnet4", "step", {})],
+    [("convnet8", "sign", {}), ("resnet18", "qrelu", {"thresholds": 5}), ("convnet4", "step", {})],
 )
 def test_recompute_matches_exact_for_every_rule(arch, activation, kwargs, rule):
     """convnet8 has BN and dropout: running statistics and the dropout mask must match exact mode."""

@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import assert_grads_close
 from torch import nn
 
 import lightning_ftprop as ftp
@@ -70,16 +71,6 @@ def _first_order(model: nn.Module, mode: str, bf16: bool = False) -> dict:
     return grads
 
 
-def _assert_close(got: dict, want: dict, rtol: float) -> None:
-    """Each gradient within ``rtol`` of the largest entry of all gradients (a near-zero tensor, such as a
-    bias before BatchNorm, is held to the scale of the rest)."""
-    scale = max(float(g.abs().max()) for g in want.values())
-    assert got.keys() == want.keys()
-    for name in want:
-        err = float((got[name] - want[name]).abs().max())
-        assert err <= rtol * max(scale, float(want[name].abs().max())), (name, err, scale)
-
-
 # --- fp32 and bf16 autocast --------------------------------------------------------------------------
 
 
@@ -90,7 +81,7 @@ def test_packed_and_recompute_gradients_match_exact_on_the_same_path(rule, mode,
     model = _convnet(rule)
     want = _first_order(copy.deepcopy(model), "exact", bf16)
     got = _first_order(copy.deepcopy(model), mode, bf16)
-    _assert_close(got, want, rtol=BF16 if bf16 else 1e-5)
+    assert_grads_close(got, want, rtol=BF16 if bf16 else 1e-5)
 
 
 def test_under_bf16_autocast_units_after_batchnorm_keep_nothing():
@@ -155,7 +146,7 @@ def test_a_batchnorm_that_rounds_differently_keeps_the_contract(rule, kept, monk
     assert seen == [kept]
     want = _first_order(copy.deepcopy(model), "exact")
     got = _first_order(copy.deepcopy(model), "packed")
-    _assert_close(got, want, rtol=1e-5)
+    assert_grads_close(got, want, rtol=1e-5)
 
 
 def test_a_rebuild_that_does_not_match_keeps_z(monkeypatch):
@@ -196,7 +187,7 @@ def test_packed_gradients_match_exact_to_second_order(rule, batchnorm, kind):
     model = _mlp(rule, batchnorm)
     want = _second_order(copy.deepcopy(model), "exact", kind)
     got = _second_order(copy.deepcopy(model), "packed", kind)
-    _assert_close(got, want, rtol=1e-5)
+    assert_grads_close(got, want, rtol=1e-5)
 
 
 def test_double_backward_through_a_z_rebuilt_from_packed_bits_raises_clearly():
@@ -236,7 +227,7 @@ def test_without_the_innermost_hook_api_units_keep_z_with_one_warning(monkeypatc
         got = _first_order(model, "packed")
     assert len([w for w in caught if issubclass(w.category, torch_private.PrivateAPIWarning)]) == 1
     assert kept[0] == "z (float32)"
-    _assert_close(got, want, rtol=0.0)
+    assert_grads_close(got, want, rtol=0.0)
 
 
 def test_renamed_saved_attributes_fall_back_to_keeping_z_with_one_warning(monkeypatch):
@@ -249,7 +240,7 @@ def test_renamed_saved_attributes_fall_back_to_keeping_z_with_one_warning(monkey
     with pytest.warns(torch_private.PrivateAPIWarning, match="_saved_") as caught:
         got = _first_order(copy.deepcopy(model), "packed")
     assert len(caught) == 1
-    _assert_close(got, _first_order(copy.deepcopy(model), "exact"), rtol=0.0)
+    assert_grads_close(got, _first_order(copy.deepcopy(model), "exact"), rtol=0.0)
 
 
 # --- the seam runs one way -------------------------------------------------------------------------------
@@ -300,10 +291,10 @@ def test_recompute_without_private_tensor_attributes_or_pytree_keeps_exact_gradi
 
     want = _first_order(_convnet("soft_hinge"), "exact")
     monkeypatch.setattr(calls, "pytree", torch_private._Leaves)
-    _assert_close(_first_order(_convnet("soft_hinge"), "recompute"), want, rtol=1e-5)
+    assert_grads_close(_first_order(_convnet("soft_hinge"), "recompute"), want, rtol=1e-5)
     monkeypatch.setattr(calls, "version", lambda t: None)
     monkeypatch.setattr(calls, "view_base", lambda t: None)
-    _assert_close(_first_order(_convnet("soft_hinge"), "recompute"), want, rtol=1e-5)
+    assert_grads_close(_first_order(_convnet("soft_hinge"), "recompute"), want, rtol=1e-5)
 
 
 def test_a_missing_tensor_attribute_warns_once_and_reads_as_none(monkeypatch):

@@ -137,6 +137,7 @@ def ddp_runs(tmp_path_factory):
     }
 
 
+@pytest.mark.ddp
 def test_ddp_recompute_trains_to_the_parameters_of_exact(ddp_runs):
     exact, recompute = ddp_runs["exact"], ddp_runs["recompute"]
     assert [r["wrapper"] for r in exact + recompute] == ["DistributedDataParallel"] * 4

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import threading
-import warnings
 
 import pytest
 import torch
@@ -24,8 +23,8 @@ from lightning_ftprop.summary import summary
 UNITS = {
     "sign": ("sign", {}),
     "step": ("step", {}),
-    "qrelu3": ("qrelu", {"steps": 3}),
-    "qrelu5": ("qrelu", {"steps": 5}),
+    "qrelu3": ("qrelu", {"thresholds": 3}),
+    "qrelu5": ("qrelu", {"thresholds": 5}),
 }
 RULES = ftp.available_rules()
 
@@ -226,7 +225,7 @@ def test_numpy_and_torch_packing_write_the_same_bytes(numel, monkeypatch):
 
 def test_unpack_of_the_first_samples_matches_the_whole():
     z = torch.randn(5, 3, 4, 6, requires_grad=True)
-    for h in (ftp.functional.sign(z), ftp.functional.qrelu(z.contiguous(memory_format=torch.channels_last), steps=5)):
+    for h in (ftp.functional.sign(z), ftp.functional.qrelu(z.contiguous(memory_format=torch.channels_last), thresholds=5)):
         saved = memory.pack(h)
         assert isinstance(saved, memory._Packed)
         assert torch.equal(memory.unpack(saved, samples=2), h.detach()[:2])
@@ -235,18 +234,16 @@ def test_unpack_of_the_first_samples_matches_the_whole():
 # --- names -------------------------------------------------------------------------------------------
 
 
-def test_memory_mode_without_a_mode_is_deprecated():
-    with pytest.warns(DeprecationWarning, match=r"MemoryMode\('exact'\)"):
-        mode = memory.MemoryMode()
-    assert mode.memory == "exact"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert memory.MemoryMode(memory.DEFAULT_MEMORY).memory == "packed"
+def test_memory_mode_needs_its_mode_named():
+    with pytest.raises(TypeError):
+        memory.MemoryMode()
+    assert memory.MemoryMode(memory.DEFAULT_MEMORY).memory == "packed"
 
 
 # --- DDP ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.ddp
 def test_ddp_with_the_default_settings_trains_to_the_parameters_of_exact(tmp_path):
     run_ddp_script("ddp_memory_script.py", tmp_path, "default:exact", "default:default")
     runs = {

@@ -5,7 +5,7 @@ any tensor that a later layer saves for its backward (a conv's input, a linear's
 input) is stored exactly in ``bits = ceil(log2(levels))`` bits per element instead of 32:
 
     code(h) = 1[h > 0]                  sign, step            h = 2 code - 1  /  h = code
-    code(h) = round(n h)                qrelu, n = steps      h = code / n
+    code(h) = round(n h)                qrelu, n = thresholds h = code / n
 
 Three memory modes, from most to least held memory:
 

@@ -6,7 +6,7 @@ Inside :func:`packed` every tensor autograd saves passes through :func:`pack`:
   its codes, ``bits = ceil(log2(levels))`` bits per element:
 
       code(h) = 1[h > 0]                  sign, step            h = 2 code - 1  /  h = code
-      code(h) = round(n h)                qrelu, n = steps      h = code / n
+      code(h) = round(n h)                qrelu, n = thresholds h = code / n
 
 * a ``bool`` mask is kept as 1 bit per element;
 * an ``int64`` tensor (max-pool indices) is kept in the smallest integer type that holds its range;
@@ -83,7 +83,7 @@ _SEARCH_DEPTH = 8
 def _alphabet(x: Tensor) -> Optional[int]:
     """Which values ``x`` holds when it is exactly a threshold output, else None.
 
-    0: {-1, +1} (sign); 1: {0, 1} (step); ``n >= 2``: {0, 1/n, ..., 1} (qrelu with ``steps=n``).
+    0: {-1, +1} (sign); 1: {0, 1} (step); ``n >= 2``: {0, 1/n, ..., 1} (qrelu with ``thresholds=n``).
     """
     node, cast = x.grad_fn, False
     for _ in range(_SEARCH_DEPTH):
@@ -111,9 +111,9 @@ def _bits_for(n: int) -> int:
 
 
 def _codes(flat: Tensor, n: int) -> Tensor:
-    """``round(n h)`` as uint8 for a qrelu output with ``n`` steps (no NaN).
+    """``round(n h)`` as uint8 for a qrelu output with ``n`` thresholds (no NaN).
 
-    Up to 7 steps, on the CPU: ``sum_k 1[h > (k - 1/2) / n]``, one 1-byte comparison per step and no
+    Up to 7 thresholds, on the CPU: ``sum_k 1[h > (k - 1/2) / n]``, one 1-byte comparison per threshold and no
     float temporary; otherwise ``round(n h)`` in float32 (exact for ``n <= 255``).
     """
     if n <= 7 and _numpy_path(flat) and flat.dtype in (torch.float32, torch.float64, torch.float16):

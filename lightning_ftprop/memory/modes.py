@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -53,15 +52,10 @@ def _same(t):
     return t
 
 
-_NOT_GIVEN: str = "<not given>"  # compared by identity: MemoryMode(None) stays a TypeError
-
-
 class MemoryMode:
     """Applies one memory mode to a model, step by step (what the Lightning callback and mixin use).
 
-    ``memory`` is one of :data:`MEMORY_MODES`; pass it (``MemoryMode(DEFAULT_MEMORY)`` for the
-    default). ``MemoryMode()`` without a mode still means ``"exact"`` for one release, with a
-    ``DeprecationWarning``.
+    ``memory`` is one of :data:`MEMORY_MODES` (``MemoryMode(DEFAULT_MEMORY)`` for the default).
 
     >>> import torch
     >>> from torch import nn
@@ -75,15 +69,7 @@ class MemoryMode:
     >>> mode.end_step()
     """
 
-    def __init__(self, memory: str = _NOT_GIVEN):  # type: ignore[assignment]
-        if memory is _NOT_GIVEN:
-            warnings.warn(
-                "MemoryMode() without a mode is deprecated: it meant 'exact', while DEFAULT_MEMORY is "
-                f"{DEFAULT_MEMORY!r}; pass the mode, MemoryMode('exact') or MemoryMode(DEFAULT_MEMORY)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            memory = "exact"
+    def __init__(self, memory: str):
         self.memory = check_memory(memory)
         self._stack: Optional[contextlib.ExitStack] = None
 

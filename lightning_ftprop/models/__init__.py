@@ -18,7 +18,6 @@ from torch import nn
 from lightning_ftprop.models.activation import (
     FLOAT_ACTIVATION_NAMES,
     NETWORK_ACTIVATION_NAMES,
-    float_activation,  # noqa: F401 (deprecated alias of make_float_activation)
     make_float_activation,
     paper_network,
     unit_spec,

@@ -21,7 +21,6 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from torch import nn
 
-from lightning_ftprop._deprecated import renamed
 from lightning_ftprop.nn import UNIT_CLASSES
 from lightning_ftprop.rules import DEFAULT_RULE, Rule
 from lightning_ftprop.spec import apply_spec, make_spec
@@ -146,8 +145,3 @@ def paper_network(build_float: Callable[..., nn.Module]) -> Callable[..., nn.Mod
     shape_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
     network.__signature__ = inspect.Signature(head + shape_params + tail)  # what help() shows
     return network
-
-
-#: Deprecated names (they warn; removed in the next release).
-check_activation = renamed(check_network_activation, "lightning_ftprop.models.activation.check_activation")
-float_activation = renamed(make_float_activation, "lightning_ftprop.models.activation.float_activation")
