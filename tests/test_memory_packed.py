@@ -225,7 +225,10 @@ def test_numpy_and_torch_packing_write_the_same_bytes(numel, monkeypatch):
 
 def test_unpack_of_the_first_samples_matches_the_whole():
     z = torch.randn(5, 3, 4, 6, requires_grad=True)
-    for h in (ftp.functional.sign(z), ftp.functional.qrelu(z.contiguous(memory_format=torch.channels_last), thresholds=5)):
+    for h in (
+        ftp.functional.sign(z),
+        ftp.functional.qrelu(z.contiguous(memory_format=torch.channels_last), thresholds=5),
+    ):
         saved = memory.pack(h)
         assert isinstance(saved, memory._Packed)
         assert torch.equal(memory.unpack(saved, samples=2), h.detach()[:2])
