@@ -165,13 +165,11 @@ def _model_ftprop(config) -> Optional[dict]:
 
 def _check_same_ftprop(given: Optional[dict], saved: Optional[dict]) -> None:
     """Refuse a command-line ``--model.ftprop`` that differs from the ``--ckpt_path`` checkpoint's (any spec key)."""
-    from lightning_ftprop.spec import SPEC_KEYS, spec_from_dict
+    from lightning_ftprop.diagnostics import LOG_DEFAULTS
+    from lightning_ftprop.spec import spec_differences, spec_from_dict
 
-    extra = ("log_every_n_steps", "histogram_every_n_steps")
-    a, b = (None if x is None else spec_from_dict(x, extra_keys=extra) for x in (given, saved))
-    differences = [
-        f"{k}: {(b or {}).get(k)!r} != {(a or {}).get(k)!r}" for k in SPEC_KEYS if (a or {}).get(k) != (b or {}).get(k)
-    ]
+    a, b = (None if x is None else spec_from_dict(x, extra_keys=list(LOG_DEFAULTS)) for x in (given, saved))
+    differences = spec_differences(b or {}, a or {}, runtime=True)  # the memory mode too: the run must not change
     if differences:
         raise ValueError(
             "the --ckpt_path checkpoint was trained with another ftprop spec than the command line's "

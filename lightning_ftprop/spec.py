@@ -170,8 +170,8 @@ def _plain(spec: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> List[str]:
-    """``"key: expected != found"`` for every key on which two specs disagree (``memory`` aside).
+def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any], runtime: bool = False) -> List[str]:
+    """``"key: expected != found"`` for every key on which two specs disagree (``memory`` too with ``runtime``).
 
     >>> spec_differences({"rule": "sste", "memory": "exact"}, {"rule": "soft_hinge", "memory": "packed"})
     ["rule: 'sste' != 'soft_hinge'"]
@@ -180,5 +180,5 @@ def spec_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> L
     return [
         f"{key}: {expected.get(key)!r} != {found.get(key)!r}"
         for key in SPEC_KEYS
-        if key not in _RUNTIME_KEYS and expected.get(key) != found.get(key)
+        if (runtime or key not in _RUNTIME_KEYS) and expected.get(key) != found.get(key)
     ]

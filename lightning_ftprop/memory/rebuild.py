@@ -188,7 +188,7 @@ class _MaxPool(Recipe):
         return "max-pool"
 
 
-class _Packed(Recipe):
+class _PackedInput(Recipe):
     """A threshold output that another layer keeps packed (``ref`` is a weak reference to the packed form)."""
 
     def __init__(self, ref: weakref.ref):
@@ -230,7 +230,7 @@ def _recipe(node, output_nr: int, depth: int) -> Optional[Recipe]:
         return None
     tag = node.metadata.get(PACKED_TAG) if hasattr(node, "metadata") else None
     if tag is not None and tag[0] == output_nr and tag[1]() is not None:
-        return _Packed(tag[1])
+        return _PackedInput(tag[1])
     name = type(node).__name__
     if output_nr != 0:
         return None
