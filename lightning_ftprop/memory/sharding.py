@@ -48,6 +48,14 @@ class Owners:
         self.root = weakref.ref(root)
         self._owner: Dict[nn.Module, Optional[nn.Module]] = {}
 
+    def __getstate__(self) -> dict:  # torch.save(model), copy.deepcopy(model): the root, held by reference
+        return {"root": self.root()}
+
+    def __setstate__(self, state: dict) -> None:
+        root = state["root"]
+        self.root = weakref.ref(root) if root is not None else lambda: None
+        self._owner = {}
+
     def unshard(self, module: nn.Module) -> None:
         """All-gather ``module``'s own parameters if they are FSDP2 shards (through its managing module)."""
         if DTensor is None or not any(isinstance(p, DTensor) for p in module.parameters(recurse=False)):
