@@ -28,6 +28,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kill_during_a_write_leaves_the_previous_checkpoint_loadable_and_no_partial_file(tmp_path):
     path = tmp_path / "last.ckpt"
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -131,6 +131,7 @@ def test_wandb_goes_online_only_with_credentials_or_an_explicit_mode(tmp_path, m
     assert not _wandb_offline()
 
 
+@pytest.mark.slow
 def test_demo_output_carries_no_leafspec_warning_and_no_litlogger_tip(tmp_path):
     import os
     import subprocess

@@ -225,6 +225,7 @@ def test_folded_thresholds_are_exact_and_the_float_bn_flips_only_near_a_threshol
 ONNX_ACT = {"convnet4": "sign", "convnet8": "qrelu5", "resnet18": "step", "alexnet_dorefa": "qrelu3"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(NETS))
 def test_folded_and_onnxruntime_models_give_the_pytorch_classes(arch, tmp_path):
     x = _inputs(arch)
@@ -390,6 +391,7 @@ def _check_cli_export(ckpt, trained, tmp_path, *extra):
     assert same >= 0.99 and rel <= 1e-4, differ
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_cli_exports_checkpoints_of_the_callback_the_mixin_and_image_classifier(tmp_path):
     torch.manual_seed(0)

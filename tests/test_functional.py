@@ -101,6 +101,7 @@ def test_compiled_fullgraph_gradients_equal_eager(unit):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow
 def test_inductor_compiled_sign_net_gradients_equal_eager():
     torch._dynamo.reset()
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(3))

@@ -43,6 +43,7 @@ ftp.convert(torch.nn.Sequential(torch.nn.ReLU()), "sign")
 """
 
 
+@pytest.mark.slow
 def test_core_imports_load_no_lightning_torchvision_scipy_matplotlib_wandb_or_sklearn():
     loaded = _loaded_after(CORE)
     assert "torch" in loaded and "lightning_ftprop" in loaded

@@ -77,6 +77,7 @@ def test_a_compiled_unit_gives_nan_for_nan_as_the_eager_one_does():
     assert not compiled.packing_on()  # the switch is off outside packed()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net, shape", [("convnet4", (3, 32, 32)), ("resnet18", (3, 32, 32))])
 def test_the_paper_networks_compile_with_fullgraph_under_packed(net, shape):
     """No graph break from the units (fullgraph=True), inductor, and the win shows in saved_bytes."""

@@ -66,6 +66,7 @@ def test_committed_quickstart_notebook_holds_the_outputs_of_one_full_run():
     _check_summary_and_accuracies(_text_outputs(nb))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_quickstart_notebook_trains_both_models_and_plots_the_logged_diagnostics(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from torch import nn
 
@@ -35,6 +36,7 @@ def _site_without(tmp_path: Path, hidden: tuple) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_one_epoch_demo_without_rich_writes_a_short_log_with_one_line_per_epoch(tmp_path):
     site_dir = _site_without(tmp_path, hidden=("rich",))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(site_dir)]), "OMP_NUM_THREADS": "1"}

@@ -179,6 +179,7 @@ def _activation_classes(package) -> list:
     return found
 
 
+@pytest.mark.slow
 def test_every_activation_class_of_the_transformers_modeling_modules_is_recognised_or_out_of_scope():
     transformers = pytest.importorskip("transformers")
     found = _activation_classes(transformers)
