@@ -92,7 +92,7 @@ class StepBoundaryRequeue(Callback):
         self._previous = _signal.signal(self._signum, self._record)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._signum is not None and _signal.getsignal(self._signum) is not self._record:
+        if self._signum is not None and _signal.getsignal(self._signum) != self._record:
             _signal.signal(self._signum, self._record)  # SIGTERM: Lightning wrapped it after setup
 
     def on_train_batch_end(
