@@ -335,8 +335,7 @@ class FTPropDiagnostics(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if not self._handles:
             return
-        self._step = step = trainer.global_step
-        self._gather_stats = bool(self.log_every_n_steps) and step % self.log_every_n_steps == 0
+        step = self._begin_stats(trainer.global_step)
         self._gather_histograms = (
             bool(self.histogram_every_n_steps)
             and step % self.histogram_every_n_steps == 0
@@ -360,6 +359,12 @@ class FTPropDiagnostics(Callback):
         metrics = self._compute_stats()
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self._step)
+
+    def _begin_stats(self, step: int) -> int:
+        """Start global step ``step``: its statistics are gathered when it is a logging step (0, n, 2n, ...)."""
+        self._step = step
+        self._gather_stats = bool(self.log_every_n_steps) and step % self.log_every_n_steps == 0
+        return step
 
     def _compute_stats(self) -> Dict[str, float]:
         """The gathered step's ``{"ftprop/<layer>/<stat>": value}``, summed over ranks; counters reset."""

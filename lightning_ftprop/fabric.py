@@ -80,9 +80,8 @@ class FabricFTProp:
     @contextlib.contextmanager
     def step(self, global_step: int) -> Iterator[None]:
         """One training step's forward and backward: under the memory mode, gathering on logging steps."""
-        every = self.diagnostics.log_every_n_steps
-        self.diagnostics._step = global_step
-        self.diagnostics._gather_stats = self._gathered = bool(every) and global_step % every == 0
+        self.diagnostics._begin_stats(global_step)
+        self._gathered = self.diagnostics._gather_stats
         self.mode.begin_step()
         try:
             yield
