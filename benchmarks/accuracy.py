@@ -73,7 +73,7 @@ def sd(values) -> float:
 def train_one(activation, rule, saved, seed, data, args):
     xtr, ytr, xte, yte = data
     torch.manual_seed(seed)
-    unit_kwargs = {} if saved == "exact" else {"saved": saved}
+    unit_kwargs = {} if saved == "exact" else {"keep": saved}
     model = convnet4(activation, rule or "soft_hinge", num_classes=10, in_channels=1, **unit_kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(xtr) // args.batch_size
@@ -106,7 +106,7 @@ def main():
         "--methods",
         nargs="*",
         default=None,
-        help="e.g. relu sign/soft_hinge qrelu/sste sign/soft_hinge/uint8 (activation/rule/saved form)",
+        help="e.g. relu sign/soft_hinge qrelu/sste sign/soft_hinge/uint8 (activation/rule/keep form)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 per process runs fastest here)")
     args = parser.parse_args()

@@ -171,13 +171,13 @@ def main() -> None:
         help="cpu: process CPU time (default on the CPU); wall: elapsed time (always on a GPU)",
     )
     parser.add_argument(
-        "--saved",
+        "--keep",
         choices=["input", "bf16", "uint8"],
         default="input",
         help="what the threshold units keep for backward",
     )
     args = parser.parse_args()
-    args.unit_kwargs = {} if args.saved == "input" else {"saved": args.saved}
+    args.unit_kwargs = {} if args.keep == "input" else {"keep": args.keep}
     if args.threads:
         torch.set_num_threads(args.threads)
     for rule in args.rules:
@@ -186,7 +186,7 @@ def main() -> None:
         (f"{a}/{r}", a, r) for a in args.activations for r in args.rules
     ]
     print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, saved={args.saved}"
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, keep={args.keep}"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
     )
     for net in args.nets:

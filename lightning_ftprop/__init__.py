@@ -16,10 +16,10 @@ float state in training (memory='packed'): 1 unit: 1 (z comes from a matmul (Add
 >>> model[1]
 ReLU()
 
-Data flows one way: rules -> functional -> nn -> convert -> spec -> (callback, mixin).
+Data flows one way: (rules, kinds) -> functional -> nn -> convert -> spec -> parts -> (callback, mixin).
 
-``import lightning_ftprop`` loads only torch and ten core modules: rules, functional, nn, memory,
-recognise, convert, summary, unit_state, compiled and torch_private. The Lightning pieces (``FTPropCallback``, ``FTPropMixin``,
+``import lightning_ftprop`` loads only torch and twelve core modules: rules, kinds, functional, nn, memory,
+recognise, convert, convert_args, summary, unit_state, compiled and torch_private. The Lightning pieces (``FTPropCallback``, ``FTPropMixin``,
 ``FTPropDiagnostics``, ``FabricFTProp``, ``ImageClassifier``) and the ``models``/``data`` subpackages load on first
 use, so plain-PyTorch users never pay for Lightning, torchvision or torchmetrics.
 """
@@ -29,8 +29,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lightning_ftprop import functional, memory, rules  # noqa: F401
+from lightning_ftprop import functional, kinds, memory, rules  # noqa: F401
 from lightning_ftprop.convert import UnswappedActivationWarning, convert, float_activations, revert, threshold_units
+from lightning_ftprop.kinds import UnitKind, register_kind
 from lightning_ftprop.nn import UNIT_CLASSES, QReLU, Sign, Step, ThresholdUnit, make_unit
 from lightning_ftprop.recognise import match_activation, register_activation, registered_activations
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, available_rules, get_rule, register_rule
@@ -71,6 +72,9 @@ __all__ = [
     "Step",
     "ThresholdUnit",
     "UNIT_CLASSES",
+    "UnitKind",
+    "register_kind",
+    "kinds",
     "available_rules",
     "convert",
     "float_activations",

@@ -32,17 +32,18 @@ What it does, and when (see Lightning's hook order):
 * The per-layer target statistics of :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` are
   logged every ``log_every_n_steps`` steps.
 
-**How it is built.** The callback is composed of the parts of :mod:`lightning_ftprop.parts`, the same
-ones :class:`~lightning_ftprop.FTPropMixin` uses: :func:`~lightning_ftprop.parts.swap` in ``setup``,
-and two per-step callbacks it holds and calls, ``callback.diagnostics``
-(:class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`) and ``callback.step_memory``
-(:class:`~lightning_ftprop.parts.TrainingStepMemory`). The diagnostics are a part, not a base class: the
-mixin adds the very same objects to the Trainer, so no per-step hook is written twice.
+**How it is built.** The callback *is* an :class:`~lightning_ftprop.parts.FTPropParts`, the composite
+:class:`~lightning_ftprop.FTPropMixin` returns from ``configure_callbacks``, plus one step: it converts
+the model in ``setup`` (:func:`~lightning_ftprop.parts.swap`). Its parts are those of
+:func:`~lightning_ftprop.parts.training_step_parts`: ``callback.diagnostics``
+(:class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`, None when both logging options are 0) and a
+:class:`~lightning_ftprop.parts.TrainingStepMemory`. So the hook order, the logged keys and the
+checkpoint layout are the mixin's.
 
-**Checkpoints and subclasses.** The state (spec, swapped layer names, the diagnostics' counters) is
-saved under the :attr:`~FTPropCallback.state_key` ``"FTPropCallback"``, the same for every subclass, so
-a subclass resumes its own state and :func:`lightning_ftprop.checkpoint.load_checkpoint_model` finds
-it. Every hook carries ``@override``.
+**Checkpoints and subclasses.** The state (spec, swapped layer names, each part's state) is saved under
+the ``state_key`` ``"ftprop"`` (:data:`~lightning_ftprop.parts.STATE_KEY`), the same for every
+subclass and for the mixin, so a subclass resumes its own state and
+:func:`lightning_ftprop.checkpoint.load_checkpoint_model` finds it. Every hook carries ``@override``.
 
 >>> callback = FTPropCallback("qrelu", "sste", mapping={"ReLU": "sign", "Tanh": ("qrelu", {"thresholds": 5})})
 >>> callback.spec["mapping"]
@@ -50,7 +51,7 @@ it. Every hook carries ``@override``.
 >>> class MyCallback(FTPropCallback):
 ...     pass
 >>> MyCallback().state_key
-'FTPropCallback'
+'ftprop'
 
 It never patches ``forward``. Use it with ``lightning.pytorch``; a ``pytorch_lightning`` Trainer is
 refused with an explanation. For a model that must reload as a threshold network with
@@ -61,23 +62,20 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Union
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_ftprop.diagnostics import LOG_DEFAULTS, FTPropDiagnostics
+from lightning_ftprop.diagnostics import LOG_DEFAULTS
 from lightning_ftprop.memory import DEFAULT_MEMORY
-from lightning_ftprop.parts import TrainingStepMemory, swap
+from lightning_ftprop.parts import STATE_KEY, FTPropParts, swap, training_step_parts
 from lightning_ftprop.rules import DEFAULT_RULE
-from lightning_ftprop.spec import make_spec, spec_differences
+from lightning_ftprop.spec import make_spec
 
 __all__ = ["FTPropCallback", "STATE_KEY"]
 
-#: Where a checkpoint keeps the callback's state: ``checkpoint["callbacks"]["FTPropCallback"]``.
-STATE_KEY = "FTPropCallback"
 
-
-class FTPropCallback(Callback):
+class FTPropCallback(FTPropParts):
     """Swap a LightningModule's activations for threshold units and log FTPROP diagnostics.
 
     Args:
@@ -113,8 +111,6 @@ class FTPropCallback(Callback):
     ValueError: unknown activation 'relu'; valid activations are: sign, step, qrelu
     """
 
-    _holds_ftprop_diagnostics = True  # FTPropDiagnostics.setup counts it: one gatherer per Trainer
-
     def __init__(
         self,
         activation: str = "sign",
@@ -128,18 +124,9 @@ class FTPropCallback(Callback):
         histogram_every_n_steps: int = LOG_DEFAULTS["histogram_every_n_steps"],
         memory: str = DEFAULT_MEMORY,
     ) -> None:
-        #: The validated swap spec (see :mod:`lightning_ftprop.spec`), stored in checkpoints.
-        self.spec: Dict[str, Any] = make_spec(
-            activation, rule, weighted, include, exclude, mapping, unit_kwargs, memory=memory
-        )
-        #: The diagnostics part: gathers and logs the per-layer target statistics.
-        self.diagnostics = FTPropDiagnostics(
-            log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps
-        )
-        #: The memory part: runs every training step under the spec's memory mode.
-        self.step_memory = TrainingStepMemory(self.spec["memory"], log_every_n_steps=log_every_n_steps)
-        #: The names of the swapped modules, set in ``setup``.
-        self.layers: List[str] = []
+        spec = make_spec(activation, rule, weighted, include, exclude, mapping, unit_kwargs, memory=memory)
+        log = {"log_every_n_steps": log_every_n_steps, "histogram_every_n_steps": histogram_every_n_steps}
+        super().__init__(spec, training_step_parts(spec, **log), integration="FTPropCallback")
         #: ``{"swapped", "excluded", "left"}`` counts of the last swap, logged once as hyperparameters.
         self.counts: Dict[str, int] = {}
 
@@ -147,32 +134,12 @@ class FTPropCallback(Callback):
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec.items())
         return f"{type(self).__name__}({args})"
 
-    @property
-    @override
-    def state_key(self) -> str:
-        """:data:`STATE_KEY` for this class and every subclass."""
-        return STATE_KEY
-
-    @property
-    def latest(self) -> Dict[str, float]:
-        """The statistics of the last logged step (see :attr:`FTPropDiagnostics.latest`)."""
-        return self.diagnostics.latest
-
-    # --- Lightning hooks: the swap here, the per-step work in the parts --------------------------
+    # --- the one step the mixin does itself: convert the model in setup ------------------------------
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.diagnostics.setup(trainer, pl_module, stage)  # namespace and single-instance checks
-        if (
-            getattr(pl_module, "_ftprop_mixin", False) and pl_module.ftprop_spec is not None
-        ):  # a float mixin model is fine
-            raise ValueError(
-                f"{type(pl_module).__name__} uses FTPropMixin, which converts the model itself from "
-                "hparams['ftprop']; remove FTPropCallback from the Trainer (or the mixin from the model)"
-            )
-        swapped = swap(pl_module, self.spec)
-        self.layers = list(swapped)
-        counts = swapped.counts()
+    def convert(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Swap ``pl_module``'s activations (idempotent) and report the counts once per model."""
+        counts = swap(pl_module, self.spec).counts()
         if counts != self.counts:  # once per model, not again for validate/test on the same model
             self.counts = counts
             rank_zero_info(
@@ -181,63 +148,3 @@ class FTPropCallback(Callback):
             )
             for logger in trainer.loggers:  # hyperparameters: the run's config, not a time series
                 logger.log_hyperparams({f"ftprop/{key}": value for key, value in counts.items()})
-
-    @override
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.diagnostics.on_fit_start(trainer, pl_module)
-
-    @override
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self.diagnostics.on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        self.step_memory.on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
-    @override
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self.step_memory.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        self.diagnostics.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    @override
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self.step_memory.on_exception(trainer, pl_module, exception)
-
-    @override
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.diagnostics.on_fit_end(trainer, pl_module)
-
-    @override
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.step_memory.teardown(trainer, pl_module, stage)
-        self.diagnostics.teardown(trainer, pl_module, stage)
-
-    # --- checkpoints ------------------------------------------------------------------------------
-
-    @override
-    def state_dict(self) -> Dict[str, Any]:
-        """``{"spec", "layers", "diagnostics"}``: the swap and the diagnostics' counters, as plain data."""
-        return {"spec": dict(self.spec), "layers": list(self.layers), "diagnostics": self.diagnostics.state_dict()}
-
-    @override
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Check a checkpoint's spec and layers against this callback's, and resume the diagnostics' counters.
-
-        Raises:
-            ValueError: the checkpoint's spec or swapped layers differ (the message lists the differences).
-        """
-        saved = state_dict.get("spec", {})
-        differences = spec_differences(saved, self.spec)
-        if differences:
-            raise ValueError(
-                "the checkpoint was trained with a different FTPropCallback spec (checkpoint != callback): "
-                + "; ".join(differences)
-                + ". Create the callback with the checkpoint's arguments to resume it."
-            )
-        layers = state_dict.get("layers")
-        if layers is not None and list(layers) != self.layers:
-            raise ValueError(
-                f"the checkpoint's threshold layers {layers} differ from this model's {self.layers}; "
-                "the model is not the one the checkpoint was trained with"
-            )
-        if "diagnostics" in state_dict:
-            self.diagnostics.load_state_dict(state_dict["diagnostics"])

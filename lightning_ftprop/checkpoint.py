@@ -4,7 +4,7 @@
     model = load_checkpoint_model("best.ckpt", "mypkg.MyNet")  # when the checkpoint names no class
 
 It covers the three ways this package trains a model: :class:`~lightning_ftprop.FTPropCallback`
-(its spec is read from ``checkpoint["callbacks"]["FTPropCallback"]``, the key of every subclass too),
+(its spec is read from ``checkpoint["callbacks"]["ftprop"]``, where the mixin's composite saves it too),
 :class:`~lightning_ftprop.FTPropMixin` (the model converts itself) and
 :class:`~lightning_ftprop.ImageClassifier`. ``lightning-ftprop export`` uses it.
 
@@ -60,7 +60,7 @@ def load_checkpoint_model(ckpt_path: str, model_class: Optional[str] = None, all
     """
     import torch
 
-    from lightning_ftprop.callback import STATE_KEY
+    from lightning_ftprop.parts import STATE_KEY
     from lightning_ftprop.spec import apply_spec, spec_from_dict
 
     if not os.path.isfile(ckpt_path):
@@ -97,7 +97,7 @@ def load_checkpoint_model(ckpt_path: str, model_class: Optional[str] = None, all
             "the model must call self.save_hyperparameters(), or pass model_class (--model_class)"
         ) from err
     model.configure_model()
-    state = (ckpt.get("callbacks") or {}).get(STATE_KEY)  # the same key for FTPropCallback's subclasses
+    state = (ckpt.get("callbacks") or {}).get(STATE_KEY)  # FTPropCallback (any subclass) and the mixin
     if isinstance(state, dict) and "spec" in state:
         apply_spec(model, spec_from_dict(state["spec"]))
     model.on_load_checkpoint(ckpt)  # as Lightning does; the mixin checks its stored spec and converts

@@ -6,7 +6,7 @@
     lightning-ftprop fit --config resnet18_imagenet_sign_sste --data.data_dir=/data/imagenet --trainer.devices=8
     lightning-ftprop test --config convnet4_cifar10_relu --ckpt_path=best.ckpt
     lightning-ftprop config-path convnet8_cifar10_qrelu_sste      # the YAML file, to copy and edit
-    lightning-ftprop export --ckpt_path best.ckpt --output model.onnx  # ONNX, BN folded (see export.py)
+    lightning-ftprop export --ckpt_path best.ckpt --output model.onnx  # ONNX, BN folded (see lightning_ftprop/export/)
 
 ``fit``, ``validate`` and ``test`` are LightningCLI's subcommands: the model is
 :class:`~lightning_ftprop.module.ImageClassifier` (``--model.*``), the data any LightningDataModule
@@ -163,12 +163,12 @@ def _model_ftprop(config) -> Optional[dict]:
     return None if value is None else dict(value)
 
 
-def _check_same_ftprop(given: Optional[dict], saved: Optional[dict]) -> None:
+def _check_same_ftprop(given: Optional[dict], stored: Optional[dict]) -> None:
     """Refuse a command-line ``--model.ftprop`` that differs from the ``--ckpt_path`` checkpoint's (any spec key)."""
     from lightning_ftprop.diagnostics import LOG_DEFAULTS
     from lightning_ftprop.spec import spec_differences, spec_from_dict
 
-    a, b = (None if x is None else spec_from_dict(x, extra_keys=list(LOG_DEFAULTS)) for x in (given, saved))
+    a, b = (None if x is None else spec_from_dict(x, extra_keys=list(LOG_DEFAULTS)) for x in (given, stored))
     differences = spec_differences(b or {}, a or {}, runtime=True)  # the memory mode too: the run must not change
     if differences:
         raise ValueError(

@@ -20,16 +20,16 @@ unit's ``z`` unless torch's partitioner may recompute values used far apart (``p
 ``torch._functorch.config.ban_recompute_used_far_apart = False``, a private option, while it is on).
 
 >>> import torch
->>> codes_ = codes(torch.tensor([-1.0, 0.5, 2.0, 0.0]), alphabet=0)
->>> planes = pack_planes(codes_, bits=1)
->>> decode(unpack_planes(planes, 4), alphabet=0, dtype=torch.float32)
+>>> from lightning_ftprop.kinds import SignKind
+>>> codes_ = codes(torch.tensor([-1.0, 0.5, 2.0, 0.0]), SignKind())
+>>> planes = pack_planes(codes_, bits=SignKind().bits)
+>>> decode(unpack_planes(planes, 4), SignKind(), dtype=torch.float32)
 tensor([-1.,  1.,  1., -1.])
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from functools import partial
 from typing import Iterator
 
@@ -38,8 +38,9 @@ from torch import Tensor
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from lightning_ftprop import torch_private
+from lightning_ftprop.kinds import UnitKind
 
-__all__ = ["packing", "packing_on", "codes", "decode", "pack_planes", "unpack_planes", "bits", "in_region"]
+__all__ = ["packing", "packing_on", "codes", "decode", "pack_planes", "unpack_planes", "in_region"]
 
 
 class _Switch:
@@ -81,37 +82,26 @@ def packing() -> Iterator[None]:
             _Switch.on = previous
 
 
-def bits(alphabet: int) -> int:
-    """Bits per code: 1 for sign (0) and step (1), ``ceil(log2(n + 1))`` for qrelu with ``n`` thresholds.
+def codes(z: Tensor, kind: UnitKind) -> Tensor:
+    """The codes of the unit's output for input ``z`` (:meth:`~lightning_ftprop.kinds.UnitKind.index`), as
+    float32 integers, 0 where ``z`` is NaN. Float, not uint8: CPU inductor reduces floats far faster.
 
-    >>> bits(0), bits(3), bits(5)
-    (1, 2, 3)
-    """
-    return 1 if alphabet <= 1 else math.ceil(math.log2(alphabet + 1))
-
-
-def codes(z: Tensor, alphabet: int) -> Tensor:
-    """The codes of the unit's output for input ``z``, as float32 integers: ``1[z > 0]`` (sign, step),
-    ``clip(ceil((n-1) z), 0, n)`` (qrelu). Float, not uint8: CPU inductor reduces floats far faster.
-
-    >>> codes(torch.tensor([-0.5, 0.2, 0.6, 2.0]), alphabet=3)
+    >>> from lightning_ftprop.kinds import QReLUKind
+    >>> codes(torch.tensor([-0.5, 0.2, 0.6, 2.0]), QReLUKind(3))
     tensor([0., 1., 2., 3.])
     """
-    if alphabet <= 1:
-        return (z > 0).to(torch.float32)
-    return torch.clamp(torch.mul(z, alphabet - 1).ceil(), 0, alphabet).to(torch.float32)
+    index = kind.index(z)
+    return torch.where(torch.isnan(index), 0.0, index).to(torch.float32)
 
 
-def decode(codes_: Tensor, alphabet: int, dtype: torch.dtype) -> Tensor:
-    """The unit's output from its codes, with the forward's own operations (so bitwise the same).
+def decode(codes_: Tensor, kind: UnitKind, dtype: torch.dtype) -> Tensor:
+    """The unit's output from its codes, with the kind's own operations (so bitwise the forward's).
 
-    >>> decode(torch.tensor([0.0, 1.0, 2.0, 3.0]), alphabet=3, dtype=torch.float32)
+    >>> from lightning_ftprop.kinds import QReLUKind
+    >>> decode(torch.tensor([0.0, 1.0, 2.0, 3.0]), QReLUKind(3), dtype=torch.float32)
     tensor([0.0000, 0.3333, 0.6667, 1.0000])
     """
-    c = codes_.to(dtype)
-    if alphabet == 0:
-        return c * 2 - 1
-    return c if alphabet == 1 else c / alphabet
+    return kind.decode(codes_, dtype)
 
 
 _WEIGHTS = tuple(float(2**k) for k in range(8))

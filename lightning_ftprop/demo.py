@@ -11,21 +11,42 @@ after every epoch. It prints a table (method, best and final test accuracy, time
 * ``logs/``: Lightning's CSV logs (and ``wandb/`` with ``--wandb``).
 
 ``--fast`` (1 epoch, 5 batches of each split) checks the pipeline in seconds.
+
+This module holds the run: the methods, their training and :class:`EpochTestAccuracy`, the callback that
+records the test accuracy after every epoch (``benchmarks/table1`` uses it too). The table, the CSV files and
+the plot come from :mod:`lightning_ftprop.demo_report`; their functions are importable from here as well.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import netrc
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import lightning.pytorch as pl
+
+from lightning_ftprop.demo_report import (  # noqa: F401  (re-exported: the demo's public names)
+    DemoResult,
+    _matplotlib,
+    format_table,
+    plot_accuracy,
+    write_report,
+    write_results,
+)
 from lightning_ftprop.paper import FLOAT_BASELINES, THRESHOLD_METHODS
 
-__all__ = ["METHODS", "DemoResult", "run_demo", "format_table", "write_results", "plot_accuracy", "main"]
+__all__ = [
+    "METHODS",
+    "DemoResult",
+    "EpochTestAccuracy",
+    "run_demo",
+    "format_table",
+    "write_results",
+    "plot_accuracy",
+    "main",
+]
 
 #: label -> (activation, rule): the paper's ReLU baseline and its four threshold methods
 #: (:mod:`lightning_ftprop.paper`); the baseline has no rule.
@@ -38,31 +59,50 @@ DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 1e-3
 
 
-@dataclass
-class DemoResult:
-    """One trained method: test accuracy after each epoch and the wall time of its training.
+class EpochTestAccuracy(pl.Callback):
+    """Record the test accuracy after every epoch, in the list ``accuracies``.
+
+    At the end of each validation epoch (sanity checks aside) it appends ``trainer.callback_metrics[metric]``
+    times ``scale``, rounded to ``digits`` decimals when ``digits`` is given, then calls ``on_epoch`` (if given)
+    with the list. The demo and ``benchmarks/table1`` validate on the test split, so ``val/acc`` is the test
+    accuracy: the demo keeps it as a fraction, table1 in percent to 4 decimals and prints a line per epoch.
 
     Example:
-        >>> result = DemoResult("sign/sste", test_acc=[0.80, 0.86, 0.85], seconds=12.0)
-        >>> result.best, result.best_epoch, result.final
-        (0.86, 2, 0.85)
+        >>> from types import SimpleNamespace
+        >>> import torch
+        >>> metrics = {"val/acc": torch.tensor(0.8123456)}  # what Lightning holds after a validation epoch
+        >>> trainer = SimpleNamespace(sanity_checking=False, callback_metrics=metrics)
+        >>> fraction = EpochTestAccuracy()
+        >>> fraction.on_validation_epoch_end(trainer, None)
+        >>> round(fraction.accuracies[0], 6)
+        0.812346
+        >>> percent = EpochTestAccuracy(scale=100.0, digits=4, on_epoch=lambda acc: print(len(acc), acc[-1]))
+        >>> percent.on_validation_epoch_end(trainer, None)
+        1 81.2346
     """
 
-    method: str
-    test_acc: List[float] = field(default_factory=list)
-    seconds: float = 0.0
+    def __init__(
+        self,
+        accuracies: Optional[List[float]] = None,
+        *,
+        metric: str = "val/acc",
+        scale: float = 1.0,
+        digits: Optional[int] = None,
+        on_epoch: Optional[Callable[[List[float]], None]] = None,
+    ) -> None:
+        self.accuracies: List[float] = [] if accuracies is None else accuracies
+        self.metric = metric
+        self.scale = scale
+        self.digits = digits
+        self.on_epoch = on_epoch
 
-    @property
-    def best(self) -> float:
-        return max(self.test_acc) if self.test_acc else float("nan")
-
-    @property
-    def final(self) -> float:
-        return self.test_acc[-1] if self.test_acc else float("nan")
-
-    @property
-    def best_epoch(self) -> int:
-        return self.test_acc.index(self.best) + 1 if self.test_acc else 0
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = self.scale * float(trainer.callback_metrics[self.metric])
+        self.accuracies.append(value if self.digits is None else round(value, self.digits))
+        if self.on_epoch is not None:
+            self.on_epoch(self.accuracies)
 
 
 def _wandb_has_credentials() -> bool:
@@ -99,20 +139,11 @@ def _wandb_logger(output_dir: str, method: str, config: dict):
 
 
 def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
-    import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
     from lightning_ftprop.data import EmbeddedFashionMNISTDataModule
     from lightning_ftprop.module import ImageClassifier
     from lightning_ftprop.progress import progress_bar_for_output
-
-    class EpochTestAccuracy(pl.Callback):
-        def __init__(self, result: DemoResult):
-            self.result = result
-
-        def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            if not trainer.sanity_checking:
-                self.result.test_acc.append(float(trainer.callback_metrics["val/acc"]))
 
     activation, rule = METHODS[method]
     pl.seed_everything(args.seed, verbose=False)
@@ -146,7 +177,7 @@ def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
         accelerator="cpu",
         devices=1,
         logger=loggers,
-        callbacks=[EpochTestAccuracy(result)] + ([bar] if bar else []),
+        callbacks=[EpochTestAccuracy(result.test_acc)] + ([bar] if bar else []),
         enable_checkpointing=False,
         enable_progress_bar=not args.no_progress,
         enable_model_summary=False,
@@ -166,106 +197,10 @@ def _train_one(method: str, args: argparse.Namespace) -> DemoResult:
     return result
 
 
-def format_table(results: Sequence[DemoResult]) -> str:
-    """The results as a fixed-width text table.
-
-    Example:
-        >>> print(format_table([DemoResult("sign/sste", [0.5, 0.75, 0.7], 12.0)]))
-        method             best test acc (epoch) final test acc  time (s)
-        -----------------------------------------------------------------
-        sign/sste                 75.00%       2         70.00%      12.0
-    """
-    header = f"{'method':<18} {'best test acc':>13} {'(epoch)':>7} {'final test acc':>14} {'time (s)':>9}"
-    lines = [header, "-" * len(header)]
-    for r in results:
-        lines.append(
-            f"{r.method:<18} {100 * r.best:>12.2f}% {r.best_epoch:>7d} {100 * r.final:>13.2f}% {r.seconds:>9.1f}"
-        )
-    return "\n".join(lines)
-
-
-def write_results(results: Sequence[DemoResult], output_dir: str) -> Tuple[str, str]:
-    """Write ``results.csv`` and ``test_accuracy.csv``; return their paths.
-
-    Example:
-        >>> import csv, os, tempfile
-        >>> folder = tempfile.mkdtemp()
-        >>> table, curves = write_results([DemoResult("relu", [0.8, 0.9], 3.0)], folder)
-        >>> with open(table) as handle:
-        ...     print(handle.read().strip())
-        method,best_test_acc,best_epoch,final_test_acc,epochs,seconds
-        relu,0.9000,2,0.9000,2,3.0
-    """
-    table = os.path.join(output_dir, "results.csv")
-    with open(table, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "best_test_acc", "best_epoch", "final_test_acc", "epochs", "seconds"])
-        for r in results:
-            writer.writerow(
-                [r.method, f"{r.best:.4f}", r.best_epoch, f"{r.final:.4f}", len(r.test_acc), f"{r.seconds:.1f}"]
-            )
-    curves = os.path.join(output_dir, "test_accuracy.csv")
-    with open(curves, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "epoch", "test_acc"])
-        for r in results:
-            for epoch, acc in enumerate(r.test_acc, start=1):
-                writer.writerow([r.method, epoch, f"{acc:.4f}"])
-    return table, curves
-
-
-def _matplotlib():
-    try:
-        import matplotlib
-    except ImportError as err:  # matplotlib is the optional "demo" extra
-        raise ImportError(
-            "the demo's plot needs matplotlib; install it with pip install 'lightning-ftprop[demo]'"
-        ) from err
-    return matplotlib
-
-
-def plot_accuracy(results: Sequence[DemoResult], path: str) -> str:
-    """Plot test accuracy per epoch for every method to ``path`` (PNG).
-
-    Example:
-        >>> import os, tempfile
-        >>> path = plot_accuracy([DemoResult("relu", [0.8, 0.9]), DemoResult("sign/sste", [0.7, 0.85])],
-        ...                      os.path.join(tempfile.mkdtemp(), "test_accuracy.png"))
-        >>> open(path, "rb").read(4)[1:]  # the PNG signature
-        b'PNG'
-    """
-    matplotlib = _matplotlib()
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    colours = {"relu": "0.3", "saturated_relu": "0.6", "sign": "tab:blue", "step": "tab:green", "qrelu": "tab:orange"}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in results:
-        activation, rule = METHODS.get(r.method, (r.method, ""))
-        epochs = range(1, len(r.test_acc) + 1)
-        ax.plot(
-            epochs,
-            [100 * a for a in r.test_acc],
-            marker="o",
-            label=r.method,
-            color=colours.get(activation),
-            linestyle="--" if activation in ("sign", "step", "qrelu") and rule != "soft_hinge" else "-",
-        )
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("convnet4, embedded Fashion-MNIST: FTP-SH (solid) vs SSTE (dashed)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def run_demo(args: argparse.Namespace) -> List[DemoResult]:
     """Train every method in ``args.methods``, then write the table, curves and plot.
+
+    The report (files and printed table) is :func:`~lightning_ftprop.demo_report.write_report`.
 
     Example:
         >>> results = run_demo(parse_args(["--fast", "--limit-batches", "1", "--methods", "sign/sste",
@@ -291,13 +226,8 @@ def run_demo(args: argparse.Namespace) -> List[DemoResult]:
         results = [_train_one(method, args) for method in args.methods]
     finally:
         torch.set_num_threads(threads)
-    table = format_table(results)
-    csv_path, _ = write_results(results, args.output_dir)
-    png_path = plot_accuracy(results, os.path.join(args.output_dir, "test_accuracy.png"))
-    total = sum(r.seconds for r in results)
-    print(f"\nconvnet4 on embedded Fashion-MNIST, {args.epochs} epoch(s), batch {args.batch_size}, Adam lr {args.lr}")
-    print(table)
-    print(f"total training time {total:.1f} s; wrote {csv_path} and {png_path}")
+    heading = f"convnet4 on embedded Fashion-MNIST, {args.epochs} epoch(s), batch {args.batch_size}, Adam lr {args.lr}"
+    write_report(results, args.output_dir, heading)
     if args.wandb and _wandb_offline():
         print(
             f"W&B runs were logged offline; upload them with: wandb sync {os.path.join(args.output_dir, 'wandb', 'offline-run-*')}"

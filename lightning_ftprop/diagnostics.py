@@ -31,11 +31,11 @@ states are summed across DDP ranks. Values are logged to every logger as ``ftpro
 :attr:`FTPropDiagnostics.latest`. With a ``WandbLogger``, rank zero also logs ``ftprop/<layer>/preact``
 histograms of the pre-activations every ``histogram_every_n_steps`` steps.
 
-:class:`~lightning_ftprop.FTPropCallback` holds one as its ``diagnostics`` part and
-:class:`~lightning_ftprop.FTPropMixin` adds one (see :mod:`lightning_ftprop.parts`); add
-``FTPropDiagnostics`` yourself only for models converted some other way. Its ``logged_steps`` and
-``last_logged_step`` are saved in checkpoints (``state_key`` ``"FTPropDiagnostics"``, the same for
-subclasses) and continue after a resume.
+:class:`~lightning_ftprop.FTPropCallback` and :class:`~lightning_ftprop.FTPropMixin` each hold one as
+their ``diagnostics`` part (see :mod:`lightning_ftprop.parts`); add ``FTPropDiagnostics`` yourself only
+for models converted some other way. Its ``logged_steps`` and ``last_logged_step`` are saved in
+checkpoints (``state_key`` ``"FTPropDiagnostics"``, the same for subclasses: inside
+``checkpoint["callbacks"]["ftprop"]`` when it is a part) and continue after a resume.
 
 >>> diagnostics = FTPropDiagnostics(log_every_n_steps=10, histogram_every_n_steps=0)
 >>> diagnostics.state_dict()
@@ -57,7 +57,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
@@ -65,7 +65,7 @@ from lightning_ftprop._namespace import check_trainer
 from lightning_ftprop.convert import threshold_units
 from lightning_ftprop.functional import unit_coordinates
 from lightning_ftprop.memory import recomputing
-from lightning_ftprop.nn import QReLU, ThresholdUnit
+from lightning_ftprop.nn import ThresholdUnit
 from lightning_ftprop.rules import Rule
 
 __all__ = [
@@ -88,10 +88,11 @@ LOG_DEFAULTS = {"log_every_n_steps": 50, "histogram_every_n_steps": 500}
 _HISTOGRAM_SAMPLES = 1 << 16  # at most this many pre-activations per unit call go into a histogram
 
 
-def rule_coordinates(unit: nn.Module, z: Tensor) -> List[Tensor]:
+def rule_coordinates(unit: ThresholdUnit, z: Tensor) -> List[Tensor]:
     """The coordinates ``u`` in which ``unit``'s backward applies its rule to a pre-activation ``z``.
 
-    One tensor for sign, step and qrelu ``"single"``; one per threshold for qrelu ``"per_threshold"``.
+    Read from the unit's kind (:meth:`~lightning_ftprop.kinds.UnitKind.affine_maps`): one tensor for sign,
+    step and qrelu ``"single"``; one per threshold for qrelu ``"per_threshold"``.
     The sides (``u > 0``) and the rule's masks are exact, as in the backward.
 
     >>> from lightning_ftprop.nn import QReLU
@@ -100,10 +101,8 @@ def rule_coordinates(unit: nn.Module, z: Tensor) -> List[Tensor]:
     >>> [u.tolist() for u in rule_coordinates(QReLU(thresholds=3), torch.tensor([0.75]))]
     [[0.5]]
     """
-    if not isinstance(unit, QReLU):
-        return [z]
     edges = (*unit.rule.edges, 0.0)  # 0: the side s is exact too
-    return [u for u, _ in unit_coordinates(z, unit.thresholds, unit.mode, edges)]
+    return [u for u, _ in unit_coordinates(z, unit.kind, unit.mode, edges)]
 
 
 def target_counts(u: Tensor, g: Tensor, rule: Rule) -> Tuple[Tensor, Tensor]:
@@ -315,16 +314,7 @@ class FTPropDiagnostics(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_trainer(trainer, pl_module, type(self).__name__)
-        mine = [
-            type(cb).__name__
-            for cb in trainer.callbacks
-            if isinstance(cb, FTPropDiagnostics) or getattr(type(cb), "_holds_ftprop_diagnostics", False)
-        ]
-        if len(mine) > 1:
-            raise ValueError(
-                f"the Trainer has {len(mine)} ftprop callbacks ({', '.join(mine)}); use exactly one "
-                "(FTPropCallback already includes FTPropDiagnostics, and FTPropMixin adds its own)"
-            )
+        # one integration per Trainer: lightning_ftprop.parts.check_one_integration, run by FTPropParts
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

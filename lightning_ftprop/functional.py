@@ -28,13 +28,13 @@ NaN in gives NaN out. ``qrelu`` has two backward modes:
   ``theta_k = k / (n - 1)``; the rule is applied to each step unit and summed,
   ``dz = (1/n) * sum_k grad(z - theta_k)``.
 
-What the backward keeps (``saved``). By default (``"input"``) it keeps ``z`` and the gradient is exact; ``ste``
+What the backward keeps (``keep``). By default (``"input"``) it keeps ``z`` and the gradient is exact; ``ste``
 keeps nothing. For a symmetric rule in weighted mode the backward only needs the unit's surrogate
 ``S(z)`` (for qrelu the sum above), so a compact form can be kept instead:
 
-    saved="input"   z as it is (4 bytes per float32 element); exact
-    saved="bf16"    S(z) in bfloat16 (2 bytes); relative error <= 2^-8
-    saved="uint8"   round(255 * S(z)) (1 byte); absolute error <= 1/510, exact for ste and sste
+    keep="input"   z as it is (4 bytes per float32 element); exact
+    keep="bf16"    S(z) in bfloat16 (2 bytes); relative error <= 2^-8
+    keep="uint8"   round(255 * S(z)) (1 byte); absolute error <= 1/510, exact for ste and sste
 
 Other rules, and ``weighted=False``, always keep ``z``.
 
@@ -57,6 +57,16 @@ import torch
 from torch import Tensor
 
 from lightning_ftprop import compiled
+from lightning_ftprop.kinds import (
+    MODES,
+    QReLUKind,
+    SignKind,
+    StepKind,
+    UnitKind,
+    qrelu_values,
+    sign_values,
+    step_values,
+)
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 from lightning_ftprop.unit_state import UnitCall, active_policy
 
@@ -64,23 +74,22 @@ __all__ = [
     "sign",
     "step",
     "qrelu",
+    "threshold",
     "target_prop_grad",
-    "SignFunction",
-    "StepFunction",
-    "QReLUFunction",
+    "ThresholdFunction",
     "QRELU_MODES",
     "edge_exact_affine",
     "unit_coordinates",
-    "SAVED_FORMS",
+    "KEEP_FORMS",
     "sign_values",
     "step_values",
     "qrelu_values",
-    "output_alphabet",
+    "output_kind",
 ]
 
-#: The backward modes of :func:`qrelu` (see its docstring).
-QRELU_MODES: Tuple[str, ...] = ("single", "per_threshold")
-SAVED_FORMS: Tuple[str, ...] = ("input", "bf16", "uint8")
+#: The backward modes of :func:`qrelu` (see its docstring); every kind with several thresholds has them.
+QRELU_MODES: Tuple[str, ...] = MODES
+KEEP_FORMS: Tuple[str, ...] = ("input", "bf16", "uint8")
 
 
 def target_prop_grad(g: Tensor, u: Tensor, rule: Rule, weighted: bool) -> Tensor:
@@ -106,35 +115,7 @@ def target_prop_grad(g: Tensor, u: Tensor, rule: Rule, weighted: bool) -> Tensor
     return t.abs() * rule.grad(u, t) / batch
 
 
-# --- forwards --------------------------------------------------------------------------------------
-
-
-def step_values(z: Tensor) -> Tensor:
-    """The forward of :func:`step` alone, ``1[z > 0]`` (no autograd node; what export freezes).
-
-    >>> step_values(torch.tensor([-1.0, 0.0, 2.0]))
-    tensor([0., 0., 1.])
-    """
-    # ceil(clip(z, 0, 1)) is 1 for z > 0 and 0 for z <= 0, and NaN stays NaN (torch.sign(NaN) is 0).
-    return torch.clamp(z, 0, 1).ceil_()
-
-
-def sign_values(z: Tensor) -> Tensor:
-    """The forward of :func:`sign` alone, ``+1 if z > 0 else -1``.
-
-    >>> sign_values(torch.tensor([-1.0, 0.0, 2.0]))
-    tensor([-1., -1.,  1.])
-    """
-    return step_values(z).mul_(2).sub_(1)
-
-
-def qrelu_values(z: Tensor, thresholds: int) -> Tensor:
-    """The forward of :func:`qrelu` alone, ``clip(ceil((n - 1) z), 0, n) / n`` with ``n = thresholds``.
-
-    >>> qrelu_values(torch.tensor([0.2, 0.6]), 3)
-    tensor([0.3333, 0.6667])
-    """
-    return torch.clamp(torch.mul(z, thresholds - 1).ceil_(), 0, thresholds).div_(thresholds)  # clamp_ has no vmap rule
+# --- forwards: the kinds' (lightning_ftprop.kinds), re-exported here ------------------------------
 
 
 # --- what the backward keeps -----------------------------------------------------------------------
@@ -142,8 +123,9 @@ def qrelu_values(z: Tensor, thresholds: int) -> Tensor:
 Coordinates = List[Tuple[Tensor, float]]  # (u, scale): dz = sum of scale * backward(g, u)
 
 
-def _affine(z: Tensor, a: int, b: Fraction) -> Tensor:
-    return torch.mul(z, a).add_(float(b)) if a != 1 else z + float(b)
+def _affine(z: Tensor, a: Fraction, b: Fraction) -> Tensor:
+    scale = int(a) if a.denominator == 1 else float(a)
+    return torch.mul(z, scale).add_(float(b)) if a != 1 else z + float(b)
 
 
 def _cached(fn):
@@ -164,7 +146,7 @@ def _cached(fn):
 
 
 @_cached
-def _neighbours(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[float, float, Optional[float]]:
+def _neighbours(edge: float, a: Fraction, b: Fraction, dtype: torch.dtype) -> Tuple[float, float, Optional[float]]:
     """For the real ``z_e = (edge - b) / a``: the largest float of ``dtype`` below it, the smallest
     above it, and ``z_e`` itself if it is a float of ``dtype`` (else None)."""
     z_e = (Fraction(edge) - b) / a
@@ -178,7 +160,7 @@ def _neighbours(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[f
 
 
 @_cached
-def _edge_fix(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[Optional[Tuple[float, float]], ...]:
+def _edge_fix(edge: float, a: Fraction, b: Fraction, dtype: torch.dtype) -> Tuple[Optional[Tuple[float, float]], ...]:
     """What rounding ``u = a*z + b`` in ``dtype`` can get wrong about ``edge``, and the fix.
 
     Three entries, each None when nothing needs fixing: ``(lo, down)``: for ``z <= lo`` (every
@@ -202,7 +184,7 @@ def _edge_fix(edge: float, a: int, b: Fraction, dtype: torch.dtype) -> Tuple[Opt
     )
 
 
-def edge_exact_affine(z: Tensor, a: int, b: Union[int, Fraction], edges: Sequence[float]) -> Tensor:
+def edge_exact_affine(z: Tensor, a: Union[int, Fraction], b: Union[int, Fraction], edges: Sequence[float]) -> Tensor:
     """``u = a*z + b`` (``a > 0``) in ``z``'s dtype, corrected so that ``u`` compares with every edge
     exactly as the real number ``a*z + b`` does.
 
@@ -221,7 +203,7 @@ def edge_exact_affine(z: Tensor, a: int, b: Union[int, Fraction], edges: Sequenc
         >>> (edge_exact_affine(z, 2, -1, (-1.0, 1.0))[0] < -1).item()  # the true 2z - 1 lies below it
         True
     """
-    b = Fraction(b)
+    a, b = Fraction(a), Fraction(b)
     u = _affine(z, a, b)
     for edge in edges:
         below, above, exact = _edge_fix(float(edge), a, b, z.dtype)
@@ -236,83 +218,74 @@ def edge_exact_affine(z: Tensor, a: int, b: Union[int, Fraction], edges: Sequenc
     return u
 
 
-def _affine_maps(thresholds: int, mode: str) -> List[Tuple[int, Fraction, float]]:
-    """``(a, b, scale)``: the rule sees ``u = a*z + b`` and the backward sums ``scale * grad``."""
-    if thresholds == 0:
-        return [(1, Fraction(0), 1.0)]
-    if mode == "single":
-        return [(2, Fraction(-1), 1.0)]
-    return [(1, -Fraction(k, thresholds - 1), 1.0 / thresholds) for k in range(thresholds)]
+def _coordinates(z: Tensor, kind: UnitKind, mode: str, edges: Sequence[float] = ()) -> Coordinates:
+    """Where the rule looks at the unit: ``u = z`` (sign, step) or the kind's affine maps (see its docstring).
 
-
-def _coordinates(z: Tensor, thresholds: int, mode: str, edges: Sequence[float] = ()) -> Coordinates:
-    """Where the rule looks at the unit: ``u = z`` (sign, step; ``thresholds = 0``) or the qrelu modes.
-
-    The shifted qrelu coordinates are edge-exact for ``edges`` (see :func:`edge_exact_affine`).
+    Shifted coordinates are edge-exact for ``edges`` (see :func:`edge_exact_affine`).
     """
-    if thresholds == 0:
+    maps = kind.affine_maps(mode)
+    if maps == [(1, 0, 1.0)]:
         return [(z, 1.0)]
-    return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in _affine_maps(thresholds, mode)]
+    return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in maps]
 
 
-def unit_coordinates(z: Tensor, thresholds: int = 0, mode: str = "single", edges: Sequence[float] = ()) -> Coordinates:
-    """The coordinates ``[(u, scale), ...]`` in which a unit's backward applies its rule.
+def unit_coordinates(z: Tensor, kind: UnitKind, mode: str = "single", edges: Sequence[float] = ()) -> Coordinates:
+    """The coordinates ``[(u, scale), ...]`` in which a unit of ``kind`` applies its rule.
 
-    The backward returns ``sum scale * target_prop_grad(g, u, rule, weighted)`` over them: one
-    ``(z, 1.0)`` for sign and step (``thresholds = 0``), one ``(2z - 1, 1.0)`` for qrelu ``"single"``,
-    and ``(z - theta_k, 1/n)`` per threshold ``theta_k = k / (n - 1)``, ``n = thresholds``, for
-    ``"per_threshold"``.
+    The backward returns ``sum scale * target_prop_grad(g, u, rule, weighted)`` over them
+    (:meth:`~lightning_ftprop.kinds.UnitKind.affine_maps`): one ``(z, 1.0)`` for sign and step, one
+    ``(2z - 1, 1.0)`` for qrelu ``"single"``, and ``(z - theta_k, 1/n)`` per threshold
+    ``theta_k = k / (n - 1)``, ``n = thresholds``, for ``"per_threshold"``.
     Shifted coordinates are edge-exact for ``edges`` (:func:`edge_exact_affine`).
 
-    >>> [(u.tolist(), scale) for u, scale in unit_coordinates(torch.tensor([0.25]), 3, "per_threshold")]
+    >>> kind = QReLUKind(3)
+    >>> [(u.tolist(), scale) for u, scale in unit_coordinates(torch.tensor([0.25]), kind, "per_threshold")]
     [([0.25], 0.3333333333333333), ([-0.25], 0.3333333333333333), ([-0.75], 0.3333333333333333)]
     """
-    return _coordinates(z, thresholds, mode, edges)
+    return _coordinates(z, kind, mode, edges)
 
 
-def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], thresholds: int, mode: str) -> Tensor:
+def _window_backward(g: Tensor, z: Tensor, window: Tuple[float, float], kind: UnitKind, mode: str) -> Tensor:
     """``sum scale * g * 1[w0 <= a*z + b <= w1]``, the window tested on ``z`` itself: exact, one pass each.
 
     ``hardtanh_backward`` keeps ``g`` where ``lo < z < hi``; with ``lo`` the float below the real
     ``(w0 - b) / a`` and ``hi`` the float above ``(w1 - b) / a`` that is the closed window.
     """
     grads = []
-    for a, b, scale in _affine_maps(thresholds, mode):
+    for a, b, scale in kind.affine_maps(mode):
         lo, hi = _neighbours(window[0], a, b, z.dtype)[0], _neighbours(window[1], a, b, z.dtype)[1]
         grad = torch.ops.aten.hardtanh_backward(g, z, lo, hi)
         grads.append(grad if scale == 1.0 else grad.mul_(scale))
     return grads[0] if len(grads) == 1 else sum(grads)
 
 
-def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, thresholds: int = 0, mode: str = "single") -> None:
+def _save(ctx, z: Tensor, kind: UnitKind, rule: Rule, weighted: bool, keep: str, mode: str) -> None:
     """Keep what the backward needs; ``ctx.kept`` says what and why (``(what, why)``, read by summary).
 
     A unit-state policy (:mod:`lightning_ftprop.unit_state`) active in this thread may keep less.
     """
-    ctx.rule, ctx.weighted, ctx.thresholds, ctx.mode = rule, weighted, thresholds, mode
+    ctx.kind, ctx.rule, ctx.weighted, ctx.mode = kind, rule, weighted, mode
     ctx.unit_backward = None
     symmetric = weighted and rule.surrogate is not None
-    keeps_z = rule.uses_input and not (symmetric and saved != "input")
+    keeps_z = rule.uses_input and not (symmetric and keep != "input")
     why = f"{rule.name}'s backward reads z"
     policy = active_policy()
     if policy is not None:
-        backward_from_z = functools.partial(
-            _backward_from_z, rule=rule, weighted=weighted, thresholds=thresholds, mode=mode
-        )
-        state = policy(UnitCall(z, rule, weighted, thresholds, mode, keeps_z, backward_from_z))
+        backward_from_z = functools.partial(_backward_from_z, rule=rule, weighted=weighted, kind=kind, mode=mode)
+        state = policy(UnitCall(z, rule, weighted, kind, mode, keeps_z, backward_from_z))
         if state is not None and state.backward is not None:
             ctx.kept, ctx.unit_backward, ctx.compact = (state.kept, state.why), state.backward, True
             ctx.save_for_backward(*state.tensors)
             return
         why = state.why if state is not None else why
-    ctx.compact = symmetric and rule.uses_input and saved != "input"  # keeps S(z), not z
+    ctx.compact = symmetric and rule.uses_input and keep != "input"  # keeps S(z), not z
     if symmetric and not rule.uses_input:
         ctx.kept = ("nothing", f"{rule.name}'s surrogate is constant")
         ctx.save_for_backward()
     elif ctx.compact:
-        ctx.kept = (f"S(z) as {saved}", f"saved={saved!r}")
-        s = sum(scale * rule.surrogate(u) for u, scale in _coordinates(z, thresholds, mode, rule.edges))
-        if saved == "bf16":
+        ctx.kept = (f"S(z) as {keep}", f"keep={keep!r}")
+        s = sum(scale * rule.surrogate(u) for u, scale in _coordinates(z, kind, mode, rule.edges))
+        if keep == "bf16":
             ctx.save_for_backward(s.to(torch.bfloat16))
         else:
             ctx.save_for_backward(s.clamp(0, 1).mul_(255).round_().to(torch.uint8))
@@ -321,104 +294,53 @@ def _save(ctx, z: Tensor, rule: Rule, weighted: bool, saved: str, thresholds: in
         ctx.save_for_backward(z)
 
 
-def _backward_from_z(g: Tensor, z: Tensor, rule: Rule, weighted: bool, thresholds: int, mode: str) -> Tensor:
-    """The unit's backward from its pre-activation ``z`` (what ``saved="input"`` keeps)."""
-    if weighted and thresholds and rule.window is not None:
-        return _window_backward(g, z, rule.window, thresholds, mode)
-    grads = [
-        scale * target_prop_grad(g, u, rule, weighted) for u, scale in _coordinates(z, thresholds, mode, rule.edges)
-    ]
+def _backward_from_z(g: Tensor, z: Tensor, rule: Rule, weighted: bool, kind: UnitKind, mode: str) -> Tensor:
+    """The unit's backward from its pre-activation ``z`` (what ``keep="input"`` keeps)."""
+    if weighted and rule.window is not None and kind.affine_maps(mode) != [(1, 0, 1.0)]:
+        return _window_backward(g, z, rule.window, kind, mode)
+    grads = [scale * target_prop_grad(g, u, rule, weighted) for u, scale in _coordinates(z, kind, mode, rule.edges)]
     return grads[0] if len(grads) == 1 else sum(grads)
 
 
 def _backward(ctx, g: Tensor) -> Tensor:
     rule = ctx.rule
-    saved = ctx.saved_tensors  # read once: torch.utils.checkpoint allows a single unpack
+    tensors = ctx.saved_tensors  # read once: torch.utils.checkpoint allows a single unpack
     if ctx.unit_backward is not None:  # a unit-state policy's (lightning_ftprop.unit_state)
-        return ctx.unit_backward(saved, g)
-    if not saved:  # a constant surrogate (ste)
+        return ctx.unit_backward(tensors, g)
+    if not tensors:  # a constant surrogate (ste)
         return rule.fused(g, g) if rule.fused is not None else g * rule.surrogate(g)
-    (kept,) = saved
+    (kept,) = tensors
     if ctx.compact:
         s = kept.to(g.dtype)
         return g * s if kept.dtype == torch.bfloat16 else (g * s).mul_(1 / 255)
-    return _backward_from_z(g, kept, rule, ctx.weighted, ctx.thresholds, ctx.mode)
+    return _backward_from_z(g, kept, rule, ctx.weighted, ctx.kind, ctx.mode)
 
 
 # --- autograd Functions ----------------------------------------------------------------------------
 
 
-class _BinaryFunction(torch.autograd.Function):
-    """What sign and step share: inputs ``(z, rule, weighted, saved)`` and the rule seen at ``u = z``."""
+class ThresholdFunction(torch.autograd.Function):
+    """``h = kind.forward(z)``; backward ``|g| * dL/du(u, sign(-g))`` summed over the kind's coordinates.
 
-    generate_vmap_rule = True  # torch.func.vmap/jacrev: forward, setup_context and backward are torch ops
-
-    @staticmethod
-    def backward(ctx, g):
-        return _backward(ctx, g), None, None, None
-
-
-class SignFunction(_BinaryFunction):
-    """``h = sign(z)`` in {-1, +1} (sign(0) = -1); backward ``|g| * dL/dz(z, sign(-g))``.
+    Inputs ``(z, kind, rule, weighted, keep, mode)``; the node carries ``kind`` (see :func:`output_kind`).
 
     Example:
         >>> import torch
         >>> from lightning_ftprop.rules import get_rule
         >>> z = torch.tensor([0.3, -1.5], requires_grad=True)
-        >>> SignFunction.apply(z, get_rule("ste"), True, "input").sum().backward()
+        >>> ThresholdFunction.apply(z, SignKind(), get_rule("ste"), True, "input", "single").sum().backward()
         >>> z.grad  # ste: the gradient passes unchanged
         tensor([1., 1.])
     """
 
-    @staticmethod
-    def forward(z, rule, weighted, saved):
-        return sign_values(z)
+    generate_vmap_rule = True  # torch.func.vmap/jacrev: forward, setup_context and backward are torch ops
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.alphabet = 0  # output_alphabet(): {-1, +1}
-        _save(ctx, *inputs)
-
-
-class StepFunction(_BinaryFunction):
-    """``h = 1[z > 0]`` in {0, 1}; backward ``|g| * dL/dz(z, sign(-g))`` (the rule is centred at 0).
-
-    Example:
-        >>> import torch
-        >>> from lightning_ftprop.rules import get_rule
-        >>> StepFunction.apply(torch.tensor([-0.3, 0.0, 0.7]), get_rule("sste"), True, "input")
-        tensor([0., 0., 1.])
-    """
-
-    @staticmethod
-    def forward(z, rule, weighted, saved):
-        return step_values(z)
+    def forward(z, kind, rule, weighted, keep, mode):
+        return kind.forward(z)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.alphabet = 1  # output_alphabet(): {0, 1}
-        _save(ctx, *inputs)
-
-
-class QReLUFunction(torch.autograd.Function):
-    """``h = clip(ceil((n-1) z), 0, n) / n``; backward per ``mode`` (see the module docstring).
-
-    Example:
-        >>> import torch
-        >>> from lightning_ftprop.rules import get_rule
-        >>> QReLUFunction.apply(torch.tensor([0.2, 0.6]), get_rule("sste"), True, "input", 3, "single")
-        tensor([0.3333, 0.6667])
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(z, rule, weighted, saved, thresholds, mode):
-        return qrelu_values(z, thresholds)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.alphabet = inputs[4]  # output_alphabet(): {0, 1/n, ..., 1}
         _save(ctx, *inputs)
 
     @staticmethod
@@ -430,25 +352,24 @@ class _ThroughCodesFunction(torch.autograd.Function):
     """A unit traced by ``torch.compile`` under ``memory="packed"``: ``h = decode(unpack(pack(codes(z))))``.
 
     The forward is bitwise the unit's (NaN where ``z`` is NaN); the backward is the unit's own, on ``z``
-    (see :mod:`lightning_ftprop.compiled`). Inputs: ``(z, rule, weighted, alphabet, mode)``.
+    (see :mod:`lightning_ftprop.compiled`). Inputs: ``(z, kind, rule, weighted, mode)``.
     """
 
     @staticmethod
-    def forward(z, rule, weighted, alphabet, mode):
-        planes = compiled.pack_planes(compiled.codes(z, alphabet), compiled.bits(alphabet))
-        h = compiled.decode(compiled.unpack_planes(planes, z.numel()), alphabet, z.dtype).view(z.shape)
+    def forward(z, kind, rule, weighted, mode):
+        planes = compiled.pack_planes(compiled.codes(z, kind), kind.bits)
+        h = compiled.decode(compiled.unpack_planes(planes, z.numel()), kind, z.dtype).view(z.shape)
         return torch.where(torch.isnan(z), z, h)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        z, ctx.rule, ctx.weighted, ctx.alphabet, ctx.mode = inputs
-        ctx.thresholds = ctx.alphabet if ctx.alphabet >= 2 else 0
+        z, ctx.kind, ctx.rule, ctx.weighted, ctx.mode = inputs
         ctx.save_for_backward(z)
 
     @staticmethod
     def backward(ctx, g):
         (z,) = ctx.saved_tensors
-        return _backward_from_z(g, z, ctx.rule, ctx.weighted, ctx.thresholds, ctx.mode), None, None, None, None
+        return _backward_from_z(g, z, ctx.rule, ctx.weighted, ctx.kind, ctx.mode), None, None, None, None
 
 
 #: The oldest torch whose ``torch.compile`` keeps the units' backward. Under torch 2.11 a compiled unit's
@@ -466,39 +387,34 @@ if not _COMPILE_SUPPORTED:
     )
 
 
-def _apply(function, alphabet: int, z: Tensor, *args) -> Tensor:
-    """``function.apply(z, *args)``, or, traced by ``torch.compile`` under ``memory="packed"`` for a weighted
-    rule that keeps ``z`` (``saved="input"``), the same unit computed through its codes."""
-    rule, weighted, saved = args[0], args[1], args[2]
+def _apply(z: Tensor, kind: UnitKind, rule: Rule, weighted: bool, keep: str, mode: str) -> Tensor:
+    """``ThresholdFunction.apply``, or, traced by ``torch.compile`` under ``memory="packed"`` for a weighted
+    rule that keeps ``z`` (``keep="input"``), the same unit computed through its codes."""
     if torch.compiler.is_compiling() and not _COMPILE_SUPPORTED:
         raise RuntimeError(
             f"torch.compile of a threshold unit needs torch >= {'.'.join(map(str, COMPILE_MIN_TORCH))}, found "
             f"{torch.__version__}: this torch drops the unit's backward (zero gradients). Upgrade torch, or train "
             "this model without torch.compile"
         )
-    if torch.compiler.is_compiling() and compiled.packing_on() and saved == "input":
-        mode = args[4] if len(args) > 4 else "single"
-        return compiled.in_region(_ThroughCodesFunction.apply, z, rule, weighted, alphabet, mode)
-    return function.apply(z, *args)
+    if torch.compiler.is_compiling() and compiled.packing_on() and keep == "input":
+        return compiled.in_region(_ThroughCodesFunction.apply, z, kind, rule, weighted, mode)
+    return ThresholdFunction.apply(z, kind, rule, weighted, keep, mode)
 
 
-def output_alphabet(node) -> Optional[int]:
-    """Which values the output of autograd node ``node`` holds, when ``node`` is a threshold unit's; else None.
+def output_kind(node) -> Optional[UnitKind]:
+    """The :class:`~lightning_ftprop.kinds.UnitKind` of autograd node ``node`` when it is a threshold unit's; else None.
 
-    0: {-1, +1} (sign); 1: {0, 1} (step); ``n >= 2``: {0, 1/n, ..., 1} (qrelu with ``thresholds=n``).
     This is how :mod:`lightning_ftprop.memory` recognises a threshold output from its ``grad_fn``.
 
-    >>> output_alphabet(sign(torch.randn(3, requires_grad=True)).grad_fn)
-    0
-    >>> output_alphabet(qrelu(torch.randn(3, requires_grad=True), thresholds=5).grad_fn)
-    5
-    >>> print(output_alphabet(torch.randn(3, requires_grad=True).exp().grad_fn))
+    >>> output_kind(sign(torch.randn(3, requires_grad=True)).grad_fn)
+    SignKind()
+    >>> output_kind(qrelu(torch.randn(3, requires_grad=True), thresholds=5).grad_fn)
+    QReLUKind(thresholds=5)
+    >>> print(output_kind(torch.randn(3, requires_grad=True).exp().grad_fn))
     None
     """
-    alphabet = getattr(node, "alphabet", None)
-    return (
-        alphabet if isinstance(alphabet, int) and isinstance(node, torch.autograd.function.BackwardCFunction) else None
-    )
+    kind = getattr(node, "kind", None)
+    return kind if isinstance(kind, UnitKind) and isinstance(node, torch.autograd.function.BackwardCFunction) else None
 
 
 # --- public functional API -------------------------------------------------------------------------
@@ -525,25 +441,32 @@ def check_thresholds(thresholds: int) -> int:
     return thresholds
 
 
-def check_mode(mode: str) -> str:
-    """Validate a qrelu backward mode."""
-    if mode not in QRELU_MODES:
-        raise ValueError(f"unknown qrelu mode {mode!r}; valid modes are: {', '.join(QRELU_MODES)}")
+def check_mode(mode: str, kind: Optional[UnitKind] = None) -> str:
+    """Validate a backward mode (of ``kind``: one threshold has ``"single"`` only).
+
+    >>> check_mode("per_threshold", SignKind())
+    Traceback (most recent call last):
+    ValueError: unknown mode 'per_threshold' for sign; valid modes are: single
+    """
+    modes = QRELU_MODES if kind is None else kind.modes
+    if mode not in modes:
+        where = "qrelu" if kind is None else kind.name
+        raise ValueError(f"unknown mode {mode!r} for {where}; valid modes are: {', '.join(modes)}")
     return mode
 
 
-def check_saved(saved: str) -> str:
-    """Validate a saved form (see the module docstring).
+def check_keep(keep: str) -> str:
+    """Validate what a unit's backward keeps, ``keep`` (see the module docstring).
 
-    >>> check_saved("uint8")
+    >>> check_keep("uint8")
     'uint8'
     """
-    if saved not in SAVED_FORMS:
-        raise ValueError(f"unknown saved form {saved!r}; valid forms are: {', '.join(SAVED_FORMS)}")
-    return saved
+    if keep not in KEEP_FORMS:
+        raise ValueError(f"unknown keep form {keep!r}; valid forms are: {', '.join(KEEP_FORMS)}")
+    return keep
 
 
-def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "input") -> Tensor:
+def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, keep: str = "input") -> Tensor:
     """``sign(z)`` in {-1, +1} with an FTPROP-MB backward under ``rule``.
 
     Example:
@@ -555,10 +478,10 @@ def sign(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True
         (tensor([-1., -1.,  1.,  1.]), tensor([0., 1., 1., 0.]))
     """
     _check_input(z, "sign")
-    return _apply(SignFunction, 0, z, get_rule(rule), bool(weighted), check_saved(saved))
+    return _apply(z, _SIGN, get_rule(rule), bool(weighted), check_keep(keep), "single")
 
 
-def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, saved: str = "input") -> Tensor:
+def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, keep: str = "input") -> Tensor:
     """``1[z > 0]`` in {0, 1} with an FTPROP-MB backward under ``rule``.
 
     Example:
@@ -570,7 +493,7 @@ def step(z: Tensor, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True
         (tensor([0., 0., 1.]), tensor([ 0.7864, -1.0000,  0.0000]))
     """
     _check_input(z, "step")
-    return _apply(StepFunction, 1, z, get_rule(rule), bool(weighted), check_saved(saved))
+    return _apply(z, _STEP, get_rule(rule), bool(weighted), check_keep(keep), "single")
 
 
 def qrelu(
@@ -579,7 +502,7 @@ def qrelu(
     weighted: bool = True,
     thresholds: int = 3,
     mode: str = "single",
-    saved: str = "input",
+    keep: str = "input",
 ) -> Tensor:
     """Quantized ReLU ``clip(ceil((n-1) z), 0, n) / n`` with ``n = thresholds``, with an FTPROP-MB backward.
 
@@ -587,7 +510,27 @@ def qrelu(
     tensor([0.0000, 0.3333, 0.6667, 1.0000])
     """
     _check_input(z, "qrelu")
-    thresholds = check_thresholds(thresholds)
-    return _apply(
-        QReLUFunction, thresholds, z, get_rule(rule), bool(weighted), check_saved(saved), thresholds, check_mode(mode)
-    )
+    kind = QReLUKind(check_thresholds(thresholds))
+    return _apply(z, kind, get_rule(rule), bool(weighted), check_keep(keep), check_mode(mode, kind))
+
+
+def threshold(
+    z: Tensor,
+    kind: UnitKind,
+    rule: Union[str, Rule] = DEFAULT_RULE,
+    weighted: bool = True,
+    mode: str = "single",
+    keep: str = "input",
+) -> Tensor:
+    """The unit of any :class:`~lightning_ftprop.kinds.UnitKind` (sign, step and qrelu are this with their kinds).
+
+    >>> threshold(torch.tensor([-0.5, 0.5]), StepKind())
+    tensor([0., 1.])
+    """
+    if not isinstance(kind, UnitKind):
+        raise TypeError(f"kind must be a lightning_ftprop.kinds.UnitKind, got {kind!r}")
+    _check_input(z, kind.name)
+    return _apply(z, kind, get_rule(rule), bool(weighted), check_keep(keep), check_mode(mode, kind))
+
+
+_SIGN, _STEP = SignKind(), StepKind()

@@ -27,15 +27,16 @@ When the swap happens:
 
 The mixin is built from the same parts as :class:`~lightning_ftprop.FTPropCallback`
 (:mod:`lightning_ftprop.parts`): :func:`~lightning_ftprop.parts.swap` converts (and, for
-``memory="recompute"``, segments) the model, and ``configure_callbacks`` adds the per-step parts of
-:func:`~lightning_ftprop.parts.training_step_parts`: a :class:`~lightning_ftprop.parts.TrainingStepMemory` that runs
-every training step under the memory mode (:mod:`lightning_ftprop.memory`; none for ``"exact"``),
-and the diagnostics below.
+``memory="recompute"``, segments) the model, and ``configure_callbacks`` returns one
+:class:`~lightning_ftprop.parts.FTPropParts`, the composite the callback itself is, holding the per-step
+parts of :func:`~lightning_ftprop.parts.training_step_parts`: a
+:class:`~lightning_ftprop.parts.TrainingStepMemory` that runs every training step under the memory mode
+(:mod:`lightning_ftprop.memory`) and, unless ``log_every_n_steps`` and ``histogram_every_n_steps`` are
+both 0, an :class:`~lightning_ftprop.diagnostics.FTPropDiagnostics`.
 
-The spec and the swapped layer names are also saved as ``checkpoint["ftprop"]``; loading a
-checkpoint whose spec differs from the module's is an error. Diagnostics: unless
-``log_every_n_steps`` and ``histogram_every_n_steps`` are both 0, ``configure_callbacks`` adds an
-:class:`~lightning_ftprop.diagnostics.FTPropDiagnostics` (its counters are saved in checkpoints).
+The spec, the swapped layer names and the parts' state are saved where the callback saves them,
+``checkpoint["callbacks"]["ftprop"]``; loading a checkpoint whose spec differs from the module's is an
+error, through a Trainer and through ``load_from_checkpoint`` alike.
 ``ftprop`` mapping values may carry per-target unit arguments, as for the callback:
 ``{"mapping": {"ReLU": "sign", "Tanh": ["qrelu", {"thresholds": 5}]}}``.
 
@@ -51,13 +52,12 @@ from typing_extensions import override
 
 from lightning_ftprop._namespace import check_class
 from lightning_ftprop.diagnostics import LOG_DEFAULTS
-from lightning_ftprop.parts import swap, training_step_parts
-from lightning_ftprop.spec import spec_differences, spec_from_dict
+from lightning_ftprop.parts import STATE_KEY, FTPropParts, check_checkpoint_entry, swap, training_step_parts
+from lightning_ftprop.spec import spec_from_dict
 
-__all__ = ["FTPropMixin", "HPARAMS_KEY", "CHECKPOINT_KEY"]
+__all__ = ["FTPropMixin", "HPARAMS_KEY"]
 
 HPARAMS_KEY = "ftprop"  #: where the mixin reads its spec: ``self.hparams["ftprop"]``
-CHECKPOINT_KEY = "ftprop"  #: where the mixin stores ``{"spec", "layers"}`` in a checkpoint
 _LOG_KEYS = tuple(LOG_DEFAULTS)
 
 
@@ -86,11 +86,10 @@ class FTPropMixin:
     >>> Net().apply_ftprop(), Net(ftprop={"activation": "sign"}).apply_ftprop()
     ([], ['body.1'])
     >>> net = Net(ftprop={"activation": "step", "rule": "sste", "memory": "packed"})
-    >>> net.apply_ftprop(), [type(c).__name__ for c in net.configure_callbacks()]
+    >>> (parts,) = net.configure_callbacks()
+    >>> net.apply_ftprop(), [type(part).__name__ for part in parts.parts]
     (['body.1'], ['FTPropDiagnostics', 'TrainingStepMemory'])
     """
-
-    _ftprop_mixin = True  # lets FTPropCallback refuse to convert a second time
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -125,8 +124,7 @@ class FTPropMixin:
     def apply_ftprop(self) -> List[str]:
         """Convert the module as ``hparams["ftprop"]`` says (idempotent); returns the swapped names."""
         spec = self.ftprop_spec
-        self._ftprop_layers = [] if spec is None else swap(self, spec)
-        return self._ftprop_layers
+        return [] if spec is None else swap(self, spec)
 
     # --- Lightning hooks ---------------------------------------------------------------------
 
@@ -140,39 +138,27 @@ class FTPropMixin:
         callbacks = list(super().configure_callbacks() or [])
         options = self._ftprop_options()
         if options is not None:
+            spec = self.ftprop_spec
             log = {k: options.get(k, LOG_DEFAULTS[k]) for k in _LOG_KEYS}
-            callbacks.extend(training_step_parts(self.ftprop_spec, **log))
+            callbacks.append(FTPropParts(spec, training_step_parts(spec, **log), integration="FTPropMixin"))
         return callbacks
-
-    @override
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        spec = self.ftprop_spec
-        if spec is not None:
-            layers = self.__dict__.get("_ftprop_layers")
-            checkpoint[CHECKPOINT_KEY] = {
-                "spec": spec,
-                "layers": self.apply_ftprop() if layers is None else list(layers),
-            }
 
     @override
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get(CHECKPOINT_KEY)
+        entry = (checkpoint.get("callbacks") or {}).get(STATE_KEY)
         spec = self.ftprop_spec
-        if saved is not None:
-            if spec is None:
-                raise ValueError(
-                    f"the checkpoint holds a threshold network ({saved['spec']}) but {type(self).__name__} "
-                    f"has hparams['{HPARAMS_KEY}'] = None; load it with the checkpoint's spec, then call "
-                    "lightning_ftprop.revert(model) if you want the float activations back"
-                )
-            differences = spec_differences(saved["spec"], spec)
-            if differences:
-                raise ValueError(
-                    f"the checkpoint's ftprop spec differs from {type(self).__name__}'s (checkpoint != module): "
-                    + "; ".join(differences)
-                )
-        layers = self.apply_ftprop()
-        if saved is not None and list(saved.get("layers", layers)) != layers:
-            raise ValueError(f"the checkpoint's threshold layers {saved['layers']} differ from this model's {layers}")
+        if spec is None:  # the float model: unless FTPropCallback trained it, nothing to convert
+            if entry is not None:
+                if entry.get("integration") == "FTPropMixin":
+                    raise ValueError(
+                        f"the checkpoint holds a threshold network ({entry['spec']}) but {type(self).__name__} "
+                        f"has hparams['{HPARAMS_KEY}'] = None; load it with the checkpoint's spec, then call "
+                        "lightning_ftprop.revert(model) if you want the float activations back"
+                    )
+                spec = spec_from_dict(entry["spec"])  # FTPropCallback trained it: convert as it did
+                check_checkpoint_entry(entry, spec, swap(self, spec), type(self).__name__)
+            return
+        layers = self.apply_ftprop()  # before load_state_dict: threshold units have no weights to load
+        if entry is not None:
+            check_checkpoint_entry(entry, spec, layers, type(self).__name__)

@@ -1,8 +1,9 @@
-"""Threshold units as ``nn.Module``: :class:`Sign`, :class:`Step` and :class:`QReLU`.
+"""Threshold units as ``nn.Module``: :class:`Sign`, :class:`Step`, :class:`QReLU`, and a unit of any kind.
 
-Each unit wraps a function of :mod:`lightning_ftprop.functional`; the formulas are there. All units
-take the same keyword arguments (``rule``, ``weighted``, ``inplace``) so one can replace another, and
-all have no parameters and no buffers. ``levels`` and ``bits`` describe the output alphabet::
+Every unit carries its :class:`~lightning_ftprop.kinds.UnitKind` (``unit.kind``: thresholds, values, forward,
+codes, bits) and calls :func:`lightning_ftprop.functional.threshold` with it; the formulas are there. All
+units take the same keyword arguments (``rule``, ``weighted``, ``inplace``, ``keep``) so one can replace
+another, and all have no parameters and no buffers. ``levels`` and ``bits`` describe the output values::
 
     unit                    output values               levels   bits
     Sign()                  {-1, +1}                    2        1
@@ -17,12 +18,12 @@ thresholds, at ``k / (thresholds - 1)``.
 from __future__ import annotations
 
 import inspect
-import math
-from typing import Dict, Type, Union
+from typing import Any, Dict, Type, Union
 
 from torch import Tensor, nn
 
 from lightning_ftprop import functional as F
+from lightning_ftprop.kinds import KINDS, QReLUKind, SignKind, StepKind, UnitKind, get_kind
 from lightning_ftprop.rules import DEFAULT_RULE, Rule, get_rule
 
 __all__ = [
@@ -37,48 +38,78 @@ __all__ = [
 
 
 class ThresholdUnit(nn.Module):
-    """Base class of the threshold units; subclasses define ``forward`` and ``levels``.
+    """A threshold unit of any :class:`~lightning_ftprop.kinds.UnitKind`; :class:`Sign`, :class:`Step` and
+    :class:`QReLU` are this with their kinds.
 
     Args:
+        kind: the unit's kind.
         rule: a registered rule name (see :func:`lightning_ftprop.rules.available_rules`) or a
             :class:`~lightning_ftprop.rules.Rule`.
         weighted: weight each unit's loss by ``|g|`` (the paper's default). ``False`` uses only the
             sign of ``g``, scaled by ``1/batch``.
         inplace: accepted for drop-in compatibility with ``nn.ReLU(inplace=True)``; ignored.
-        saved: what the backward keeps: ``"input"`` (default: ``z`` itself), or the compact ``"bf16"`` / ``"uint8"``
+        keep: what the backward keeps: ``"input"`` (default: ``z`` itself), or the compact ``"bf16"`` / ``"uint8"``
             forms of the surrogate (see :mod:`lightning_ftprop.functional`).
+        mode: the backward mode, ``"single"`` or (with several thresholds) ``"per_threshold"``.
 
-    >>> unit = Sign("sste", saved="uint8")
-    >>> unit.levels, unit.bits, unit.spec()
-    (2, 1, {'activation': 'sign', 'rule': 'sste', 'weighted': True, 'saved': 'uint8'})
+    >>> unit = Sign("sste", keep="uint8")
+    >>> unit.kind, unit.levels, unit.bits, unit.config()
+    (SignKind(), 2, 1, {'activation': 'sign', 'rule': 'sste', 'weighted': True, 'keep': 'uint8'})
     """
 
-    activation: str = ""
-    levels: int = 2
-
     def __init__(
-        self, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, inplace: bool = False, saved: str = "input"
+        self,
+        kind: UnitKind,
+        rule: Union[str, Rule] = DEFAULT_RULE,
+        weighted: bool = True,
+        inplace: bool = False,
+        keep: str = "input",
+        mode: str = "single",
     ):
         super().__init__()
+        if not isinstance(kind, UnitKind):
+            raise TypeError(f"kind must be a lightning_ftprop.kinds.UnitKind, got {kind!r}")
         if not isinstance(weighted, bool):
             raise TypeError(f"weighted must be True or False, got {weighted!r}")
+        self.kind = kind
         self.rule = get_rule(rule)
         self.weighted = weighted
-        self.saved = F.check_saved(saved)
+        self.keep = F.check_keep(keep)
+        self.mode = F.check_mode(mode, kind)
+
+    @property
+    def activation(self) -> str:
+        """The kind's name: the activation name this unit is built from."""
+        return self.kind.name
+
+    @property
+    def levels(self) -> int:
+        """The number of output values."""
+        return self.kind.levels
 
     @property
     def bits(self) -> int:
         """Bits needed to store one output value."""
-        return max(1, math.ceil(math.log2(self.levels)))
+        return self.kind.bits
 
-    def spec(self) -> Dict[str, object]:
-        """The keyword arguments that rebuild this unit with :func:`make_unit`."""
-        spec = {"activation": self.activation, "rule": self.rule.name, "weighted": self.weighted}
-        return spec if self.saved == "input" else {**spec, "saved": self.saved}
+    def config(self) -> Dict[str, object]:
+        """The keyword arguments that rebuild this unit with :func:`make_unit` (not the swap spec of :mod:`~lightning_ftprop.spec`)."""
+        config: Dict[str, object] = {"activation": self.kind.name, "rule": self.rule.name, "weighted": self.weighted}
+        config.update(self.kind.args())
+        if len(self.kind.modes) > 1:
+            config["mode"] = self.mode
+        return config if self.keep == "input" else {**config, "keep": self.keep}
 
     def extra_repr(self) -> str:
-        saved = "" if self.saved == "input" else f", saved={self.saved!r}"
-        return f"rule={self.rule.name!r}, weighted={self.weighted}{saved}"
+        own = ", ".join(f"{k}={v!r}" for k, v in self.kind.args().items())
+        mode = f"mode={self.mode!r}" if len(self.kind.modes) > 1 else ""
+        keep = "" if self.keep == "input" else f", keep={self.keep!r}"
+        kind = "" if type(self) is not ThresholdUnit else f"kind={self.kind!r}, "
+        prefix = ", ".join(part for part in (own, mode) if part)
+        return f"{kind}{prefix + ', ' if prefix else ''}rule={self.rule.name!r}, weighted={self.weighted}{keep}"
+
+    def forward(self, z: Tensor) -> Tensor:
+        return F.threshold(z, self.kind, self.rule, self.weighted, self.mode, self.keep)
 
 
 class Sign(ThresholdUnit):
@@ -89,10 +120,10 @@ class Sign(ThresholdUnit):
     tensor([-1., -1.,  1.])
     """
 
-    activation = "sign"
-
-    def forward(self, z: Tensor) -> Tensor:
-        return F.sign(z, self.rule, self.weighted, self.saved)
+    def __init__(
+        self, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, inplace: bool = False, keep: str = "input"
+    ):
+        super().__init__(SignKind(), rule, weighted, inplace, keep)
 
 
 class Step(ThresholdUnit):
@@ -103,10 +134,10 @@ class Step(ThresholdUnit):
     tensor([0., 0., 1.])
     """
 
-    activation = "step"
-
-    def forward(self, z: Tensor) -> Tensor:
-        return F.step(z, self.rule, self.weighted, self.saved)
+    def __init__(
+        self, rule: Union[str, Rule] = DEFAULT_RULE, weighted: bool = True, inplace: bool = False, keep: str = "input"
+    ):
+        super().__init__(StepKind(), rule, weighted, inplace, keep)
 
 
 class QReLU(ThresholdUnit):
@@ -123,43 +154,36 @@ class QReLU(ThresholdUnit):
     (6, 3)
     """
 
-    activation = "qrelu"
-
     def __init__(
         self,
         rule: Union[str, Rule] = DEFAULT_RULE,
         weighted: bool = True,
         inplace: bool = False,
-        saved: str = "input",
+        keep: str = "input",
         thresholds: int = 3,
         mode: str = "single",
     ):
-        super().__init__(rule, weighted, inplace, saved)
-        self.thresholds = F.check_thresholds(thresholds)
-        self.mode = F.check_mode(mode)
+        super().__init__(QReLUKind(F.check_thresholds(thresholds)), rule, weighted, inplace, keep, mode)
 
     @property
-    def levels(self) -> int:  # type: ignore[override]
-        return self.thresholds + 1
-
-    def spec(self) -> Dict[str, object]:
-        return {**super().spec(), "thresholds": self.thresholds, "mode": self.mode}
-
-    def extra_repr(self) -> str:
-        return f"thresholds={self.thresholds}, mode={self.mode!r}, {super().extra_repr()}"
-
-    def forward(self, z: Tensor) -> Tensor:
-        return F.qrelu(z, self.rule, self.weighted, self.thresholds, self.mode, self.saved)
+    def thresholds(self) -> int:
+        """The number of thresholds ``n``."""
+        return self.kind.n
 
 
-#: Threshold unit name -> its class: the ``activation`` names :func:`make_unit` and ``convert`` accept.
+#: Threshold unit name -> its own class, for the built-in kinds; any other registered kind
+#: (:func:`lightning_ftprop.kinds.register_kind`) is built as a :class:`ThresholdUnit` by :func:`make_unit`.
 UNIT_CLASSES: Dict[str, Type[ThresholdUnit]] = {"sign": Sign, "step": Step, "qrelu": QReLU}
 
+_UNIT_ARGUMENTS = ("weighted", "inplace", "keep", "mode")
 
-def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, **kwargs) -> ThresholdUnit:
+
+def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, **kwargs: Any) -> ThresholdUnit:
     """Build a threshold unit by name: ``make_unit("qrelu", "sste", thresholds=5)``.
 
-    This is where unit arguments are checked, for every caller (convert, the spec, the callback).
+    The name is a kind's (:func:`lightning_ftprop.kinds.kind_names`); the keyword arguments are the unit's
+    (``weighted``, ``inplace``, ``keep``, ``mode``) and the kind's own (qrelu's ``thresholds``). This is where
+    unit arguments are checked, for every caller (convert, the spec, the callback).
 
     Raises:
         ValueError: an unknown activation or rule (the message lists the valid names), or a bad
@@ -169,18 +193,26 @@ def make_unit(activation: str = "sign", rule: Union[str, Rule] = DEFAULT_RULE, *
     >>> make_unit("qrelu", "sste", thresholds=5, mode="per_threshold")
     QReLU(thresholds=5, mode='per_threshold', rule='sste', weighted=True)
     """
-    cls = UNIT_CLASSES[check_unit_name(activation)]
-    allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
+    name = check_unit_name(activation)
+    cls = UNIT_CLASSES.get(name)
+    if cls is not None:
+        allowed = [p for p in inspect.signature(cls).parameters if p != "rule"]
+    else:
+        own = [p for p in inspect.signature(KINDS[name]).parameters]
+        allowed = [*_UNIT_ARGUMENTS, *own]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise TypeError(
-            f"{cls.__name__} does not take {', '.join(unknown)}; its arguments are: rule, {', '.join(allowed)}"
-        )
-    return cls(rule=rule, **kwargs)
+        who = cls.__name__ if cls is not None else f"a {name} unit"
+        raise TypeError(f"{who} does not take {', '.join(unknown)}; its arguments are: rule, {', '.join(allowed)}")
+    if cls is not None:
+        return cls(rule=rule, **kwargs)
+    unit_args = {k: v for k, v in kwargs.items() if k in _UNIT_ARGUMENTS}
+    kind = get_kind(name, **{k: v for k, v in kwargs.items() if k not in _UNIT_ARGUMENTS})
+    return ThresholdUnit(kind, rule, **unit_args)
 
 
 def check_unit_name(activation: str) -> str:
-    """Validate a threshold unit name (a key of :data:`UNIT_CLASSES`) and return it.
+    """Validate a threshold unit name (a registered kind's, :func:`lightning_ftprop.kinds.kind_names`) and return it.
 
     (Network activation names, which add the float baselines, are checked by
     :func:`lightning_ftprop.models.activation.check_network_activation`.)
@@ -196,7 +228,7 @@ def check_unit_name(activation: str) -> str:
     ValueError: unknown activation 'relu'; valid activations are: sign, step, qrelu
     """
     if not isinstance(activation, str):
-        raise TypeError(f"activation must be a name, one of {', '.join(UNIT_CLASSES)}; got {activation!r}")
-    if activation not in UNIT_CLASSES:
-        raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(UNIT_CLASSES)}")
+        raise TypeError(f"activation must be a name, one of {', '.join(KINDS)}; got {activation!r}")
+    if activation not in KINDS:
+        raise ValueError(f"unknown activation {activation!r}; valid activations are: {', '.join(KINDS)}")
     return activation

@@ -2,7 +2,7 @@
 
 Friesen & Domingos (ICLR 2018), Table 1, compares six ways to train a network, on four networks. This
 module is the one place they are written; the shipped configs (``scripts/generate_configs.py``), the demo,
-``benchmarks/table1.py`` and ``benchmarks/accuracy.py`` all read them from here.
+``benchmarks/table1/`` and ``benchmarks/accuracy.py`` all read them from here.
 
 A :class:`Method` is an activation and, for threshold units, the rule that trains it::
 

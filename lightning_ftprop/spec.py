@@ -6,7 +6,7 @@ threshold units before its weights load::
 
     spec = make_spec(activation="qrelu", rule="sste", unit_kwargs={"thresholds": 5})
     names = apply_spec(model, spec)              # lightning_ftprop.convert(model, ...) underneath
-    spec_differences(saved, spec)                # [] when they agree
+    spec_differences(checkpoint_spec, spec)      # [] when they agree
 
 For example, sign units everywhere except the ``Tanh`` modules, which get 5-threshold qrelu units:
 
@@ -42,7 +42,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
-from lightning_ftprop.convert import check_convert_args, check_mapping, check_patterns, convert, mapping_key_name
+from lightning_ftprop.convert import convert
+from lightning_ftprop.convert_args import check_convert_args, check_mapping, check_patterns, mapping_key_name
 from lightning_ftprop.memory import DEFAULT_MEMORY, check_memory
 from lightning_ftprop.nn import check_unit_name
 from lightning_ftprop.rules import DEFAULT_RULE, Rule

@@ -1,7 +1,7 @@
 """The unit-state hook point: what a threshold unit keeps for its backward, decided per thread.
 
 A threshold unit (:mod:`lightning_ftprop.functional`) keeps its pre-activation ``z`` for the backward
-(``saved="input"``), or its compact surrogate. A *policy* active in the current thread may keep
+(``keep="input"``), or its compact surrogate. A *policy* active in the current thread may keep
 something smaller. The protocol is typed and one-way: this module imports only torch, the units call
 it, and a policy (:mod:`lightning_ftprop.memory` defines the package's) never touches autograd's
 ``ctx``.
@@ -68,8 +68,8 @@ class UnitCall:
         z: the pre-activation (the unit's input), with its autograd history.
         rule: the unit's :class:`~lightning_ftprop.rules.Rule`.
         weighted: the unit weights its loss by ``|g|``.
-        thresholds: 0 for sign and step, ``n`` for qrelu.
-        mode: qrelu's backward mode (``"single"`` or ``"per_threshold"``).
+        kind: the unit's :class:`~lightning_ftprop.kinds.UnitKind` (its thresholds, values and coordinates).
+        mode: the backward mode (``"single"`` or ``"per_threshold"``).
         keeps_z: whether the unit, with no policy, keeps ``z`` itself (else a compact surrogate, or nothing).
         backward_from_z: ``(g, z) -> dz``, the unit's exact backward given ``z``: a policy that rebuilds
             ``z`` calls it, and ``backward_from_z(ones, z)`` is the unit's surrogate ``S(z)``.
@@ -86,7 +86,7 @@ class UnitCall:
     z: Tensor
     rule: Any
     weighted: bool
-    thresholds: int
+    kind: Any
     mode: str
     keeps_z: bool
     backward_from_z: Callable[[Tensor, Tensor], Tensor]

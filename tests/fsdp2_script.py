@@ -113,9 +113,7 @@ class Record(pl.Callback):
 
     def _read(self, trainer):
         if self._step is not None:
-            (diagnostics,) = [
-                c for c in trainer.callbacks if isinstance(c, (ftp.FTPropCallback, ftp.FTPropDiagnostics))
-            ]
+            (diagnostics,) = [c for c in trainer.callbacks if isinstance(c, ftp.parts.FTPropParts)]
             self.latest[self._step], self._step = dict(diagnostics.latest), None
 
 

@@ -129,7 +129,7 @@ class StartProbe(TinyNet):
 def test_resume_from_checkpoint_keeps_threshold_units(tmp_path):
     trained, path = _fit_and_checkpoint(tmp_path, rule="sste")
     checkpoint = torch.load(path, weights_only=True)  # the stored spec is plain data
-    state = checkpoint["callbacks"]["FTPropCallback"]
+    state = checkpoint["callbacks"]["ftprop"]
     assert state["spec"]["rule"] == "sste" and state["layers"] == ["net.2", "net.4"]
 
     resumed = StartProbe()  # a fresh ReLU model: the callback must swap it before the weights load
@@ -161,10 +161,10 @@ def test_subclassed_callback_resumes_its_state_and_the_diagnostics_counters(tmp_
     make_trainer(callbacks=[first, checkpoint], enable_checkpointing=True, max_steps=3).fit(trained, make_loader())
     assert (first.diagnostics.logged_steps, first.diagnostics.last_logged_step) == (2, 2)  # steps 0 and 2
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert "FTPropCallback" in saved["callbacks"] and not any("Named" in str(k) for k in saved["callbacks"])
-    state = saved["callbacks"]["FTPropCallback"]
+    assert "ftprop" in saved["callbacks"] and not any("Named" in str(k) for k in saved["callbacks"])
+    state = saved["callbacks"]["ftprop"]
     assert state["spec"]["mapping"] == {"ReLU": ["qrelu", {"thresholds": 5}]}
-    assert state["diagnostics"]["logged_steps"] == 2 and state["diagnostics"]["last_logged_step"] == 2
+    assert state["FTPropDiagnostics"]["logged_steps"] == 2 and state["FTPropDiagnostics"]["last_logged_step"] == 2
 
     resumed = StartProbe()
     second = NamedCallback()
@@ -199,7 +199,7 @@ def test_checkpoint_with_a_different_spec_is_refused(tmp_path):
 
 def test_two_ftprop_callbacks_are_refused():
     trainer = make_trainer(callbacks=[ftp.FTPropCallback(), ftp.FTPropDiagnostics()], max_steps=1)
-    with pytest.raises(ValueError, match="2 ftprop callbacks"):
+    with pytest.raises(ValueError, match="2 ftprop integrations"):
         trainer.fit(TinyNet(), make_loader())
 
 
@@ -226,11 +226,11 @@ def test_bf16_accumulation_checkpoint_and_early_stopping(tmp_path):
     last_saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert 0 < last_saved["global_step"] <= trainer.global_step and checkpoint.best_model_path
     # logging every step: the statistics saved with the checkpoint are those of its last optimizer step
-    saved_diagnostics = last_saved["callbacks"]["FTPropCallback"]["diagnostics"]
+    saved_diagnostics = last_saved["callbacks"]["ftprop"]["FTPropDiagnostics"]
     assert saved_diagnostics["last_logged_step"] == last_saved["global_step"] - 1
     assert saved_diagnostics["logged_steps"] == last_saved["global_step"]
     saved = torch.load(checkpoint.best_model_path, weights_only=False)
-    assert saved["callbacks"]["FTPropCallback"]["layers"] == ["net.2", "net.4"]
+    assert saved["callbacks"]["ftprop"]["layers"] == ["net.2", "net.4"]
     # the last logged step gathered both accumulated micro-batches of bf16 pre-activations
     last = max(probe.records)
     records = probe.records[last]

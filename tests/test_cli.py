@@ -171,12 +171,15 @@ def test_cifar_config_trains_on_written_batches(tmp_path):
     (last,) = tmp_path.rglob("last.ckpt")
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 2 and saved["epoch"] == 0
-    assert saved["ftprop"]["spec"]["activation"] == "sign" and saved["ftprop"]["spec"]["rule"] == "soft_hinge"
+    assert (
+        saved["callbacks"]["ftprop"]["spec"]["activation"] == "sign"
+        and saved["callbacks"]["ftprop"]["spec"]["rule"] == "soft_hinge"
+    )
 
     # the trained model comes back as a threshold network: Sign units with the soft_hinge rule, its weights
     for model in (ftp.ImageClassifier.load_from_checkpoint(last, map_location="cpu"), load_checkpoint_model(str(last))):
         units = ftp.threshold_units(model)
-        assert [name for name, _ in units] == saved["ftprop"]["layers"] and len(units) == 3
+        assert [name for name, _ in units] == saved["callbacks"]["ftprop"]["layers"] and len(units) == 3
         assert all(type(u) is ftp.Sign and u.rule.name == "soft_hinge" and u.weighted for _, u in units)
         assert not ftp.float_activations(model)
         for key, value in saved["state_dict"].items():
@@ -189,7 +192,7 @@ def test_cifar_config_trains_on_written_batches(tmp_path):
     rows = list(csv.DictReader(metrics_csv.open()))
     logged = {key for row in rows for key, value in row.items() if value}
     assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc"} <= logged
-    layers = [key.replace(".", "_") for key in saved["ftprop"]["layers"]]
+    layers = [key.replace(".", "_") for key in saved["callbacks"]["ftprop"]["layers"]]
     expected = {f"ftprop/{layer}/{stat}" for layer in layers for stat in ftp.diagnostics.STATS}
     assert expected <= logged
     (step0,) = [row for row in rows if row.get(f"ftprop/{layers[0]}/mismatch")]
@@ -255,7 +258,7 @@ def test_imagenet_resnet18_config_trains_two_steps_with_ddp_on_two_cpu_processes
     assert checkpoint["global_step"] == 2
     assert checkpoint["hyper_parameters"]["activation"] == "qrelu"
     assert checkpoint["hyper_parameters"]["ftprop"]["unit_kwargs"] == {"thresholds": 5, "mode": "single"}
-    assert checkpoint["ftprop"]["spec"]["unit_kwargs"] == {"thresholds": 5, "mode": "single"}
+    assert checkpoint["callbacks"]["ftprop"]["spec"]["unit_kwargs"] == {"thresholds": 5, "mode": "single"}
     (config,) = run_dir.rglob("config.yaml")
     saved = yaml.safe_load(config.read_text())
     assert saved["trainer"]["strategy"] == "ddp" and str(saved["trainer"]["devices"]) == "2"

@@ -67,4 +67,4 @@ def test_fashion_mnist_sign_soft_hinge_config_logs_ftprop_diagnostics(tmp_path, 
     import torch
 
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-    assert checkpoint["ftprop"]["spec"]["activation"] == "sign" and checkpoint["global_step"] == 20
+    assert checkpoint["callbacks"]["ftprop"]["spec"]["activation"] == "sign" and checkpoint["global_step"] == 20

@@ -107,7 +107,7 @@ def test_per_target_mapping_gives_each_target_its_own_unit_arguments():
     assert spec_differences(spec, spec_from_dict(dict(spec))) == []
     again = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3), nn.GELU())
     apply_spec(again, spec)
-    assert [u.spec() for _, u in ftp.threshold_units(again)] == [u.spec() for _, u in ftp.threshold_units(model)]
+    assert [u.config() for _, u in ftp.threshold_units(again)] == [u.config() for _, u in ftp.threshold_units(model)]
 
 
 @pytest.mark.parametrize(

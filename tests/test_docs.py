@@ -39,13 +39,16 @@ def _all_modules():
 @pytest.fixture
 def restored_registries():
     """Examples may register rules or recognisers; the rest of the suite sees the registries unchanged."""
-    from lightning_ftprop import recognise, rules
+    from lightning_ftprop import kinds, recognise, rules
 
     saved_rules = dict(rules._REGISTRY)
+    saved_kinds = dict(kinds.KINDS)
     saved_recognisers = recognise.registered_activations()
     yield
     rules._REGISTRY.clear()
     rules._REGISTRY.update(saved_rules)
+    kinds.KINDS.clear()
+    kinds.KINDS.update(saved_kinds)
     for key in set(recognise.registered_activations()) - set(saved_recognisers):
         recognise.unregister_activation(key)
 
@@ -69,6 +72,25 @@ def test_docstring_examples_run_and_print_what_they_show(module_name, restored_r
         torch.set_num_threads(threads)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, report.getvalue()
+
+
+def _pycon_blocks(page: Path):
+    """The ```pycon blocks of a guide: examples meant to run, as doctests."""
+    return re.findall(r"```pycon\n(.*?)```", page.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (REPO / "docs").glob("*.md") if _pycon_blocks(p)))
+def test_guide_examples_run_as_doctests(page, restored_registries, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parser, runner, report = doctest.DocTestParser(), doctest.DocTestRunner(optionflags=OPTIONS), io.StringIO()
+    for i, block in enumerate(_pycon_blocks(REPO / "docs" / page)):
+        runner.run(parser.get_doctest(block, {}, f"{page}[{i}]", page, 0), out=report.write)
+    result = runner.summarize(verbose=False)
+    assert result.attempted > 0 and result.failed == 0, report.getvalue()
+
+
+def test_units_guide_holds_the_ternary_example():
+    assert any("class Ternary(UnitKind)" in block for block in _pycon_blocks(REPO / "docs" / "units.md"))
 
 
 def test_every_public_module_class_and_function_has_a_docstring():

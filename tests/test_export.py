@@ -413,7 +413,7 @@ def test_cli_exports_checkpoints_of_the_callback_the_mixin_and_image_classifier(
         "--input_shape",
         "1,28,28",
     )
-    # FTPropMixin: the spec lives in checkpoint["ftprop"]
+    # FTPropMixin: the spec lives in checkpoint["callbacks"]["ftprop"], as the callback's
     mixin = MixinClassifier(ftprop={"activation": "step", "log_every_n_steps": 0, "histogram_every_n_steps": 0})
     trained = _fit_and_save(mixin, tmp_path / "c.ckpt")
     _check_cli_export(

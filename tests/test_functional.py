@@ -84,8 +84,8 @@ def _tiny_net(unit):
         ftp.QReLU(),
         ftp.QReLU("sste", mode="per_threshold", thresholds=5),
         ftp.Sign("log_loss", weighted=False),
-        ftp.Sign(saved="uint8"),
-        ftp.QReLU("sste", saved="bf16"),
+        ftp.Sign(keep="uint8"),
+        ftp.QReLU("sste", keep="bf16"),
     ],
     ids=repr,
 )
@@ -188,18 +188,18 @@ def _saved_bytes(fn, z, **kwargs):
 def test_uint8_saved_form_is_exact_for_indicator_rules_and_uses_one_byte(fn, kwargs):
     z = torch.cat([torch.linspace(-2, 2, 401), torch.tensor([-1.0, 0.0, 0.5, 1.0])]).repeat(3, 1)
     g = torch.randn_like(z)
-    torch.testing.assert_close(_grad(fn, z, g, saved="uint8", **kwargs), _grad(fn, z, g, **kwargs))
-    nbytes, _ = _saved_bytes(fn, z, saved="uint8", **kwargs)
+    torch.testing.assert_close(_grad(fn, z, g, keep="uint8", **kwargs), _grad(fn, z, g, **kwargs))
+    nbytes, _ = _saved_bytes(fn, z, keep="uint8", **kwargs)
     assert nbytes == (0 if kwargs["rule"] == "ste" else z.numel())
 
 
-@pytest.mark.parametrize("saved, tol", [("uint8", 1 / 510), ("bf16", 2**-8)])
+@pytest.mark.parametrize("keep, tol", [("uint8", 1 / 510), ("bf16", 2**-8)])
 @pytest.mark.parametrize("fn, kwargs", [(F.sign, {}), (F.qrelu, {}), (F.qrelu, dict(mode="per_threshold"))])
-def test_compact_soft_hinge_backward_is_within_its_encoding_error(fn, kwargs, saved, tol):
+def test_compact_soft_hinge_backward_is_within_its_encoding_error(fn, kwargs, keep, tol):
     z = torch.linspace(-3, 3, 601).repeat(2, 1)
     g = torch.randn_like(z)
     exact = _grad(fn, z, g, **kwargs)
-    compact = _grad(fn, z, g, saved=saved, **kwargs)
+    compact = _grad(fn, z, g, keep=keep, **kwargs)
     assert not torch.equal(exact, compact)
     assert torch.all((compact - exact).abs() <= tol * g.abs() + 1e-7)
 
@@ -208,10 +208,10 @@ def test_target_dependent_rules_keep_z_whatever_the_saved_form():
     z = torch.linspace(-3, 3, 61).repeat(2, 1)
     g = torch.randn_like(z)
     for rule in ("hinge", "log_loss"):
-        torch.testing.assert_close(_grad(F.sign, z, g, rule=rule, saved="uint8"), _grad(F.sign, z, g, rule=rule))
-        assert _saved_bytes(F.sign, z, rule=rule, saved="uint8")[0] == z.numel() * 4
+        torch.testing.assert_close(_grad(F.sign, z, g, rule=rule, keep="uint8"), _grad(F.sign, z, g, rule=rule))
+        assert _saved_bytes(F.sign, z, rule=rule, keep="uint8")[0] == z.numel() * 4
 
 
 def test_unknown_saved_form_lists_valid_ones():
     with pytest.raises(ValueError, match="'int4'.*input, bf16, uint8"):
-        ftp.Sign(saved="int4")
+        ftp.Sign(keep="int4")

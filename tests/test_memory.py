@@ -81,7 +81,7 @@ def test_threshold_outputs_round_trip_bitwise_in_their_bits(unit, dtype):
     z = (torch.randn(3, 5, 7, dtype=dtype) * 0.7).requires_grad_()  # odd sizes
     h = layer(z)
     saved = memory.pack(h)
-    assert isinstance(saved, memory._Packed), "a threshold output must be packed"
+    assert isinstance(saved, memory.PackedTensor), "a threshold output must be packed"
     assert saved.data.numel() == layer.bits * math.ceil(h.numel() / 8)
     back = memory.unpack(saved)
     assert back.dtype == dtype and back.shape == h.shape and back.stride() == h.stride()
@@ -105,7 +105,7 @@ def test_non_contiguous_and_pooled_threshold_outputs_keep_values_and_strides(uni
     }
     for name, view in views.items():
         saved = memory.pack(view)
-        assert isinstance(saved, memory._Packed), name
+        assert isinstance(saved, memory.PackedTensor), name
         back = memory.unpack(saved)
         assert back.stride() == view.stride() and torch.equal(back, view.detach()), name
     gapped = h[:, 1]  # not dense: its strides skip elements; kept as it is rather than re-laid out
@@ -184,7 +184,7 @@ def test_packed_keeps_bits_not_floats_for_the_saved_threshold_outputs(monkeypatc
 
     def spy(t):
         saved = real_pack(t)
-        kinds.append(saved.kind if isinstance(saved, memory._Packed) else str(t.dtype))
+        kinds.append(saved.form if isinstance(saved, memory.PackedTensor) else str(t.dtype))
         return saved
 
     monkeypatch.setattr(memory.hooks, "pack", spy)  # packed() installs hooks.pack as it finds it
@@ -309,7 +309,7 @@ def test_recompute_keeps_only_bits_references_and_the_image(monkeypatch):
     params = {id(p) for p in model.parameters()}
     assert floats and all(t is x or id(t if t._base is None else t._base) in params for t in floats)
     kinds = {type(t).__name__ for t in kept}
-    assert {"_Packed", "_Ref"} <= kinds  # bits (conv inputs) and references (BN/pool inputs, z, indices)
+    assert {"PackedTensor", "_Ref"} <= kinds  # bits (conv inputs) and references (BN/pool inputs, z, indices)
     nn.functional.cross_entropy(logits, y).backward()
     assert all(p.grad is not None for p in model.parameters())
 

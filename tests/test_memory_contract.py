@@ -278,10 +278,10 @@ def test_the_units_import_nothing_from_memory_and_nobody_imports_private_names_o
 
 def test_recognising_threshold_outputs_needs_no_private_name():
     h = ftp.functional.qrelu(torch.randn(4, requires_grad=True), thresholds=3)
-    assert ftp.functional.output_alphabet(h.grad_fn) == 3
+    assert ftp.functional.output_kind(h.grad_fn) == ftp.kinds.QReLUKind(3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert isinstance(memory.pack(h), memory._Packed)
+        assert isinstance(memory.pack(h), memory.PackedTensor)
 
 
 def test_recompute_without_private_tensor_attributes_or_pytree_keeps_exact_gradients(monkeypatch):

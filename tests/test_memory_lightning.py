@@ -84,7 +84,7 @@ def test_memory_is_stored_in_the_checkpoint_and_another_mode_may_resume(tmp_path
     path = tmp_path / "run.ckpt"
     trainer.save_checkpoint(path)
     state = torch.load(path, weights_only=True)
-    [spec] = [v["spec"] for k, v in state["callbacks"].items() if "FTPropCallback" in k]
+    spec = state["callbacks"]["ftprop"]["spec"]
     assert spec["memory"] == "recompute"
     torch.manual_seed(0)
     resumed = WatchedNet()
@@ -122,7 +122,7 @@ def test_mixin_applies_the_memory_key_of_its_spec(tmp_path):
         assert torch.equal(p, dict(models["exact"].named_parameters())[name]), name
     path = tmp_path / "mixin.ckpt"
     trainer.save_checkpoint(path)
-    assert torch.load(path, weights_only=True)["ftprop"]["spec"]["memory"] == "recompute"
+    assert torch.load(path, weights_only=True)["callbacks"]["ftprop"]["spec"]["memory"] == "recompute"
     with pytest.raises(ValueError, match="valid modes are: exact, packed, recompute"):
         MixinNet(ftprop={"activation": "sign", "memory": "tiny"}).apply_ftprop()
 

@@ -230,7 +230,7 @@ def test_unpack_of_the_first_samples_matches_the_whole():
         ftp.functional.qrelu(z.contiguous(memory_format=torch.channels_last), thresholds=5),
     ):
         saved = memory.pack(h)
-        assert isinstance(saved, memory._Packed)
+        assert isinstance(saved, memory.PackedTensor)
         assert torch.equal(memory.unpack(saved, samples=2), h.detach()[:2])
 
 

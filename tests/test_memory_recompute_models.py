@@ -171,7 +171,7 @@ def test_recompute_keeps_the_hf_mlp_activation_in_bits_and_its_z_as_a_reference(
     units = [kind for name, kind in stored if isinstance(model.get_submodule(name), ftp.ThresholdUnit)]
     assert len(units) >= 2 and set(units) == {"_Ref"}  # each z: a reference to the linear call that made it
     inputs = [kind for name, kind in stored if name.endswith(second) and kind != "Parameter"]
-    assert "_Packed" in inputs  # the second linear's input: the activation, in bits
+    assert "PackedTensor" in inputs  # the second linear's input: the activation, in bits
 
 
 def test_a_recomputing_model_survives_torch_save_and_deepcopy(tmp_path):

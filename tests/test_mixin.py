@@ -107,7 +107,8 @@ def test_mixin_resumes_fit_with_threshold_units(tmp_path):
     trainer.fit(model, make_loader(), ckpt_path=path)
     assert model.types_at_start == ["Sign", "Sign"] and trainer.global_step == 3
     # the diagnostics part the mixin added resumed its counters: steps 0 and 1 before, step 2 after
-    (diagnostics,) = [cb for cb in trainer.callbacks if isinstance(cb, ftp.FTPropDiagnostics)]
+    (parts,) = [cb for cb in trainer.callbacks if isinstance(cb, ftp.parts.FTPropParts)]
+    diagnostics = parts.diagnostics
     assert (diagnostics.logged_steps, diagnostics.last_logged_step) == (3, 2)
 
 
@@ -160,7 +161,7 @@ def test_mixin_bad_spec_is_an_error(spec, fragment):
 
 def test_mixin_and_callback_together_are_refused():
     trainer = make_trainer(callbacks=[ftp.FTPropCallback(log_every_n_steps=0)], max_steps=1)
-    with pytest.raises(ValueError, match="uses FTPropMixin"):
+    with pytest.raises(ValueError, match="2 ftprop integrations.*FTPropMixin"):
         trainer.fit(MixinNet(ftprop={"log_every_n_steps": 0, "histogram_every_n_steps": 0}), make_loader())
 
 
@@ -175,8 +176,10 @@ def test_mixin_spec_with_a_per_target_mapping_trains_and_reloads(tmp_path):
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     saved = torch.load(path, weights_only=True)
-    assert saved["ftprop"]["spec"]["mapping"] == {"ReLU": ["qrelu", {"thresholds": 5, "mode": "per_threshold"}]}
+    assert saved["callbacks"]["ftprop"]["spec"]["mapping"] == {
+        "ReLU": ["qrelu", {"thresholds": 5, "mode": "per_threshold"}]
+    }
     loaded = MixinNet.load_from_checkpoint(path)
-    assert [u.spec() for _, u in ftp.threshold_units(loaded)] == [u.spec() for _, u in ftp.threshold_units(model)]
+    assert [u.config() for _, u in ftp.threshold_units(loaded)] == [u.config() for _, u in ftp.threshold_units(model)]
     with pytest.raises(ValueError, match="mapping"):  # another target argument is another network
         MixinNet.load_from_checkpoint(path, ftprop={"rule": "sste", "mapping": {"ReLU": ["qrelu", {"thresholds": 3}]}})

@@ -131,8 +131,11 @@ def test_sign_classifier_reloads_from_its_checkpoint_as_sign_units_with_identica
     model = ImageClassifier(arch="convnet4", activation="sign", rule="sste", num_classes=10, in_channels=1, lr=1e-3)
     path = _fit_few_steps(model, tmp_path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    assert checkpoint["ftprop"]["layers"] == ["net.2", "net.5", "net.8"]
-    assert checkpoint["ftprop"]["spec"]["activation"] == "sign" and checkpoint["ftprop"]["spec"]["rule"] == "sste"
+    assert checkpoint["callbacks"]["ftprop"]["layers"] == ["net.2", "net.5", "net.8"]
+    assert (
+        checkpoint["callbacks"]["ftprop"]["spec"]["activation"] == "sign"
+        and checkpoint["callbacks"]["ftprop"]["spec"]["rule"] == "sste"
+    )
     loaded = ImageClassifier.load_from_checkpoint(path)
     units = [m for m in loaded.net if isinstance(m, Sign)]
     assert len(units) == 3 and all(u.rule.name == "sste" for u in units)

@@ -1,9 +1,10 @@
-"""benchmarks/table1.py: one tiny run through ImageClassifier + Trainer, its JSONL record, the skip on rerun, the report."""
+"""benchmarks/table1/: one tiny run through ImageClassifier + Trainer, its JSONL record, the skip on rerun, the report."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def table1():
-    spec = importlib.util.spec_from_file_location("table1", ROOT / "benchmarks" / "table1.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # benchmarks/ is a folder of the repository (a namespace package), not an installed package
+    added = str(ROOT) not in sys.path
+    if added:
+        sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module("benchmarks.table1")
+    finally:
+        if added:
+            sys.path.remove(str(ROOT))
 
 
 TINY = ["--embedded", "--nets", "convnet4", "--seeds", "1", "--epochs", "2", "--limit-batches", "3", "--threads", "1"]
@@ -141,8 +147,8 @@ def _pairs(activation, sh_best, sste_best):
 
 @pytest.fixture
 def plan_epochs(table1, monkeypatch):
-    # the synthetic records train 2 epochs; point the documents at them
-    monkeypatch.setattr(table1, "PLAN", ("convnet4", "fashion_mnist", 2))
+    # the synthetic records train 2 epochs; point the documents at them (every module reads records.PLAN)
+    monkeypatch.setattr(table1.records, "PLAN", ("convnet4", "fashion_mnist", 2))
 
 
 def test_findings_name_a_winner_only_when_the_interval_excludes_zero(table1, plan_epochs):

@@ -40,7 +40,8 @@ The package, one module per part:
   module calls of the forward again (:func:`recompute`);
 * :mod:`~lightning_ftprop.memory.modes`: :data:`MEMORY_MODES`, :data:`DEFAULT_MEMORY` and
   :class:`MemoryMode`;
-* :mod:`~lightning_ftprop.memory.report`: :func:`saved_bytes`, the bytes autograd holds for the backward.
+* :mod:`~lightning_ftprop.memory.measure`: :func:`saved_bytes`, the bytes autograd holds for the backward
+  (counted by :mod:`~lightning_ftprop.memory.report`).
 
 >>> import torch
 >>> from torch import nn
@@ -56,14 +57,15 @@ The package, one module per part:
 from __future__ import annotations
 
 from lightning_ftprop.memory.codec import pack_bits, unpack_bits
-from lightning_ftprop.memory.hooks import _Packed, pack, packed, unpack  # noqa: F401  (_Packed: tests)
+from lightning_ftprop.memory.hooks import PackedTensor, pack, packed, unpack
+from lightning_ftprop.memory.measure import SavedBytes, saved_bytes
 from lightning_ftprop.memory.modes import DEFAULT_MEMORY, MEMORY_MODES, MemoryMode, check_memory
 from lightning_ftprop.memory.recompute import _SEGMENTS, recompute  # noqa: F401  (_SEGMENTS: tests)
-from lightning_ftprop.memory.report import SavedBytes, saved_bytes
 from lightning_ftprop.unit_state import recomputing
 
 __all__ = [
     "MEMORY_MODES",
+    "PackedTensor",
     "check_memory",
     "pack_bits",
     "unpack_bits",

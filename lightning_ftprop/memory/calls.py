@@ -28,7 +28,7 @@ call that changed an input in place (``ReLU(inplace=True)``) is re-run on a copy
 ``z`` are references to the conv and BN calls, and the backward runs conv and BN once more.
 
     stored form        when                                         rebuilt by
-    _Packed            a threshold output                           unpack (lossless)
+    PackedTensor            a threshold output                           unpack (lossless)
     _Ref("out")        a recorded call's output, unchanged          re-running that call
     _Ref("saved")      a large intermediate of the saving call      re-running the saving call
     the tensor         parameters, small tensors, other inputs      nothing
@@ -49,7 +49,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from lightning_ftprop import torch_private, unit_state
 from lightning_ftprop.memory import report
-from lightning_ftprop.memory.hooks import _alphabet, _Packed, pack, unpack
+from lightning_ftprop.memory.hooks import PackedTensor, pack, unit_kind_of, unpack
 from lightning_ftprop.nn import ThresholdUnit
 from lightning_ftprop.torch_private import version, view_base
 
@@ -77,15 +77,15 @@ state = _State()
 
 
 class _Ref:
-    """A saved tensor stored as slot ``index`` of ``record``'s re-run (``kind`` "out" or "saved").
+    """A saved tensor stored as slot ``index`` of ``record``'s re-run (``slot`` "out" or "saved").
 
     ``view`` is ``(size, stride, offset, base stride)`` when the tensor is a view of that slot.
     """
 
-    __slots__ = ("record", "kind", "index", "view", "__weakref__")
+    __slots__ = ("record", "slot", "index", "view", "__weakref__")
 
-    def __init__(self, record: _Record, kind: str, index: int, view=None):
-        self.record, self.kind, self.index, self.view = record, kind, index, view
+    def __init__(self, record: _Record, slot: str, index: int, view=None):
+        self.record, self.slot, self.index, self.view = record, slot, index, view
         record.pending += 1
 
     def __del__(self):
@@ -102,7 +102,7 @@ class _Ref:
                 "memory='packed' (second-order exact after BatchNorm and max-pool) or memory='exact' for this step"
             )
         outputs, saved = self.record.rerun()
-        t = outputs[self.index] if self.kind == "out" else saved[self.index]
+        t = outputs[self.index] if self.slot == "out" else saved[self.index]
         if self.view is not None:
             size, stride, offset, base_stride = self.view
             if t.stride() != base_stride:  # lay the re-run output out as the forward's was
@@ -135,7 +135,7 @@ def load(stored) -> Any:
     """
     if isinstance(stored, _Ref):
         return stored.value()
-    if isinstance(stored, _Packed):
+    if isinstance(stored, PackedTensor):
         return unpack(stored)
     return stored
 
@@ -163,7 +163,7 @@ def store(x: Tensor):
     >>> from lightning_ftprop import functional as F
     >>> h = F.sign(torch.tensor([0.5, -2.0, -0.1, 3.0], requires_grad=True), rule="sste")
     >>> type(store(h)).__name__              # a threshold output: 1 bit per element
-    '_Packed'
+    'PackedTensor'
     >>> load(store(h))
     tensor([ 1., -1., -1.,  1.])
     >>> out, _ = record_call(nn.Linear(3, 2), (torch.ones(2, 3),), {})
@@ -173,7 +173,7 @@ def store(x: Tensor):
     >>> store(x) is x
     True
     """
-    if x.is_floating_point() and _alphabet(x) is None:
+    if x.is_floating_point() and unit_kind_of(x) is None:
         ref = _reference(x)
         if ref is not None:
             return ref
@@ -188,27 +188,27 @@ class _Record:
 
     __slots__ = (
         "module",
-        "spec",
+        "treespec",
         "leaves",
         "grads",
         "rng",
         "autocast",
         "policy",
         "clone",
-        "saved",
+        "n_saved",
         "wanted",
         "pending",
         "cache",
         "before_rerun",
     )
 
-    def __init__(self, module: nn.Module, spec, leaves: List[Any], grads: List[bool]):
-        self.module, self.spec, self.leaves, self.grads = module, spec, leaves, grads
+    def __init__(self, module: nn.Module, treespec, leaves: List[Any], grads: List[bool]):
+        self.module, self.treespec, self.leaves, self.grads = module, treespec, leaves, grads
         self.rng = None
         self.autocast = _autocast_state(())  # set by record_call: the forward's autocast state
         self.policy = None  # the unit-state policy the call ran under (set by record_call)
         self.clone = False  # the call changed an input in place: re-run on a copy
-        self.saved = 0  # how many tensors the call saved
+        self.n_saved = 0  # how many tensors the call saved
         self.wanted: set = set()  # which of them are stored as references to this re-run
         self.pending = 0  # live references to this call's re-run
         self.cache = None
@@ -229,7 +229,7 @@ class _Record:
                 value = value.clone() if self.clone else value
                 value.requires_grad_(grad)
             leaves.append(value)
-        args, kwargs = pytree.tree_unflatten(leaves, self.spec)
+        args, kwargs = pytree.tree_unflatten(leaves, self.treespec)
         saved: List[Tensor] = []
 
         def keep(t):
@@ -255,10 +255,10 @@ class _Record:
             else:  # only its output: no graph to build
                 stack.enter_context(torch.no_grad())
             out = own_forward(self.module, args, kwargs)
-        if self.wanted and len(saved) != self.saved:
+        if self.wanted and len(saved) != self.n_saved:
             raise RuntimeError(
                 f"recompute(): {type(self.module).__name__} saved {len(saved)} tensors when run again in the "
-                f"backward but {self.saved} in the forward; its forward must not depend on state that changes "
+                f"backward but {self.n_saved} in the forward; its forward must not depend on state that changes "
                 "between the two (turn recompute off for this model)"
             )
         outputs = [t.detach() for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
@@ -309,12 +309,12 @@ class _Saver:
 
     def __call__(self, x: Tensor):
         record = self.record
-        record.saved += 1
+        record.n_saved += 1
         hit = self.inputs.get(id(x))
         if hit is not None and hit[0] is x and hit[2] is not None and hit[2] == version(x):
             self.kept_float |= isinstance(hit[1], Tensor) and hit[1].is_floating_point()
             return hit[1]
-        if x.is_floating_point() and _alphabet(x) is not None:
+        if x.is_floating_point() and unit_kind_of(x) is not None:
             return pack(x)
         ref = _reference(x) if x.is_floating_point() else None
         if ref is not None:
@@ -325,8 +325,8 @@ class _Saver:
             return x
         if x.dtype in (torch.bool, torch.uint8):
             return pack(x)
-        record.wanted.add(record.saved - 1)
-        return _Ref(record, "saved", record.saved - 1)
+        record.wanted.add(record.n_saved - 1)
+        return _Ref(record, "saved", record.n_saved - 1)
 
 
 def record_call(module: nn.Module, args, kwargs, before_rerun: Optional[Callable[[nn.Module], None]] = None):
@@ -357,11 +357,11 @@ def record_call(module: nn.Module, args, kwargs, before_rerun: Optional[Callable
     >>> record_call(unit, (torch.randn(2, 4, requires_grad=True),), {})[1]   # z made by no recorded call
     True
     """
-    leaves, spec = pytree.tree_flatten((args, kwargs))
+    leaves, treespec = pytree.tree_flatten((args, kwargs))
     tensors = [t for t in leaves if isinstance(t, Tensor)]
     keep = report.metered(store)
     stored = [keep(t) if isinstance(t, Tensor) else t for t in leaves]
-    record = _Record(module, spec, stored, [isinstance(t, Tensor) and t.requires_grad for t in leaves])
+    record = _Record(module, treespec, stored, [isinstance(t, Tensor) and t.requires_grad for t in leaves])
     record.before_rerun = before_rerun
     versions = [version(t) for t in tensors]
     rng = _rng_state(leaves)

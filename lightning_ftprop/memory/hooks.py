@@ -41,14 +41,15 @@ from torch import Tensor
 
 from lightning_ftprop import compiled, torch_private, unit_state
 from lightning_ftprop import functional as F
+from lightning_ftprop.kinds import UnitKind
 from lightning_ftprop.memory import policy, rebuild, report
 from lightning_ftprop.memory.codec import _numpy_path, _table, lookup, pack_bools, pack_positive, unpack_bits
 from lightning_ftprop.memory.rebuild import PACKED_TAG
 
-__all__ = ["pack", "unpack", "packed"]
+__all__ = ["PackedTensor", "pack", "unpack", "packed"]
 
 
-# --- alphabets: which saved tensors are threshold outputs ------------------------------------------
+# --- kinds: which saved tensors are threshold outputs ---------------------------------------------
 
 # Autograd nodes whose output holds only values of their (single) input: a max-pool, views, copies.
 _VALUE_PRESERVING = frozenset(
@@ -75,23 +76,21 @@ _VALUE_PRESERVING = frozenset(
         "AdaptiveMaxPool3DBackward0",
     }
 )
-# A dtype cast (autocast's copy of a unit output for a matmul): exact for the values of sign and step only.
+# A dtype cast (autocast's copy of a unit output for a matmul): exact for integer values (sign, step) only.
 _CASTS = frozenset({"ToCopyBackward0"})
 _SEARCH_DEPTH = 8
 
 
-def _alphabet(x: Tensor) -> Optional[int]:
-    """Which values ``x`` holds when it is exactly a threshold output, else None.
-
-    0: {-1, +1} (sign); 1: {0, 1} (step); ``n >= 2``: {0, 1/n, ..., 1} (qrelu with ``thresholds=n``).
-    """
+def unit_kind_of(x: Tensor) -> Optional[UnitKind]:
+    """The :class:`~lightning_ftprop.kinds.UnitKind` whose values ``x`` holds when it is exactly a threshold
+    output (through views, max-pools and copies), else None."""
     node, cast = x.grad_fn, False
     for _ in range(_SEARCH_DEPTH):
         if node is None:
             return None
-        alphabet = F.output_alphabet(node)
-        if alphabet is not None:
-            return alphabet if not cast or alphabet <= 1 else None  # k/n in another dtype is not code/n there
+        kind = F.output_kind(node)
+        if kind is not None:  # k/n cast to another dtype is not code/n there: integer values only
+            return kind if kind.levels <= _MAX_LEVELS and (not cast or kind.code_map[2] == 1) else None
         name = type(node).__name__
         if name in _CASTS:
             cast = True
@@ -106,31 +105,27 @@ def _has_nan(flat: Tensor) -> bool:
     return bool(torch.isnan(flat.sum()))
 
 
-def _bits_for(n: int) -> int:
-    return max(1, math.ceil(math.log2(n + 1)))
+def _codes(flat: Tensor, kind: UnitKind) -> Tensor:
+    """The codes ``j`` of a threshold output ``h = v_j = (a j + b) / d`` as uint8 (no NaN).
 
-
-def _codes(flat: Tensor, n: int) -> Tensor:
-    """``round(n h)`` as uint8 for a qrelu output with ``n`` thresholds (no NaN).
-
-    Up to 7 thresholds, on the CPU: ``sum_k 1[h > (k - 1/2) / n]``, one 1-byte comparison per threshold and no
-    float temporary; otherwise ``round(n h)`` in float32 (exact for ``n <= 255``).
+    Up to 8 levels, on the CPU: ``sum_j 1[h > (v_(j-1) + v_j) / 2]``, one 1-byte comparison per threshold and
+    no float temporary; otherwise ``round((d h - b) / a)`` in float32 (exact for at most 256 levels).
     """
-    if n <= 7 and _numpy_path(flat) and flat.dtype in (torch.float32, torch.float64, torch.float16):
+    a, b, d = kind.code_map
+    if kind.levels <= 8 and _numpy_path(flat) and flat.dtype in (torch.float32, torch.float64, torch.float16):
         values = flat.numpy()
         codes = np.zeros(values.shape, dtype=np.uint8)
         above = np.empty(values.shape, dtype=np.bool_)
-        for k in range(1, n + 1):
-            np.greater(values, (k - 0.5) / n, out=above)
+        for low, high in zip(kind.values, kind.values[1:]):
+            np.greater(values, float((low + high) / 2), out=above)
             np.add(codes, above, out=codes, casting="unsafe")
         return torch.from_numpy(codes)
     wide = flat.float() if flat.element_size() < 4 else flat
-    return torch.mul(wide, n).round_().to(torch.uint8)
-
-
-def _decode(codes: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-    values = codes.to(dtype)
-    return values if n == 1 else values.div_(n)
+    if d != 1:
+        wide = torch.mul(wide, d)
+    if b:
+        wide = wide - b
+    return (wide / a if a != 1 else wide).round_().to(torch.uint8)
 
 
 def _memory_order(x: Tensor) -> Optional[Tuple[int, ...]]:
@@ -141,18 +136,27 @@ def _memory_order(x: Tensor) -> Optional[Tuple[int, ...]]:
     return order if x.permute(order).is_contiguous() else None
 
 
-class _Packed:
-    """A saved tensor in compact form, in ``x``'s memory order; :func:`unpack` rebuilds it as it was."""
+class PackedTensor:
+    """The packed storage of one saved tensor, in its memory order; :func:`unpack` rebuilds it as it was.
 
-    __slots__ = ("data", "kind", "alphabet", "shape", "stride", "dtype", "order", "handed", "__weakref__")
+    ``form`` is ``"bool"`` (a mask, 1 bit per value), ``"int"`` (indices in the narrowest integer type
+    that holds them) or ``"unit"`` (a threshold output of ``unit_kind``, its codes in ``bits`` planes).
 
-    def __init__(self, data: Tensor, kind: str, alphabet: int, like: Tensor, order: Tuple[int, ...]):
-        self.data, self.kind, self.alphabet, self.order = data, kind, alphabet, order
+    >>> import torch
+    >>> stored = pack(torch.tensor([True, False, True]))
+    >>> type(stored).__name__, stored.form, stored.data.dtype, unpack(stored).tolist()
+    ('PackedTensor', 'bool', torch.uint8, [True, False, True])
+    """
+
+    __slots__ = ("data", "form", "unit_kind", "shape", "stride", "dtype", "order", "handed", "__weakref__")
+
+    def __init__(self, data: Tensor, form: str, unit_kind: Optional[UnitKind], like: Tensor, order: Tuple[int, ...]):
+        self.data, self.form, self.unit_kind, self.order = data, form, unit_kind, order
         self.handed: Optional[Tensor] = None  # see unpack(): decoded indices a rebuild hands to the next unpack
         self.shape, self.stride, self.dtype = like.shape, like.stride(), like.dtype
 
 
-_MAX_ALPHABET = 255  # codes are uint8
+_MAX_LEVELS = 256  # codes are uint8
 
 
 # Autograd nodes whose output is always a view of their input (never a copy).
@@ -220,8 +224,8 @@ def pack(x: Tensor):
     ``z`` adds it (a residual block) can rebuild ``z`` from these bits (:mod:`.rebuild`).
 
     >>> import torch
-    >>> saved = pack(torch.rand(100) > 0.5)        # a bool mask: 100 bits in 13 bytes
-    >>> saved.data.numel()
+    >>> stored = pack(torch.rand(100) > 0.5)        # a bool mask: 100 bits in 13 bytes
+    >>> stored.data.numel()
     13
     """
     if x.layout != torch.strided or x.numel() == 0:
@@ -230,7 +234,7 @@ def pack(x: Tensor):
     if order is None:
         return x
     if x.dtype == torch.bool:
-        return _Packed(pack_bools(x.detach().permute(order).reshape(-1)), "bool", 1, x, order)
+        return PackedTensor(pack_bools(x.detach().permute(order).reshape(-1)), "bool", None, x, order)
     if x.dtype == torch.int64:
         if x.numel() < 64:
             return x
@@ -239,32 +243,31 @@ def pack(x: Tensor):
         for small in (torch.int8, torch.int16, torch.int32):
             info = torch.iinfo(small)
             if info.min <= lo and hi <= info.max:
-                return _Packed(x.to(small), "int", 0, x, order)
+                return PackedTensor(x.to(small), "int", None, x, order)
         return x
     if not x.is_floating_point():
         return x
     cast = _cast_of_leaf(x)
     if cast is not None:
         return cast
-    n = _alphabet(x)
-    if n is None or n > _MAX_ALPHABET:
+    kind = unit_kind_of(x)
+    if kind is None:
         return x
     flat = x.detach().permute(order).reshape(-1)  # a view: x is dense in this order
     if _has_nan(flat):
         return x  # no code stores NaN
-    if n <= 1:  # sign: -1/+1, step: 0/1; the bit is 1[h > 0]
-        saved = _Packed(pack_positive(flat), "unit", n, x, order)
+    if kind.levels == 2 and kind.values[0] <= 0 < kind.values[1]:  # sign: -1/+1, step: 0/1; the bit is 1[h > 0]
+        stored = PackedTensor(pack_positive(flat), "unit", kind, x, order)
     else:
-        codes = _codes(flat, n)
-        saved = _Packed(
-            torch.stack([pack_bools((codes >> j) & 1 != 0) for j in range(_bits_for(n))]), "unit", n, x, order
-        )
+        codes = _codes(flat, kind)
+        planes = [pack_bools((codes >> j) & 1 != 0) for j in range(kind.bits)]
+        stored = PackedTensor(torch.stack(planes), "unit", kind, x, order)
     if x.grad_fn is not None:
-        x.grad_fn.metadata[PACKED_TAG] = (x.output_nr, weakref.ref(saved))
-    return saved
+        x.grad_fn.metadata[PACKED_TAG] = (x.output_nr, weakref.ref(stored), unpack)
+    return stored
 
 
-def unpack(saved, samples: Optional[int] = None) -> Tensor:
+def unpack(stored, samples: Optional[int] = None) -> Tensor:
     """The inverse of :func:`pack`: bitwise the values that were packed, with the same strides.
 
     With ``samples=k``: only ``[:k]`` along dim 0 (contiguous; what :mod:`.rebuild` checks).
@@ -274,38 +277,39 @@ def unpack(saved, samples: Optional[int] = None) -> Tensor:
     >>> torch.equal(unpack(pack(mask)), mask)
     True
     """
-    if isinstance(saved, _CastOf):
-        saved = saved.value()
-    if not isinstance(saved, _Packed):
-        return saved if samples is None else saved[:samples]
-    if saved.kind == "int":
-        if saved.handed is not None:  # decoded by a rebuild just before: the owner's own backward takes it
-            values, saved.handed = saved.handed, None
+    if isinstance(stored, _CastOf):
+        stored = stored.value()
+    if not isinstance(stored, PackedTensor):
+        return stored if samples is None else stored[:samples]
+    if stored.form == "int":
+        if stored.handed is not None:  # decoded by a rebuild just before: the owner's own backward takes it
+            values, stored.handed = stored.handed, None
             return values if samples is None else values[:samples]
-        values = saved.data.to(saved.dtype)
+        values = stored.data.to(stored.dtype)
         if samples is None and rebuild.rebuilding():
-            saved.handed = values  # a max-pool's indices: its backward, next, needs them decoded too
+            stored.handed = values  # a max-pool's indices: its backward, next, needs them decoded too
         return values if samples is None else values[:samples]
-    shape, order = list(saved.shape), saved.order
+    shape, order = list(stored.shape), stored.order
     if samples is not None and order[0] != 0:  # dim 0 is not outermost in memory: decode all, then slice
-        return unpack(saved)[:samples]
+        return unpack(stored)[:samples]
     if samples is not None:
         shape[0] = min(samples, shape[0])
     numel = math.prod(shape)
-    data = saved.data
-    if saved.kind == "bool" or saved.alphabet <= 1:  # one bit per value: look the values up, 8 at a time
-        values = (False, True) if saved.kind == "bool" else (-1, 1) if saved.alphabet == 0 else (0, 1)
-        dtype = torch.bool if saved.kind == "bool" else saved.dtype
+    data = stored.data
+    kind = stored.unit_kind
+    if kind is None or kind.levels == 2:  # one bit per value: look the values up, 8 at a time
+        values = (False, True) if kind is None else tuple(float(v) for v in kind.values)
+        dtype = torch.bool if kind is None else stored.dtype
         flat = lookup(data, _table(values, torch.uint8 if dtype == torch.bool else dtype, data.device), numel)
         flat = flat.view(torch.bool) if dtype == torch.bool else flat
     else:
-        flat = _decode(unpack_bits(data[:, : -(-numel // 8)], numel), saved.alphabet, saved.dtype)
+        flat = kind.decode(unpack_bits(data[:, : -(-numel // 8)], numel), stored.dtype)
     permuted = flat.view([shape[d] for d in order])
     inverse = sorted(range(len(order)), key=lambda d: order[d])
     values = permuted.permute(inverse)
-    if samples is not None or values.stride() == saved.stride or numel <= 1:
+    if samples is not None or values.stride() == stored.stride or numel <= 1:
         return values
-    out = torch.empty_strided(saved.shape, saved.stride, dtype=saved.dtype, device=flat.device)
+    out = torch.empty_strided(stored.shape, stored.stride, dtype=stored.dtype, device=flat.device)
     return out.copy_(values)
 
 

@@ -87,7 +87,7 @@ def packed_state(call: UnitCall) -> Optional[UnitState]:
 def _mask_state(call: UnitCall) -> Optional[UnitState]:
     """``sste``'s 0/1 surrogate as 1 bit per element, or None for other rules."""
     rule, z = call.rule, call.z
-    if not (rule == _SSTE and call.weighted and not (call.thresholds and call.mode != "single")):  # == : a copy too
+    if not (rule == _SSTE and call.weighted and len(call.kind.affine_maps(call.mode)) == 1):  # == : a copy too
         return None
     with torch.no_grad():
         ones = torch.ones((), dtype=z.dtype, device=z.device).expand_as(z)

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -66,7 +66,7 @@ from lightning_ftprop import torch_private
 __all__ = ["Recipe", "plan", "check", "why_not", "PACKED_TAG", "ROUNDING_ULPS"]
 
 #: Key of ``grad_fn.metadata`` under which :func:`~lightning_ftprop.memory.pack` records the packed form of
-#: a threshold output: ``(output_nr, weakref to the packed object)``.
+#: a threshold output: ``(output_nr, weakref to the PackedTensor, the unpack function that decodes it)``.
 PACKED_TAG = "lightning_ftprop.packed"
 
 _MAX_DEPTH = 4
@@ -189,14 +189,13 @@ class _MaxPool(Recipe):
 
 
 class _PackedInput(Recipe):
-    """A threshold output that another layer keeps packed (``ref`` is a weak reference to the packed form)."""
+    """A threshold output that another layer keeps packed (``ref`` is a weak reference to the packed form,
+    ``unpack`` the function that decodes it: hooks' own, handed over in the tag, so this module needs no import of it)."""
 
-    def __init__(self, ref: weakref.ref):
-        self.ref = ref
+    def __init__(self, ref: weakref.ref, unpack: Callable[..., Tensor]):
+        self.ref, self.unpack = ref, unpack
 
     def run(self, k: Optional[int] = None, differentiable: bool = False) -> Tensor:
-        from lightning_ftprop.memory.hooks import unpack  # hooks imports this module
-
         if differentiable:
             raise RuntimeError(
                 "double backward (create_graph=True) through a threshold unit whose z is rebuilt from a packed "
@@ -204,10 +203,10 @@ class _PackedInput(Recipe):
                 "autograd history, so the second-order terms through them would be lost. Train this step with "
                 "memory='exact' (FTPropCallback(..., memory='exact')), which keeps z"
             )
-        saved = self.ref()
-        if saved is None:
+        stored = self.ref()
+        if stored is None:
             raise RuntimeError("the packed threshold output a unit rebuilds z from was freed before its backward")
-        return unpack(saved, samples=k)
+        return self.unpack(stored, samples=k)
 
     def describe(self) -> str:
         return "packed threshold output"
@@ -230,7 +229,7 @@ def _recipe(node, output_nr: int, depth: int) -> Optional[Recipe]:
         return None
     tag = node.metadata.get(PACKED_TAG) if hasattr(node, "metadata") else None
     if tag is not None and tag[0] == output_nr and tag[1]() is not None:
-        return _PackedInput(tag[1])
+        return _PackedInput(tag[1], tag[2])
     name = type(node).__name__
     if output_nr != 0:
         return None

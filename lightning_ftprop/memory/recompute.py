@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from lightning_ftprop import unit_state
 from lightning_ftprop.memory import calls, policy, report, sharding
-from lightning_ftprop.memory.hooks import _alphabet
+from lightning_ftprop.memory.hooks import unit_kind_of
 from lightning_ftprop.nn import ThresholdUnit
 
 __all__ = ["recompute", "is_recomputed"]
@@ -68,8 +68,8 @@ _SEGMENTS = "_ftprop_segments"  # instance attribute of every module recompute()
 class _Role:
     """What recompute() made of one module: a recorded ``leaf`` or a ``node`` that may become a segment."""
 
-    def __init__(self, kind: str, name: str, plan: _Plan):
-        self.kind, self.name, self.plan = kind, name, plan
+    def __init__(self, role: str, name: str, plan: _Plan):
+        self.role, self.name, self.plan = role, name, plan
         self.segment = False
 
 
@@ -157,7 +157,7 @@ def _node_forward(self: nn.Module, *args, **kwargs):
             if (
                 len(calls.state.uncovered) > mark
                 and isinstance(out, Tensor)
-                and _alphabet(out) is not None
+                and unit_kind_of(out) is not None
                 and not outermost
             ):
                 role.segment = True  # from the next call on
