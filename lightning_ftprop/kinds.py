@@ -11,7 +11,7 @@ carry their kind, and everything else reads it: the backward's coordinates (:met
 the memory codec (codes and bits, :mod:`lightning_ftprop.memory`), export (frozen and folded units) and the
 diagnostics. Adding a unit is one subclass plus :func:`register_kind`; the built-in kinds::
 
-    kind            thresholds               values                   levels  bits
+    kind            thetas                   values                   levels  bits
     sign            0                        -1, +1                   2       1
     step            0                        0, 1                     2       1
     qrelu (n)       k / (n - 1), k < n       0, 1/n, ..., 1           n + 1   ceil(log2(n + 1))
@@ -22,7 +22,7 @@ one threshold), in ``"per_threshold"`` mode ``u_k = z - theta_k`` scaled by the 
 output range, ``(v_k - v_{k-1}) / (v_K - v_0)``.
 
 >>> kind = get_kind("qrelu", thresholds=3)
->>> kind, kind.levels, kind.bits, [str(t) for t in kind.thresholds]
+>>> kind, kind.levels, kind.bits, [str(t) for t in kind.thetas]
 (QReLUKind(thresholds=3), 4, 2, ['0', '1/2', '1'])
 >>> kind.forward(torch.tensor([-1.0, 0.2, 0.6, 2.0]))
 tensor([0.0000, 0.3333, 0.6667, 1.0000])
@@ -87,7 +87,7 @@ def qrelu_values(z: Tensor, thresholds: int) -> Tensor:
 class UnitKind:
     """A threshold unit's kind (see the module docstring). Subclass it to add a unit.
 
-    A subclass sets :attr:`name` and, in ``__init__``, :attr:`thresholds` and :attr:`values` (Fractions,
+    A subclass sets :attr:`name`, :attr:`thetas` (the threshold positions) and :attr:`values` (Fractions,
     ascending, values equally spaced). The defaults of :meth:`index` and :meth:`forward` compare ``z`` with
     each threshold (``ceil(clip(z - theta, 0, 1))``, exact when every threshold is a float of ``z``'s dtype);
     a kind may override them with faster arithmetic that gives the same codes. Two kinds are equal when
@@ -96,7 +96,7 @@ class UnitKind:
     >>> class Ternary(UnitKind):
     ...     name = "ternary"
     ...     def __init__(self):
-    ...         self.thresholds = (Fraction(-1, 2), Fraction(1, 2))
+    ...         self.thetas = (Fraction(-1, 2), Fraction(1, 2))
     ...         self.values = (Fraction(-1), Fraction(0), Fraction(1))
     >>> Ternary().forward(torch.tensor([-0.7, -0.5, 0.1, 0.5, 0.9]))
     tensor([-1., -1.,  0.,  0.,  1.])
@@ -104,7 +104,9 @@ class UnitKind:
 
     #: The activation name that ``make_unit``, ``convert`` and the spec accept.
     name: str = ""
-    thresholds: Tuple[Fraction, ...] = ()
+    #: The threshold positions ``theta_1 < ... < theta_K`` (qrelu's count of them is its ``thresholds``).
+    thetas: Tuple[Fraction, ...] = ()
+    #: The output values ``v_0 < ... < v_K``, equally spaced.
     values: Tuple[Fraction, ...] = ()
 
     def args(self) -> Dict[str, Any]:
@@ -125,8 +127,8 @@ class UnitKind:
 
     @property
     def modes(self) -> Tuple[str, ...]:
-        """The backward modes: ``("single",)`` with one threshold, else :data:`MODES`."""
-        return MODES if len(self.thresholds) > 1 else MODES[:1]
+        """The backward modes: ``("single",)`` with one threshold, else ``("single", "per_threshold")``."""
+        return MODES if len(self.thetas) > 1 else MODES[:1]
 
     @property
     def code_map(self) -> Tuple[int, int, int]:
@@ -140,11 +142,11 @@ class UnitKind:
         return _affine_maps(self, mode)
 
     def _affine_maps(self, mode: str) -> List[Tuple[Fraction, Fraction, float]]:
-        first, last = self.thresholds[0], self.thresholds[-1]
-        if mode == "per_threshold" and len(self.thresholds) > 1:
+        first, last = self.thetas[0], self.thetas[-1]
+        if mode == "per_threshold" and len(self.thetas) > 1:
             span = self.values[-1] - self.values[0]
-            steps = [high - low for low, high in zip(self.values, self.values[1:])]
-            return [(Fraction(1), -theta, float(step / span)) for theta, step in zip(self.thresholds, steps)]
+            gaps = [high - low for low, high in zip(self.values, self.values[1:])]
+            return [(Fraction(1), -theta, float(gap / span)) for theta, gap in zip(self.thetas, gaps)]
         if first == last:
             return [(Fraction(1), -first, 1.0)]
         half = (last - first) / 2
@@ -155,7 +157,7 @@ class UnitKind:
     def index(self, z: Tensor) -> Tensor:
         """``code(z) = #{k : z > theta_k}`` in ``z``'s dtype (NaN stays NaN)."""
         out = None
-        for theta in self.thresholds:
+        for theta in self.thetas:
             above = step_values(z - float(theta)) if theta else step_values(z)
             out = above if out is None else out.add_(above)
         return out
@@ -206,7 +208,7 @@ class SignKind(UnitKind):
     """
 
     name = "sign"
-    thresholds = (Fraction(0),)
+    thetas = (Fraction(0),)
     values = (Fraction(-1), Fraction(1))
 
     def forward(self, z: Tensor) -> Tensor:
@@ -221,7 +223,7 @@ class StepKind(UnitKind):
     """
 
     name = "step"
-    thresholds = (Fraction(0),)
+    thetas = (Fraction(0),)
     values = (Fraction(0), Fraction(1))
 
     def forward(self, z: Tensor) -> Tensor:
@@ -243,7 +245,7 @@ class QReLUKind(UnitKind):
         if isinstance(thresholds, bool) or not isinstance(thresholds, int) or thresholds < 2:
             raise ValueError(f"qrelu thresholds must be an int >= 2, got {thresholds!r}")
         self.n = thresholds
-        self.thresholds = tuple(Fraction(k, thresholds - 1) for k in range(thresholds))
+        self.thetas = tuple(Fraction(k, thresholds - 1) for k in range(thresholds))
         self.values = tuple(Fraction(k, thresholds) for k in range(thresholds + 1))
 
     def args(self) -> Dict[str, Any]:
@@ -270,7 +272,7 @@ def register_kind(cls: Type[UnitKind]) -> Type[UnitKind]:
 
     >>> class Uneven(UnitKind):
     ...     name = "uneven"
-    ...     thresholds = (Fraction(0), Fraction(1))
+    ...     thetas = (Fraction(0), Fraction(1))
     ...     values = (Fraction(0), Fraction(1), Fraction(3))
     >>> register_kind(Uneven)
     Traceback (most recent call last):
@@ -304,11 +306,11 @@ def unregister_kind(name: str) -> None:
 
 
 def _check_staircase(kind: UnitKind) -> None:
-    thresholds, values = kind.thresholds, kind.values
-    steps = {high - low for low, high in zip(values, values[1:])}
-    if not thresholds or len(values) != len(thresholds) + 1 or list(thresholds) != sorted(set(thresholds)):
-        raise ValueError(f"{kind!r}: K ascending thresholds and K + 1 values are needed, got {thresholds}, {values}")
-    if len(steps) != 1 or next(iter(steps)) <= 0 or len(values) > 256:
+    thetas, values = kind.thetas, kind.values
+    gaps = {high - low for low, high in zip(values, values[1:])}
+    if not thetas or len(values) != len(thetas) + 1 or list(thetas) != sorted(set(thetas)):
+        raise ValueError(f"{kind!r}: K ascending thresholds and K + 1 values are needed, got {thetas}, {values}")
+    if len(gaps) != 1 or next(iter(gaps)) <= 0 or len(values) > 256:
         raise ValueError(f"{kind!r}: the values must be equally spaced, ascending, at most 256; got {values}")
 
 

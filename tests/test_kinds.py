@@ -21,7 +21,7 @@ class Ternary(UnitKind):
     """-1, 0, +1 with thresholds at -1/2 and +1/2: the worked example of docs/units.md."""
 
     name = "ternary"
-    thresholds = (Fraction(-1, 2), Fraction(1, 2))
+    thetas = (Fraction(-1, 2), Fraction(1, 2))
     values = (Fraction(-1), Fraction(0), Fraction(1))
 
 
@@ -42,11 +42,11 @@ def _net() -> nn.Module:
 
 
 def test_the_built_in_kinds_describe_sign_step_and_qrelu():
-    assert (SignKind().values, SignKind().thresholds, SignKind().code_map) == ((-1, 1), (0,), (2, -1, 1))
+    assert (SignKind().values, SignKind().thetas, SignKind().code_map) == ((-1, 1), (0,), (2, -1, 1))
     assert (StepKind().levels, StepKind().bits, StepKind().code_map) == (2, 1, (1, 0, 1))
     kind = QReLUKind(5)
     assert kind.levels == 6 and kind.bits == 3 and kind.code_map == (1, 0, 5)
-    assert kind.thresholds == tuple(Fraction(k, 4) for k in range(5)) and kind == QReLUKind(5) != QReLUKind(3)
+    assert kind.thetas == tuple(Fraction(k, 4) for k in range(5)) and kind == QReLUKind(5) != QReLUKind(3)
     assert kind.affine_maps("single") == [(2, -1, 1.0)]  # u = 2z - 1: the paper's code
     assert [scale for _, _, scale in kind.affine_maps("per_threshold")] == [1 / 5] * 5
 
@@ -120,7 +120,7 @@ def test_bad_kinds_are_refused_with_what_is_allowed():
         @register_kind
         class Sign2(UnitKind):
             name = "sign"
-            thresholds = (Fraction(0),)
+            thetas = (Fraction(0),)
             values = (Fraction(0), Fraction(1))
 
     with pytest.raises(TypeError, match="register_kind\\(\\) takes a UnitKind subclass"):

@@ -98,3 +98,12 @@ def test_the_readme_stays_within_150_lines_and_its_links_resolve():
     assert [link for link in links if not (ROOT / link).exists()] == []
     for anchor in re.findall(r"\]\(#([^)]+)\)", readme):  # in-page links: a heading of that name
         assert f"## {anchor.replace('-', ' ')}".lower() in readme.lower(), anchor
+
+
+def test_no_two_classes_of_the_package_share_a_name():
+    names: Dict[str, List[str]] = {}
+    for module, path in _module_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                names.setdefault(node.name, []).append(module)
+    assert {name: where for name, where in names.items() if len(where) > 1} == {}

@@ -151,13 +151,13 @@ class ImageNetDataModule(ImageDataModule):
 
     def transforms(self, train: bool) -> v2.Compose:
         """Random crop + flip when ``train``, else centre crop; then a float tensor in [0, 1], normalised."""
-        steps = [v2.Resize(self.resize)] if self.resize else []
+        pipeline = [v2.Resize(self.resize)] if self.resize else []
         if train:
-            steps += [v2.RandomCrop(self.image_size), v2.RandomHorizontalFlip()]
+            pipeline += [v2.RandomCrop(self.image_size), v2.RandomHorizontalFlip()]
         else:
-            steps += [v2.CenterCrop(self.image_size)]
+            pipeline += [v2.CenterCrop(self.image_size)]
         to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        return v2.Compose(steps + to_float + [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        return v2.Compose(pipeline + to_float + [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def build_datasets(self) -> Tuple[Dataset, Dataset, Dataset]:
         check_image_folder(self.data_dir)

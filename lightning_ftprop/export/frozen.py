@@ -67,7 +67,7 @@ class FrozenUnit(nn.Module):
         super().__init__()
         self.activation: str = kind.name
         self.levels: int = kind.levels
-        self.thetas: List[float] = [float(theta) for theta in kind.thresholds]
+        self.thetas: List[float] = [float(theta) for theta in kind.thetas]
         self.code_map: Tuple[int, int, int] = kind.code_map
 
     def extra_repr(self) -> str:

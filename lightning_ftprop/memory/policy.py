@@ -118,7 +118,7 @@ def detached_state(reason: str) -> Callable[[UnitCall], Optional[UnitState]]:
     return policy
 
 
-def _rebuilt_backward(recipe: rebuild.Recipe, backward_from_z, saved: Tuple[Tensor, ...], g: Tensor) -> Tensor:
+def _rebuilt_backward(recipe: rebuild.ZRecipe, backward_from_z, saved: Tuple[Tensor, ...], g: Tensor) -> Tensor:
     # Under create_graph=True the backward runs with grad mode on: rebuild z with its autograd history.
     return backward_from_z(g, recipe.run(differentiable=torch.is_grad_enabled()))
 

@@ -63,7 +63,7 @@ from torch import Tensor
 
 from lightning_ftprop import torch_private
 
-__all__ = ["Recipe", "plan", "check", "why_not", "PACKED_TAG", "ROUNDING_ULPS"]
+__all__ = ["ZRecipe", "plan", "check", "why_not", "PACKED_TAG", "ROUNDING_ULPS"]
 
 #: Key of ``grad_fn.metadata`` under which :func:`~lightning_ftprop.memory.pack` records the packed form of
 #: a threshold output: ``(output_nr, weakref to the PackedTensor, the unpack function that decodes it)``.
@@ -75,7 +75,7 @@ _BATCH_NORMS = frozenset({"NativeBatchNormBackward0", "CudnnBatchNormBackward0",
 _MAX_POOLS = frozenset({"MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0"})
 
 
-class Recipe:
+class ZRecipe:
     """How to rebuild one tensor: ``run()`` returns it (or its first ``k`` samples).
 
     :func:`plan` builds one from ``z``'s graph; ``describe()`` names where it rebuilds ``z`` from. A
@@ -87,7 +87,7 @@ class Recipe:
     >>> x = torch.randn(2, 2, 4, 4, requires_grad=True)
     >>> z = nn.functional.max_pool2d(x, 1) + nn.BatchNorm2d(2)(x)
     >>> recipe = plan(z)
-    >>> isinstance(recipe, Recipe), recipe.describe()
+    >>> isinstance(recipe, ZRecipe), recipe.describe()
     (True, 'max-pool + BatchNorm')
     >>> torch.equal(recipe.run(1), z.detach()[:1])   # the check made in the forward: the first sample
     True
@@ -107,7 +107,7 @@ def _first(x: Tensor, k: Optional[int]) -> Tensor:
     return x if k is None else x[:k]
 
 
-class _BatchNorm(Recipe):
+class _BatchNorm(ZRecipe):
     """``z = BatchNorm(x)`` in training mode, from the BatchNorm node's saved tensors.
 
     ``bias`` is a copy of the bias made in the forward (``C`` numbers); ``parameter`` the live bias, for
@@ -158,7 +158,7 @@ def rebuilding() -> bool:
     return _REBUILDING.depth > 0
 
 
-class _MaxPool(Recipe):
+class _MaxPool(ZRecipe):
     """``z = max_pool(x)``: each output is the input value at the pool's saved argmax (copied, so exact).
 
     The check in the forward runs the same max-pool on the first sample (decoding the saved indices
@@ -188,7 +188,7 @@ class _MaxPool(Recipe):
         return "max-pool"
 
 
-class _PackedInput(Recipe):
+class _PackedInput(ZRecipe):
     """A threshold output that another layer keeps packed (``ref`` is a weak reference to the packed form,
     ``unpack`` the function that decodes it: hooks' own, handed over in the tag, so this module needs no import of it)."""
 
@@ -212,8 +212,8 @@ class _PackedInput(Recipe):
         return "packed threshold output"
 
 
-class _Add(Recipe):
-    def __init__(self, left: Recipe, right: Recipe):
+class _Add(ZRecipe):
+    def __init__(self, left: ZRecipe, right: ZRecipe):
         self.left, self.right = left, right
 
     def run(self, k: Optional[int] = None, differentiable: bool = False) -> Tensor:
@@ -224,7 +224,7 @@ class _Add(Recipe):
         return f"{self.left.describe()} + {self.right.describe()}"
 
 
-def _recipe(node, output_nr: int, depth: int) -> Optional[Recipe]:
+def _recipe(node, output_nr: int, depth: int) -> Optional[ZRecipe]:
     if node is None or depth > _MAX_DEPTH:
         return None
     tag = node.metadata.get(PACKED_TAG) if hasattr(node, "metadata") else None
@@ -256,7 +256,7 @@ def _recipe(node, output_nr: int, depth: int) -> Optional[Recipe]:
     return None
 
 
-def plan(z: Tensor) -> Optional[Recipe]:
+def plan(z: Tensor) -> Optional[ZRecipe]:
     """How to rebuild ``z`` from what autograd keeps anyway, or None. Not checked: see ``check``.
 
     In ``conv -> BN -> unit`` the unit's ``z`` is BatchNorm's output, rebuilt from BatchNorm's saved
@@ -293,7 +293,7 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
 ROUNDING_ULPS = 8
 
 
-def check(recipe: Recipe, z: Tensor) -> Optional[str]:
+def check(recipe: ZRecipe, z: Tensor) -> Optional[str]:
     """How ``recipe`` rebuilds the first sample of ``z``: ``"bitwise"``, ``"rounding"`` or None (it does not).
 
     ``"rounding"``: within :data:`ROUNDING_ULPS` ulps (of ``z``'s dtype) of the sample's largest
