@@ -249,7 +249,10 @@ class FTPropParts(Callback):
         #: The per-step parts, in the order their hooks run.
         self.parts: List[Callback] = list(parts)
         self.integration = integration
-        self._model: Callable[[], Optional[nn.Module]] = lambda: None
+        self._model: Optional[weakref.ref] = None  # set in setup; not pickled (see __getstate__)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {**self.__dict__, "_model": None}  # a weak reference cannot be pickled (ddp_spawn pickles callbacks)
 
     @property
     @override
@@ -260,7 +263,7 @@ class FTPropParts(Callback):
     @property
     def layers(self) -> List[str]:
         """The names of the modules swapped in the model this integration runs on (``[]`` before ``setup``)."""
-        model = self._model()
+        model = None if self._model is None else self._model()
         return list(getattr(model, LAYERS_ATTRIBUTE, None) or [])
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -165,3 +166,11 @@ def test_the_float_mixin_model_reloads_a_callback_checkpoint_as_the_threshold_ne
     x = torch.randn(5, 4)
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(x), trained.eval()(x))
+
+
+def test_the_composite_pickles_after_setup_keeping_its_spec_and_parts_state():
+    model, callback = PlainNet(), ftp.FTPropCallback(**OPTIONS)
+    make_trainer(callbacks=[callback], max_steps=2).fit(model, make_loader())
+    again = pickle.loads(pickle.dumps(callback))  # ddp_spawn pickles the Trainer's callbacks
+    assert again.spec == callback.spec and again.diagnostics.state_dict() == callback.diagnostics.state_dict()
+    assert callback.layers == ["body.1", "body.3"] and again.layers == []  # the model is not pickled with it
