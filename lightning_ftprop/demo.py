@@ -29,9 +29,9 @@ import lightning.pytorch as pl
 
 from lightning_ftprop.demo_report import (  # noqa: F401  (re-exported: the demo's public names)
     DemoResult,
-    _matplotlib,
     format_table,
     plot_accuracy,
+    require_matplotlib,
     write_report,
     write_results,
 )
@@ -216,7 +216,7 @@ def run_demo(args: argparse.Namespace) -> List[DemoResult]:
 
     from lightning_ftprop._quiet import silence_lightning_noise
 
-    _matplotlib()  # fail before training, not after, when the demo extra is missing
+    require_matplotlib()  # fail before training, not after, when the demo extra is missing
     silence_lightning_noise()
     os.makedirs(args.output_dir, exist_ok=True)
     threads = torch.get_num_threads()

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from lightning_ftprop.paper import METHODS as PAPER_METHODS
 
-__all__ = ["DemoResult", "format_table", "write_results", "plot_accuracy", "write_report"]
+__all__ = ["DemoResult", "format_table", "write_results", "plot_accuracy", "require_matplotlib", "write_report"]
 
 
 @dataclass
@@ -105,7 +105,12 @@ def write_results(results: Sequence[DemoResult], output_dir: str) -> Tuple[str, 
     return table, curves
 
 
-def _matplotlib():
+def require_matplotlib():
+    """matplotlib, or an ImportError that says how to install the demo extra (checked before training).
+
+    >>> require_matplotlib().__name__
+    'matplotlib'
+    """
     try:
         import matplotlib
     except ImportError as err:  # matplotlib is the optional "demo" extra
@@ -126,7 +131,7 @@ def plot_accuracy(results: Sequence[DemoResult], path: str) -> str:
         >>> open(path, "rb").read(4)[1:]  # the PNG signature
         b'PNG'
     """
-    matplotlib = _matplotlib()
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

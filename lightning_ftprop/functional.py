@@ -63,6 +63,8 @@ from lightning_ftprop.kinds import (
     SignKind,
     StepKind,
     UnitKind,
+    check_thresholds,
+    memoised,
     qrelu_values,
     sign_values,
     step_values,
@@ -128,24 +130,7 @@ def _affine(z: Tensor, a: Fraction, b: Fraction) -> Tensor:
     return torch.mul(z, scale).add_(float(b)) if a != 1 else z + float(b)
 
 
-def _cached(fn):
-    """Memoise on the (hashable) arguments. Under torch.compile the function is traced instead: its
-    result is constant for the graph anyway, and a traced graph may not write to the cache."""
-    cache: dict = {}
-
-    @functools.wraps(fn)
-    def wrapper(*args):
-        if torch.compiler.is_compiling():
-            return fn(*args)
-        if args not in cache:
-            cache[args] = fn(*args)
-        return cache[args]
-
-    wrapper.cache = cache
-    return wrapper
-
-
-@_cached
+@memoised
 def _neighbours(edge: float, a: Fraction, b: Fraction, dtype: torch.dtype) -> Tuple[float, float, Optional[float]]:
     """For the real ``z_e = (edge - b) / a``: the largest float of ``dtype`` below it, the smallest
     above it, and ``z_e`` itself if it is a float of ``dtype`` (else None)."""
@@ -159,7 +144,7 @@ def _neighbours(edge: float, a: Fraction, b: Fraction, dtype: torch.dtype) -> Tu
     return lo.item(), hi.item(), guess.item() if Fraction(guess.item()) == z_e else None
 
 
-@_cached
+@memoised
 def _edge_fix(edge: float, a: Fraction, b: Fraction, dtype: torch.dtype) -> Tuple[Optional[Tuple[float, float]], ...]:
     """What rounding ``u = a*z + b`` in ``dtype`` can get wrong about ``edge``, and the fix.
 
@@ -223,10 +208,9 @@ def _coordinates(z: Tensor, kind: UnitKind, mode: str, edges: Sequence[float] = 
 
     Shifted coordinates are edge-exact for ``edges`` (see :func:`edge_exact_affine`).
     """
-    maps = kind.affine_maps(mode)
-    if maps == [(1, 0, 1.0)]:
+    if kind.sees_z(mode):
         return [(z, 1.0)]
-    return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in maps]
+    return [(edge_exact_affine(z, a, b, edges), scale) for a, b, scale in kind.affine_maps(mode)]
 
 
 def unit_coordinates(z: Tensor, kind: UnitKind, mode: str = "single", edges: Sequence[float] = ()) -> Coordinates:
@@ -296,7 +280,7 @@ def _save(ctx, z: Tensor, kind: UnitKind, rule: Rule, weighted: bool, keep: str,
 
 def _backward_from_z(g: Tensor, z: Tensor, rule: Rule, weighted: bool, kind: UnitKind, mode: str) -> Tensor:
     """The unit's backward from its pre-activation ``z`` (what ``keep="input"`` keeps)."""
-    if weighted and rule.window is not None and kind.affine_maps(mode) != [(1, 0, 1.0)]:
+    if weighted and rule.window is not None and not kind.sees_z(mode):
         return _window_backward(g, z, rule.window, kind, mode)
     grads = [scale * target_prop_grad(g, u, rule, weighted) for u, scale in _coordinates(z, kind, mode, rule.edges)]
     return grads[0] if len(grads) == 1 else sum(grads)
@@ -429,18 +413,6 @@ def _check_input(z: Tensor, name: str) -> None:
         )
 
 
-def check_thresholds(thresholds: int) -> int:
-    """Validate qrelu's number of thresholds (an int >= 2).
-
-    >>> check_thresholds(1)
-    Traceback (most recent call last):
-    ValueError: qrelu thresholds must be an int >= 2, got 1
-    """
-    if isinstance(thresholds, bool) or not isinstance(thresholds, int) or thresholds < 2:
-        raise ValueError(f"qrelu thresholds must be an int >= 2, got {thresholds!r}")
-    return thresholds
-
-
 def check_mode(mode: str, kind: Optional[UnitKind] = None) -> str:
     """Validate a backward mode (of ``kind``: one threshold has ``"single"`` only).
 
@@ -510,7 +482,7 @@ def qrelu(
     tensor([0.0000, 0.3333, 0.6667, 1.0000])
     """
     _check_input(z, "qrelu")
-    kind = QReLUKind(check_thresholds(thresholds))
+    kind = _qrelu_kind(check_thresholds(thresholds))
     return _apply(z, kind, get_rule(rule), bool(weighted), check_keep(keep), check_mode(mode, kind))
 
 
@@ -534,3 +506,4 @@ def threshold(
 
 
 _SIGN, _STEP = SignKind(), StepKind()
+_qrelu_kind = memoised(QReLUKind)  # one kind per n: functional.qrelu is called on every forward

@@ -30,6 +30,7 @@ tensor([0.0000, 0.3333, 0.6667, 1.0000])
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from typing import Any, Dict, List, Tuple, Type
@@ -64,6 +65,41 @@ def step_values(z: Tensor) -> Tensor:
     """
     # ceil(clip(z, 0, 1)) is 1 for z > 0 and 0 for z <= 0, and NaN stays NaN (torch.sign(NaN) is 0).
     return torch.clamp(z, 0, 1).ceil_()
+
+
+def memoised(fn):
+    """Memoise ``fn`` on its (hashable) arguments. Under torch.compile ``fn`` is traced instead: its result
+    is constant for the graph anyway, and a traced graph may not write to the cache.
+
+    >>> calls = []
+    >>> square = memoised(lambda x: calls.append(x) or x * x)
+    >>> square(3), square(3), calls
+    (9, 9, [3])
+    """
+    cache: dict = {}
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        if torch.compiler.is_compiling():
+            return fn(*args)
+        if args not in cache:
+            cache[args] = fn(*args)
+        return cache[args]
+
+    wrapper.cache = cache
+    return wrapper
+
+
+def check_thresholds(thresholds: int) -> int:
+    """Validate qrelu's number of thresholds (an int >= 2).
+
+    >>> check_thresholds(1)
+    Traceback (most recent call last):
+    ValueError: qrelu thresholds must be an int >= 2, got 1
+    """
+    if isinstance(thresholds, bool) or not isinstance(thresholds, int) or thresholds < 2:
+        raise ValueError(f"qrelu thresholds must be an int >= 2, got {thresholds!r}")
+    return thresholds
 
 
 def sign_values(z: Tensor) -> Tensor:
@@ -133,6 +169,9 @@ class UnitKind:
     @property
     def code_map(self) -> Tuple[int, int, int]:
         """``(a, b, d)`` with ``v_j = (a j + b) / d``: integers, ``a > 0``, ``d >= 1``."""
+        return _code_map(self)
+
+    def _code_map(self) -> Tuple[int, int, int]:
         d = math.lcm(*(v.denominator for v in self.values))
         step = self.values[1] - self.values[0]
         return int(step * d), int(self.values[0] * d), d
@@ -140,6 +179,10 @@ class UnitKind:
     def affine_maps(self, mode: str = "single") -> List[Tuple[Fraction, Fraction, float]]:
         """``[(a, b, scale)]``: the backward applies its rule at ``u = a z + b`` and sums ``scale * grad``."""
         return _affine_maps(self, mode)
+
+    def sees_z(self, mode: str = "single") -> bool:
+        """Whether the backward's one coordinate is ``z`` itself (``u = z``: sign and step)."""
+        return self.affine_maps(mode) == [(1, 0, 1.0)]
 
     def _affine_maps(self, mode: str) -> List[Tuple[Fraction, Fraction, float]]:
         first, last = self.thetas[0], self.thetas[-1]
@@ -186,18 +229,9 @@ class UnitKind:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.args().items())})"
 
 
-_MAPS: Dict[Tuple[UnitKind, str], List[Tuple[Fraction, Fraction, float]]] = {}
-
-
-def _affine_maps(kind: UnitKind, mode: str) -> List[Tuple[Fraction, Fraction, float]]:
-    """Memoised per (kind, mode): the backward asks on every call. Under torch.compile the maps are traced
-    instead (constants of the graph), and a traced graph may not write to the cache."""
-    if torch.compiler.is_compiling():
-        return kind._affine_maps(mode)
-    key = (kind, mode)
-    if key not in _MAPS:
-        _MAPS[key] = kind._affine_maps(mode)
-    return _MAPS[key]
+# Per kind (and mode): the backward and the memory codec ask on every call.
+_affine_maps = memoised(lambda kind, mode: kind._affine_maps(mode))
+_code_map = memoised(lambda kind: kind._code_map())
 
 
 class SignKind(UnitKind):
@@ -242,9 +276,7 @@ class QReLUKind(UnitKind):
     name = "qrelu"
 
     def __init__(self, thresholds: int = 3):
-        if isinstance(thresholds, bool) or not isinstance(thresholds, int) or thresholds < 2:
-            raise ValueError(f"qrelu thresholds must be an int >= 2, got {thresholds!r}")
-        self.n = thresholds
+        self.n = check_thresholds(thresholds)
         self.thetas = tuple(Fraction(k, thresholds - 1) for k in range(thresholds))
         self.values = tuple(Fraction(k, thresholds) for k in range(thresholds + 1))
 

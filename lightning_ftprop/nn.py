@@ -163,7 +163,7 @@ class QReLU(ThresholdUnit):
         thresholds: int = 3,
         mode: str = "single",
     ):
-        super().__init__(QReLUKind(F.check_thresholds(thresholds)), rule, weighted, inplace, keep, mode)
+        super().__init__(QReLUKind(thresholds), rule, weighted, inplace, keep, mode)
 
     @property
     def thresholds(self) -> int:
