@@ -14,14 +14,16 @@ Built-in rules (``t`` in {-1, +1})::
     name        L(z, t)                      dL/dz                      weighted backward |g|*dL/dz
     ste         -t*z                         -t                         g
     sste        clip(1 - t*z, 0, 2)          -t * 1[|t*z| <= 1]         g * 1[|z| <= 1]
-    soft_hinge  1 - tanh(t*z)                -t * (1 - tanh^2(z))       g * (1 - tanh^2(z))
+    soft_hinge  1 - tanh(t*z)                -t * (1 - tanh^2(z))       g * (1 - tanh^2(z)) = g * 4y(1 - y)
     hinge       max(0, 1 - t*z)              -t * 1[t*z < 1]            g * 1[z*sign(g) > -1]
     log_loss    log(1 + exp(-t*z))           -t * sigmoid(-t*z)         g * sigmoid(z*sign(g))
 
 ``ste``, ``sste`` and ``soft_hinge`` are symmetric: their weighted backward is ``g * s(z)`` for a
 fixed *surrogate* ``s`` that does not depend on the target. Such rules carry ``surrogate`` so the
 backward can skip forming ``t``; the result is identical. They may also carry ``fused(g, z)``, a
-one-kernel ``g * s(z)`` (``soft_hinge`` uses ``tanh_backward``), and ``ste`` needs no input at all.
+``g * s(z)`` in fewer passes, and ``ste`` needs no input at all. ``soft_hinge`` computes
+``1 - tanh^2(z)`` as ``4y(1 - y)`` with ``y = sigmoid(-2|z|)``: equal in exact arithmetic, without the
+cancellation of ``1 - tanh^2`` in floating point.
 
 Register your own rule with :func:`register_rule`, resolve a name with :func:`get_rule` and list them
 with :func:`available_rules`:
@@ -184,16 +186,28 @@ def _soft_hinge_loss(z: Tensor, t: Tensor) -> Tensor:
     return 1 - torch.tanh(t * z)
 
 
+def _tail(z: Tensor) -> Tensor:
+    """``y = sigmoid(-2|z|)`` in ``(0, 1/2]``, so that ``1 - tanh^2(z) = 4 y (1 - y)``.
+
+    ``1 - tanh(z)^2`` loses all its digits to cancellation as ``tanh(z)`` nears 1 (it is exactly 0 in
+    float32 from ``|z| ~ 9``, 45% off at ``|z| = 8``); ``4 y (1 - y)`` has no cancellation (relative error
+    below 2e-7 in float32 for ``|z| < 12``). On the CPU it is also three times faster: ``sigmoid`` is
+    vectorised where ``tanh`` is not (resnet18, benchmarks/logs/soft_hinge_sigmoid_cpu.log).
+    """
+    return torch.abs(z).mul_(-2).sigmoid_()
+
+
 def _soft_hinge_grad(z: Tensor, t: Tensor) -> Tensor:
-    return -t * (1 - torch.tanh(t * z).square())
+    return -t * _soft_hinge_surrogate(z)  # 1 - tanh^2(t z) = 1 - tanh^2(z) for t = +-1
 
 
 def _soft_hinge_surrogate(z: Tensor) -> Tensor:
-    return 1 - torch.tanh(z).square()
+    y = _tail(z)
+    return torch.sub(1, y).mul_(y).mul_(4)
 
 
 def _soft_hinge_fused(g: Tensor, z: Tensor) -> Tensor:
-    return torch.ops.aten.tanh_backward(g, torch.tanh(z))  # g * (1 - tanh(z)^2) in one kernel
+    return torch.ops.aten.sigmoid_backward(g, _tail(z)).mul_(4)  # g * 4 y (1 - y) = g * (1 - tanh^2(z))
 
 
 def _hinge_loss(z: Tensor, t: Tensor) -> Tensor:

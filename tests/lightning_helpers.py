@@ -128,7 +128,8 @@ def reference_counts(records: List[tuple]) -> Dict[str, Dict[str, float]]:
         c["n"] += z.numel()
         c["ignored"] += int((~active).sum())
         c["mismatch"] += int((active & (t != side)).sum())
-        c["saturated"] += int((active & ((1 - torch.tanh(t * z) ** 2) == 0)).sum())
+        tail = torch.sigmoid(-2 * z.double().abs())  # 1 - tanh^2(z) = 4 tail (1 - tail), in float64
+        c["saturated"] += int((active & ((4 * tail * (1 - tail)).float() == 0)).sum())
         c["loss"] += float((g.abs() * (1 - torch.tanh(t * z)) * active).sum())
     return out
 

@@ -245,7 +245,7 @@ def pack(x: Tensor):
             if info.min <= lo and hi <= info.max:
                 return PackedTensor(x.to(small), "int", None, x, order)
         return x
-    if not x.is_floating_point():
+    if not x.is_floating_point() or x.grad_fn is None:  # a leaf (a weight, the input) or a detached tensor
         return x
     cast = _cast_of_leaf(x)
     if cast is not None:
