@@ -10,7 +10,9 @@ Three measurements, side by side in one run, each on every path of ``--paths``:
    report ``torch.cuda.memory_allocated`` held across the forward and ``torch.cuda.max_memory_allocated``
    over the step.
 2. **Step time** (forward + backward + SGD step) against ReLU, all variants of a network in one process,
-   alternating rounds; per variant the fastest round's mean process CPU time (steady on a shared machine).
+   alternating rounds of ``--iters`` steps; per variant the median over ``--rounds`` rounds of the round's
+   mean process CPU time. On a machine whose speed drifts (the 2-core VM of RESULTS.md drifts by 5-10%
+   within minutes), the median of short alternating rounds is steadier than the fastest of a few long ones.
 3. **Largest batch under a budget**: the biggest batch (bisection over held memory, fresh process per
    probe) whose held memory stays within ``--budget-mb``, for ReLU, ``packed`` and ``recompute`` with
    the default rule.
@@ -54,6 +56,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -306,8 +309,8 @@ def _mb(value, reference=None) -> str:
 
 
 def step_times(net: str, args: argparse.Namespace, path: str = "eager") -> Dict[str, object]:
-    """Mean CPU seconds per training step of each variant on ``path``; the fastest of ``--rounds``
-    alternating rounds (round 0 warms up, and compiles). A variant that crashes maps to its :class:`Crash`."""
+    """Mean CPU seconds per training step of each variant on ``path``: the median of ``--rounds`` alternating
+    rounds (round 0 warms up, and compiles). A variant that crashes maps to its :class:`Crash`."""
     torch.set_num_threads(1)
     if path == "compile":
         torch._dynamo.reset()  # a fresh compile cache per network: earlier models would fill its size limit
@@ -319,7 +322,7 @@ def step_times(net: str, args: argparse.Namespace, path: str = "eager") -> Dict[
         optims[variant] = torch.optim.SGD(model.parameters(), lr=1e-3)
         models[variant] = on_path(model, path)
     x, y = inputs(net, batch)
-    best: Dict[str, object] = {v: float("inf") for v in VARIANTS}
+    best: Dict[str, object] = {v: [] for v in VARIANTS}
     for round_ in range(args.rounds + 1):
         for variant in [v for v in VARIANTS if not isinstance(best[v], Crash)]:
             mode = "exact" if variant == "relu" else variant
@@ -333,8 +336,8 @@ def step_times(net: str, args: argparse.Namespace, path: str = "eager") -> Dict[
                 best[variant] = Crash(first_line(exc))
                 continue
             if round_:  # round 0 warms up
-                best[variant] = min(best[variant], (time.process_time() - start) / args.iters)
-    return best
+                best[variant].append((time.process_time() - start) / args.iters)
+    return {v: t if isinstance(t, Crash) else statistics.median(t) for v, t in best.items()}
 
 
 def time_cells(t: Dict[str, object]) -> List[str]:
@@ -411,8 +414,8 @@ def main() -> None:
     )
     parser.add_argument("--rule", default=DEFAULT_RULE, help=argparse.SUPPRESS)  # a worker's rule
     parser.add_argument("--thresholds", type=int, default=3, help="qrelu thresholds")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--time-batch", type=int, default=0, help="batch for step time (default: the net's)")
     parser.add_argument("--budget-mb", type=float, default=64.0)
     parser.add_argument("--budget-nets", nargs="+", default=["convnet4", "resnet18"], choices=list(NETS))
@@ -467,7 +470,7 @@ def main() -> None:
                 print(f"| {net} | {batch} | {size} | {_label(rule)} | {path} | " + " | ".join(cells) + " |", flush=True)
 
     if not args.skip_time:
-        print("\n## Step time (CPU s per step, fastest round; ratios on the same path), the default rule first")
+        print("\n## Step time (CPU s per step, median round; ratios on the same path), the default rule first")
         print(
             "| network | batch | rule | path | relu | exact | packed | recompute | packed/exact "
             "| throughput of packed vs relu | recompute/relu |"

@@ -282,7 +282,10 @@ def _backward_from_z(g: Tensor, z: Tensor, rule: Rule, weighted: bool, kind: Uni
     """The unit's backward from its pre-activation ``z`` (what ``keep="input"`` keeps)."""
     if weighted and rule.window is not None and not kind.sees_z(mode):
         return _window_backward(g, z, rule.window, kind, mode)
-    grads = [scale * target_prop_grad(g, u, rule, weighted) for u, scale in _coordinates(z, kind, mode, rule.edges)]
+    grads = []
+    for u, scale in _coordinates(z, kind, mode, rule.edges):
+        grad = target_prop_grad(g, u, rule, weighted)
+        grads.append(grad if scale == 1.0 else scale * grad)  # sign and step: no pass for the scale 1
     return grads[0] if len(grads) == 1 else sum(grads)
 
 
