@@ -161,6 +161,37 @@ def test_a_rebuild_that_does_not_match_keeps_z(monkeypatch):
     assert seen == [("z (float32)", "the rebuild of z did not match z (kept z)")]
 
 
+def test_each_layer_is_checked_in_its_first_step_only(monkeypatch):
+    """A verdict is the kernels': a second step of the same shapes rebuilds z without checking again."""
+    monkeypatch.setattr(rebuild, "_VERDICTS", {})
+    checked = []
+    real_check = rebuild._check
+    monkeypatch.setattr(rebuild, "_check", lambda recipe, z: checked.append(z.shape) or real_check(recipe, z))
+    model = _convnet("soft_hinge")
+    kept = []
+    for unit in (model[2], model[6]):
+        unit.register_forward_hook(lambda m, i, out: kept.append(out.grad_fn.kept[0]))
+    for _ in range(2):
+        with memory.packed():
+            model(X).sum().backward()
+    assert len(checked) == 2  # two units, first step only
+    assert kept == ["nothing"] * 4
+
+
+def test_a_channels_last_network_keeps_the_contract():
+    model = _convnet("soft_hinge").to(memory_format=torch.channels_last)
+    x = X.contiguous(memory_format=torch.channels_last)
+
+    def grads(mode):
+        net = copy.deepcopy(model)
+        with _context(mode):
+            loss = nn.functional.cross_entropy(net(x), Y)
+        loss.backward()
+        return {n: p.grad for n, p in net.named_parameters()}
+
+    assert_grads_close(grads("packed"), grads("exact"), rtol=1e-5)
+
+
 # --- double backward -----------------------------------------------------------------------------------
 
 

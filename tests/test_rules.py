@@ -103,3 +103,21 @@ def test_registered_custom_rule_drives_the_backward():
 def test_register_rule_refuses_silent_overwrite():
     with pytest.raises(ValueError, match="already registered"):
         register_rule(Rule("soft_hinge", loss=lambda z, t: z, grad=lambda z, t: z))
+
+
+def test_soft_hinge_backward_has_no_cancellation_where_tanh_saturates():
+    """``1 - tanh(z)^2`` in float32 is 0 from |z| ~ 9; the rule's ``4y(1 - y)`` keeps its digits."""
+    z = torch.linspace(-12, 12, 4801)
+    g = torch.ones_like(z)
+    truth = 1 - torch.tanh(z.double()) ** 2
+    got = backward_of(F.sign, z, g, rule="soft_hinge").double()
+    assert (got > 0).all()
+    assert float(((got - truth).abs() / truth).max()) < 1e-6
+    assert float((1 - torch.tanh(z) ** 2).eq(0).sum()) > 0  # the textbook form does cancel here
+
+
+def test_soft_hinge_surrogate_and_loss_gradient_agree_with_the_fused_backward():
+    rule = get_rule("soft_hinge")
+    z, g = Z.float(), G.float()
+    torch.testing.assert_close(rule.fused(g, z), g * rule.surrogate(z))
+    torch.testing.assert_close(g.abs() * rule.grad(z, -torch.sign(g)), rule.fused(g, z))

@@ -164,7 +164,8 @@ class _BatchNorm(ZRecipe):
 
     def signature(self) -> tuple:
         weight = _saved(self.node, "weight")
-        return (type(self).run, _tensor_key(_saved(self.node, "input")), self.bias is None, weight is None)
+        node = self.node
+        return (type(self).run, node.name(), _tensor_key(_saved(node, "input")), self.bias is None, weight is None)
 
 
 def _unit_statistics(alpha: Tensor) -> Tuple[Tensor, Tensor]:
@@ -228,7 +229,7 @@ class _MaxPool(ZRecipe):
         return "max-pool"
 
     def signature(self) -> tuple:
-        return (type(self).run, _tensor_key(_saved(self.node, "self")))
+        return (type(self).run, self.node.name(), _tensor_key(_saved(self.node, "self")))
 
 
 class _PackedInput(ZRecipe):
