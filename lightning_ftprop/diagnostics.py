@@ -17,7 +17,8 @@ calls of a shared unit, all DDP ranks)::
 
 ``saturated`` counts units that have a target but whose rule gives them exactly zero gradient:
 for ``sste`` that is ``|u| > 1``, for ``hinge`` a target already met with margin (``t*u >= 1``); for
-``soft_hinge`` and ``log_loss`` only where the derivative underflows (``|u|`` above about 9 in float32);
+``soft_hinge`` and ``log_loss`` only where the derivative underflows (in float32, ``|u|`` above about 44
+and 89);
 ``ste`` never saturates. The statistics are computed in float32 from the unit's own ``z`` and ``g``;
 they never change the backward pass. ``loss`` is in the units of ``g``: under float16 AMP it
 includes the GradScaler's scale factor (the other three only use the sign of ``g``).

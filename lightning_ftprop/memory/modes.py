@@ -22,10 +22,10 @@ MEMORY_MODES: Tuple[str, ...] = ("exact", "packed", "recompute")
 #: the figures of the default rule (sign/soft_hinge, FTP-SH; benchmarks/RESULTS.md, section 5, CPU, RSS,
 #: against the float network on the same path), on each path people train with:
 #:
-#: * fp32 eager: 0.48x (resnet18) and 0.66x (convnet4), gradients bitwise those of ``"exact"``, for
-#:   1.07-1.10x the exact step time;
-#: * bf16 autocast: 0.29x and 0.46x, bitwise on the CPU, for 1.11-1.22x;
-#: * ``torch.compile``: 0.83x and 0.95x, bitwise the compiled exact units, for 1.07-1.10x;
+#: * fp32 eager: 0.49x (resnet18) and 0.66x (convnet4), gradients bitwise those of ``"exact"``, for
+#:   0.99-1.06x the exact step time (0.92-0.96x ReLU's throughput on resnet18, 0.95-1.04x on convnet4);
+#: * bf16 autocast: 0.30x and 0.47x, bitwise on the CPU, for 1.04-1.08x;
+#: * ``torch.compile``: 0.82x and 0.95x, bitwise the compiled exact units, for 1.10-1.16x;
 #: * CUDA (one H200, resnet18 at 224x224, ``memory_allocated``): 0.49x fp32 and 0.47x bf16, for 2.4-2.7x
 #:   the exact step time, bound by Python and kernel launches per unit (no fused kernels yet).
 #:
