@@ -8,9 +8,10 @@ then keeps only references to those nodes and rebuilds ``z`` in its backward, in
 =================================  ==========================================  ==========================================
 ``z`` is                           rebuilt as                                  from
 =================================  ==========================================  ==========================================
-``BatchNorm(x)`` (training)        ``x * alpha + beta`` per channel, ``alpha   BatchNorm's saved input, batch mean,
-                                   = invstd * weight``, ``beta = bias - mean   ``invstd`` and weight; the bias (a copy
-                                   * alpha`` (the CPU kernel's own arithmetic) of ``C`` numbers)
+``BatchNorm(x)`` (training)        ``x * alpha + beta`` per channel, with      BatchNorm's saved input, batch mean,
+                                   ``alpha = invstd * weight`` and ``beta =    ``invstd`` and weight; the bias (a copy
+                                   bias - mean * alpha`` (the CPU kernel's     of ``C`` numbers)
+                                   own arithmetic)
 ``max_pool2d/3d(x)``               ``x`` gathered at the saved argmax          the max-pool's saved input and indices
 ``a + b`` (``+``, ``+=``)          ``a' + b'``                                 each side rebuilt as above, or a threshold
                                                                                output that a later layer keeps packed
