@@ -192,6 +192,22 @@ def test_a_channels_last_network_keeps_the_contract():
     assert_grads_close(grads("packed"), grads("exact"), rtol=1e-5)
 
 
+def test_float64_and_float32_networks_in_one_process_both_rebuild_z_bitwise():
+    for dtype in (torch.float64, torch.float32):
+        model = _convnet("soft_hinge").to(dtype)
+        kept: list = []
+        model[2].register_forward_hook(lambda m, i, out, kept=kept: kept.append(out.grad_fn.kept[0]))
+        grads = {}
+        for mode in ("exact", "packed"):
+            net = copy.deepcopy(model)
+            with _context(mode):
+                loss = nn.functional.cross_entropy(net(X.to(dtype)), Y)
+            loss.backward()
+            grads[mode] = {n: p.grad for n, p in net.named_parameters()}
+        assert kept[-1] == "nothing", dtype
+        assert all(torch.equal(grads["packed"][n], grads["exact"][n]) for n in grads["exact"]), dtype
+
+
 # --- double backward -----------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ then keeps only references to those nodes and rebuilds ``z`` in its backward, in
 
 Exactness (the contract of docs/memory.md). The rebuild uses the saved tensors of the device's own
 BatchNorm (its input, batch mean and ``invstd``) and computes ``x * alpha + beta`` in float32 (for
-half and bfloat16 inputs too), rounded to ``z``'s dtype. On the CPU that is the kernel's own transform,
+half and bfloat16 inputs too; float64 for float64), rounded to ``z``'s dtype. On the CPU that is the kernel's own transform,
 run as an evaluation-mode BatchNorm with mean 0 and variance 1, so the rebuilt ``z`` is bitwise the
 forward's (float32 and bfloat16); elsewhere it is ``addcmul(beta, x, alpha)``, which on any other kernel
 (a GPU's, cuDNN's) equals ``z`` within the rounding of ``z``'s dtype. When ``z`` is made,
@@ -127,13 +127,15 @@ class _BatchNorm(ZRecipe):
         self._affine: Optional[Tuple[Tensor, Tensor]] = None
 
     def _coefficients(self) -> Tuple[Tensor, Tensor]:
-        """``alpha = invstd * weight`` and ``beta = bias - mean * alpha`` (rounded once: fma), in float32."""
+        """``alpha = invstd * weight`` and ``beta = bias - mean * alpha`` (rounded once: fma), in the kernels'
+        arithmetic: float64 for a float64 input, float32 otherwise."""
         if self._affine is None:
             node = self.node
             mean, invstd, weight = _saved(node, "result1"), _saved(node, "result2"), _saved(node, "weight")
-            alpha = invstd.float() if weight is None else invstd.float() * weight.detach().float()
-            bias = self.bias.float() if self.bias is not None else torch.zeros_like(alpha)
-            self._affine = (alpha, torch.addcmul(bias, mean.float(), alpha, value=-1))
+            wide = torch.float64 if _saved(node, "input").dtype == torch.float64 else torch.float32
+            alpha = invstd.to(wide) if weight is None else invstd.to(wide) * weight.detach().to(wide)
+            bias = self.bias.to(wide) if self.bias is not None else torch.zeros_like(alpha)
+            self._affine = (alpha, torch.addcmul(bias, mean.to(wide), alpha, value=-1))
         return self._affine
 
     def run(self, k: Optional[int] = None, differentiable: bool = False) -> Tensor:
@@ -170,8 +172,8 @@ class _BatchNorm(ZRecipe):
 
 
 def _unit_statistics(alpha: Tensor) -> Tuple[Tensor, Tensor]:
-    """Running mean 0 and variance 1 for ``alpha``'s channels (cached per size and device; never written)."""
-    key = (alpha.numel(), alpha.device)
+    """Running mean 0 and variance 1 for ``alpha``'s channels (cached per size, dtype and device; never written)."""
+    key = (alpha.numel(), alpha.dtype, alpha.device)
     if key not in _UNIT_STATISTICS:
         _UNIT_STATISTICS[key] = (torch.zeros_like(alpha), torch.ones_like(alpha))
     return _UNIT_STATISTICS[key]
