@@ -128,8 +128,8 @@ def reference_counts(records: List[tuple]) -> Dict[str, Dict[str, float]]:
         c["n"] += z.numel()
         c["ignored"] += int((~active).sum())
         c["mismatch"] += int((active & (t != side)).sum())
-        tail = torch.sigmoid(-2 * z.double().abs())  # 1 - tanh^2(z) = 4 tail (1 - tail), in float64
-        c["saturated"] += int((active & ((4 * tail * (1 - tail)).float() == 0)).sum())
+        # 1 - tanh^2(z) = 4 y (1 - y), y = sigmoid(-2|z|) in float32: exactly zero only where y underflows
+        c["saturated"] += int((active & (torch.sigmoid(-2 * z.float().abs()) == 0)).sum())
         c["loss"] += float((g.abs() * (1 - torch.tanh(t * z)) * active).sum())
     return out
 
