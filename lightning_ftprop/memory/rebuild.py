@@ -118,8 +118,8 @@ class _BatchNorm(ZRecipe):
     """``z = BatchNorm(x)`` in training mode, from the BatchNorm node's saved tensors.
 
     ``bias`` is a copy of the bias made in the forward (``C`` numbers); ``parameter`` the live bias, for
-    the differentiable rebuild. The per-channel ``alpha`` and ``beta`` are computed once, by the check in
-    the forward, and reused by the backward's rebuild (``2 C`` numbers).
+    the differentiable rebuild. The per-channel ``alpha`` and ``beta`` are computed once per recipe, at its
+    first run (the check in the forward, or else the backward's rebuild), and kept (``2 C`` numbers).
     """
 
     def __init__(self, node, bias: Optional[Tensor], parameter: Optional[Tensor]):
@@ -372,16 +372,17 @@ def check(recipe: ZRecipe, z: Tensor) -> Optional[str]:
         return None
     try:
         key = (recipe.signature(), _tensor_key(z))
-    except AttributeError as error:
+        verdict = _VERDICTS.get(key)
+        if verdict is not None:
+            return verdict
+        verdict = _check(recipe, z)
+    except AttributeError as error:  # a node's saved attributes were renamed: keep z
         torch_private.warn_changed("autograd node attributes _saved_*", "threshold units keep z (no rebuild)", error)
         return None
-    verdict = _VERDICTS.get(key)
-    if verdict is None:
-        verdict = _check(recipe, z)
-        if verdict is not None:
-            if len(_VERDICTS) >= _MAX_VERDICTS:  # shapes that keep changing (variable sequence lengths)
-                _VERDICTS.clear()
-            _VERDICTS[key] = verdict
+    if verdict is not None:
+        if len(_VERDICTS) >= _MAX_VERDICTS:  # shapes that keep changing (variable sequence lengths)
+            _VERDICTS.clear()
+        _VERDICTS[key] = verdict
     return verdict
 
 
@@ -391,12 +392,9 @@ _MAX_VERDICTS = 4096
 
 
 def _check(recipe: ZRecipe, z: Tensor) -> Optional[str]:
-    try:
+    try:  # an AttributeError (renamed saved attributes) goes up to check(), which warns
         with torch.no_grad():
             rebuilt, first = recipe.run(1), z.detach()[:1]
-    except AttributeError as error:
-        torch_private.warn_changed("autograd node attributes _saved_*", "threshold units keep z (no rebuild)", error)
-        return None
     except (RuntimeError, TypeError, ValueError, IndexError):
         return None
     if rebuilt.shape != first.shape or rebuilt.dtype != first.dtype or rebuilt.device != first.device:
